@@ -1,0 +1,274 @@
+"""Configuration: YAML in, typed and immutable settings out.
+
+Every default lives here, in code. The file only overrides. Anything the
+file says that we do not understand stops the program with one line naming
+the file, the key and the problem: a trap that silently ignores a typo in
+`dialback.allow_private` is a trap that dials where it should not.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+DEFAULT_CONFIG_PATH = "config/looper.yaml"
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for the operator."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        self.source, self.key, self.problem = source, key, problem
+        where = f"{source}: {key}: " if key else f"{source}: "
+        super().__init__(where + problem)
+
+
+class _Invalid(ValueError):
+    """Raised by a value parser; the section loader adds file and key."""
+
+
+# -- value parsers: raw YAML value in, typed value out, _Invalid on error ----
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _int(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise _Invalid(f"expected an integer {low}-{high}, got {_show(value)}")
+        return value
+
+    return parse
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise _Invalid(f"expected a positive number of seconds, got {_show(value)}")
+    return float(value)
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"expected true or false, got {_show(value)}")
+    return value
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
+        raise _Invalid(f"expected a name without spaces, got {_show(value)}")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise _Invalid(f"expected one of {', '.join(choices)}, got {_show(value)}")
+        return value
+
+    return parse
+
+
+def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else parse(value)
+
+
+def _list_of(parse: Callable[[Any], Any]) -> Callable[[Any], tuple]:
+    def parse_list(value: Any) -> tuple:
+        if not isinstance(value, list):
+            raise _Invalid(f"expected a list, got {_show(value)}")
+        items = []
+        for index, item in enumerate(value):
+            try:
+                items.append(parse(item))
+            except _Invalid as problem:
+                raise _Invalid(f"item {index + 1}: {problem}") from None
+        return tuple(items)
+
+    return parse_list
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """An IP address and port; IPv6 written as [addr]:port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def address(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return ipaddress.ip_address(self.host)
+
+
+def _endpoint(value: Any) -> Endpoint:
+    problem = f"expected host:port with an IP address (IPv6 as [addr]:port), got {_show(value)}"
+    if not isinstance(value, str):
+        raise _Invalid(problem)
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise _Invalid(problem)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise _Invalid(problem) from None
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise _Invalid(problem)
+    return Endpoint(str(address), int(port))
+
+
+def _network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except (TypeError, ValueError):
+        raise _Invalid(f"expected an address or CIDR (e.g. 192.0.2.0/24), got {_show(value)}") from None
+
+
+def _setting(default: Any, parse: Callable[[Any], Any], **kw: Any) -> Any:
+    if callable(default):
+        return field(default_factory=default, metadata={"parse": parse}, **kw)
+    return field(default=default, metadata={"parse": parse}, **kw)
+
+
+# -- sections ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Listen:
+    smtp: tuple[Endpoint, ...] = _setting(
+        lambda: (Endpoint("0.0.0.0", 25), Endpoint("::", 25)), _list_of(_endpoint)
+    )
+
+
+@dataclass(frozen=True)
+class Dialback:
+    port: int = _setting(25, _int(1, 65535))
+    timeout: float = _setting(5.0, _seconds)
+    allow_private: bool = _setting(False, _bool)
+    deny: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _setting(tuple, _list_of(_network))
+    on_failure: str = _setting("hangup", _choice("hangup"))
+
+
+@dataclass(frozen=True)
+class Splice:
+    max_bytes: int = _setting(50_000_000, _int(1, 2**62))
+    max_seconds: float = _setting(1800.0, _seconds)
+    idle_seconds: float = _setting(300.0, _seconds)
+    strip_starttls: bool = _setting(True, _bool)
+    ehlo_name: str = _setting("pass", _choice("pass", "mask"))
+    # The name put in place of the relay's own when ehlo_name is mask; the
+    # sensor name when unset.
+    mask_name: str | None = _setting(None, _optional(_name))
+
+
+@dataclass(frozen=True)
+class Limits:
+    per_ip: int = _setting(10, _int(1, 1_000_000))
+    total: int = _setting(1000, _int(1, 1_000_000))
+
+
+@dataclass(frozen=True)
+class Log:
+    dir: str = _setting("logs", _name)
+    stdout: bool = _setting(False, _bool)
+    syslog: bool = _setting(False, _bool)
+    # events.jsonl rotates at max_bytes, keeping `backups` old files:
+    # the log is bounded like everything else.
+    max_bytes: int = _setting(1 << 30, _int(1 << 16, 2**62))
+    backups: int = _setting(10, _int(1, 1000))
+
+
+@dataclass(frozen=True)
+class Config:
+    sensor: str = _setting(socket.gethostname, _name)
+    listen: Listen = field(default_factory=Listen)
+    dialback: Dialback = field(default_factory=Dialback)
+    splice: Splice = field(default_factory=Splice)
+    limits: Limits = field(default_factory=Limits)
+    log: Log = field(default_factory=Log)
+
+    @property
+    def ehlo_mask_name(self) -> str | None:
+        """The name to put in the relay's EHLO reply, or None to pass it."""
+        if self.splice.ehlo_name != "mask":
+            return None
+        return self.splice.mask_name or self.sensor
+
+    def to_dict(self) -> dict[str, Any]:
+        """The effective configuration as plain YAML-able data."""
+        return _plain(self)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (Endpoint, ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return str(value)
+    if is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+# -- loading -----------------------------------------------------------------
+
+
+def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, prefix.rstrip(".") or "", f"expected a mapping, got {_show(raw)}")
+    known = {f.name: f for f in fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(source, f"{prefix}{key}", f"unknown key (known: {', '.join(known)})")
+    values = {}
+    for name, f in known.items():
+        if name not in raw:
+            continue
+        if "parse" not in f.metadata:  # a nested section
+            values[name] = _build(f.default_factory, raw[name], source, f"{prefix}{name}.")
+            continue
+        try:
+            values[name] = f.metadata["parse"](raw[name])
+        except _Invalid as problem:
+            raise ConfigError(source, f"{prefix}{name}", str(problem)) from None
+    return cls(**values)
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Parse and validate YAML text; raises ConfigError."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(source, "", f"{where}invalid YAML: {problem}") from None
+    config = _build(Config, raw, source, "")
+    if config.limits.per_ip > config.limits.total:
+        raise ConfigError(source, "limits.per_ip", f"cannot exceed limits.total ({config.limits.total})")
+    return config
+
+
+def load_config(path: str | None) -> Config:
+    """The configuration from `path`, or the defaults when path is None."""
+    if path is None:
+        return Config()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(path, "", f"cannot read: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "", "cannot read: not UTF-8 text") from None
+    return parse_config(text, path)
+

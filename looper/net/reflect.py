@@ -1,0 +1,186 @@
+"""One SMTP connection: reflect it onto the client's own server, or fall back.
+
+The order is the golden rule: nothing is sent to the client before we know
+whether its own server will greet it. The policy is asked before any dial;
+the observer watches the splice; the events tell the whole story, ending
+with exactly one looper.session.closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from looper.eventlog import SessionInfo, new_session_id
+from looper.net.dialback import DialFailed, dial_back, is_local_address
+from looper.net.fallback import HANGUP_REPLY, fall_back
+from looper.net.splice import SHUTDOWN, Splice, SpliceEnd
+from looper.policy import Denial
+from looper.proto.observer import Observer
+
+if TYPE_CHECKING:
+    from looper.net.server import Trap
+
+
+class ReflectSession:
+    def __init__(self, trap: Trap, inbound: SpliceEnd) -> None:
+        self.trap = trap
+        self.inbound = inbound
+        transport = inbound.transport
+        src_ip, src_port = transport.get_extra_info("peername")[:2]
+        dst_ip, dst_port = transport.get_extra_info("sockname")[:2]
+        self.info = SessionInfo(new_session_id(), "smtp", src_ip, src_port, dst_ip, dst_port)
+        self.started = time.monotonic()
+        self.mode = "reflect"
+        self.splice: Splice | None = None
+        self.observer: Observer | None = None
+        self.admitted = False
+        self.closed = False
+        self._task: asyncio.Task | None = None
+        self._local_end: tuple[str, int] | None = None
+
+    def emit(self, eventid: str, **fields) -> None:
+        self.trap.eventlog.emit(self.info, eventid, **fields)
+
+    def start(self) -> None:
+        self.emit("looper.session.connect")
+        # Nothing is read or answered until we know the way: reflect or not.
+        self.inbound.on_early_loss = self._client_left_early
+        self._task = asyncio.get_running_loop().create_task(self._open())
+
+    async def _open(self) -> None:
+        config, policy = self.trap.config, self.trap.policy
+        info = self.info
+        target = f"[{info.src_ip}]:{config.dialback.port}" if ":" in info.src_ip else f"{info.src_ip}:{config.dialback.port}"
+        denial = None
+        if policy.is_own_dialback(info.src_ip, info.src_port):
+            denial = Denial("self", "the client is one of the trap's own dial-backs")
+        else:
+            denial = policy.admit(info.src_ip)
+            self.admitted = denial is None
+        if denial is None:
+            denial = policy.dial_denial(info.src_ip, target_is_local=is_local_address(info.src_ip))
+        if denial is not None:
+            self.emit("looper.dialback.failed", target=target, reason=denial.reason, detail=denial.detail)
+            return self._fall_back(denial.reason)
+
+        local_end: tuple[str, int] | None = None
+
+        def note(end: tuple[str, int]) -> None:
+            nonlocal local_end
+            local_end = end
+            policy.note_dialback(end)
+
+        try:
+            reflected, connect_ms = await dial_back(
+                local_ip=info.dst_ip,
+                target_ip=info.src_ip,
+                port=config.dialback.port,
+                timeout_s=config.dialback.timeout,
+                on_bound=note,
+            )
+        except DialFailed as failure:
+            if local_end is not None:
+                policy.forget_dialback(local_end)
+            self.emit("looper.dialback.failed", target=target, reason=failure.reason, detail=failure.detail)
+            return self._fall_back(failure.reason)
+        except asyncio.CancelledError:
+            if local_end is not None:
+                policy.forget_dialback(local_end)
+            raise
+        self.emit("looper.dialback.ok", target=target, connect_ms=connect_ms)
+        self._local_end = local_end
+
+        self.observer = Observer(
+            relay_ip=info.src_ip,
+            strip_starttls=config.splice.strip_starttls,
+            mask_name=config.ehlo_mask_name,
+            pregreet_bytes=len(self.inbound.early),
+        )
+        self.splice = Splice(
+            self.inbound,
+            reflected,
+            _Inspect(self.observer, self),
+            max_bytes=config.splice.max_bytes,
+            max_seconds=config.splice.max_seconds,
+            idle_seconds=config.splice.idle_seconds,
+            on_closed=self._spliced_closed,
+        )
+        self.splice.start()
+
+    def _fall_back(self, why: str) -> None:
+        """`why` (the dial-back failure's reason) becomes the session's."""
+        inbound = self.inbound
+        if inbound.early_lost is not False:
+            return self._finish("closed_by_client", len(inbound.early), 0)
+        self.mode = fall_back(self.trap.config.dialback.on_failure, inbound.transport, bytes(inbound.early))
+        inbound.on_early_loss = lambda: self._finish(f"dialback_{why}", len(inbound.early), len(HANGUP_REPLY))
+
+    def _client_left_early(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            self._finish("closed_by_client", len(self.inbound.early), 0)
+
+    def _spliced_closed(self, reason: str) -> None:
+        observer = self.observer
+        if observer is not None:
+            observer.close()
+            self._emit_observed()
+        if self._local_end is not None:
+            self.trap.policy.forget_dialback(self._local_end)
+        self._finish(reason, self.splice.bytes_from_client, self.splice.bytes_from_server)
+
+    def _emit_observed(self) -> None:
+        for event in self.observer.events():
+            self.trap.eventlog.emit_event(self.info, event)
+
+    def shutdown(self) -> None:
+        if self.splice is not None:
+            self.splice.close(SHUTDOWN)
+        elif self._task is not None and not self._task.done():
+            self._task.cancel()
+            self.inbound.transport.abort()
+            self._finish(SHUTDOWN, len(self.inbound.early), 0)
+        else:
+            self.inbound.transport.abort()
+
+    def _finish(self, reason: str, bytes_in: int, bytes_out: int) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.admitted:
+            self.trap.policy.release(self.info.src_ip)
+        self.emit(
+            "looper.session.closed",
+            mode=self.mode,
+            reason=reason,
+            duration=round(time.monotonic() - self.started, 6),
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+        )
+        self.trap.session_done(self)
+
+
+class _Inspect:
+    """Feeds the observer and logs what it saw, chunk by chunk."""
+
+    __slots__ = ("observer", "session")
+
+    def __init__(self, observer: Observer, session: ReflectSession) -> None:
+        self.observer = observer
+        self.session = session
+
+    def client_data(self, data: bytes) -> None:
+        observer = self.observer
+        if not observer.opaque or not data:
+            observer.client_data(data)
+            self.session._emit_observed()
+
+    def server_data(self, data: bytes) -> bytes:
+        observer = self.observer
+        if observer.opaque and data:
+            return data
+        out = observer.server_data(data)
+        self.session._emit_observed()
+        return out

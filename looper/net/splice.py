@@ -1,0 +1,235 @@
+"""The splice: two TCP connections pumped into each other, with flow control.
+
+Rules (mitmproxy's tcp layer, done with protocols instead of streams):
+- forward exactly the bytes read; an inspector sees each chunk and may only
+  rewrite what the server side sends (the configured EHLO rewrites);
+- backpressure by construction: when one side's write buffer passes its high
+  water mark, reading from the other side pauses until it drains below low;
+- an EOF is a half-close passed on with write_eof, and the splice ends only
+  when both directions are done (Exim pipelines a whole transaction with QUIT,
+  then half-closes: tearing both sides down at that EOF would drop its
+  server's 250 and turn every loop pass into a duplicate);
+- a reset on either side aborts the other; caps on bytes, time and idleness
+  close both sides, and every end has a reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable, Protocol
+
+# Enough in flight to keep a 2 GB/s pipe busy between event-loop turns, small
+# enough that 10,000 idle sessions cost nothing (buffers are empty when idle).
+WRITE_HIGH_WATER_BYTES = 256 * 1024
+WRITE_LOW_WATER_BYTES = 64 * 1024
+
+# Close reasons, as logged in looper.session.closed.
+CLOSED_NORMALLY = "closed"
+RESET_BY_CLIENT = "reset_by_client"
+RESET_BY_SERVER = "reset_by_server"
+CLOSED_BY_CLIENT = "closed_by_client"
+CLOSED_BY_SERVER = "closed_by_server"
+MAX_BYTES = "max_bytes"
+MAX_SECONDS = "max_seconds"
+IDLE = "idle"
+SHUTDOWN = "shutdown"
+
+# A graceful close waits for buffered bytes to drain; a peer that never reads
+# would hold the session forever, so after this the close becomes an abort.
+CLOSE_GRACE_SECONDS = 5.0
+
+
+class Inspector(Protocol):
+    def client_data(self, data: bytes) -> None: ...
+    def server_data(self, data: bytes) -> bytes: ...
+
+
+class SpliceEnd(asyncio.Protocol):
+    """One connection of a splice. Before the splice starts (while the trap
+    dials back) the inbound end keeps what the client sends early."""
+
+    __slots__ = ("transport", "splice", "early", "early_eof", "early_lost", "on_early_loss")
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.splice: Splice | None = None
+        self.early = bytearray()
+        self.early_eof = False
+        self.early_lost: Exception | None | bool = False
+        self.on_early_loss: Callable[[], None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        if self.splice is not None:
+            self.splice.received(self, data)
+        else:
+            self.early += data
+            if len(self.early) >= WRITE_HIGH_WATER_BYTES:
+                self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        if self.splice is not None:
+            self.splice.eof(self)
+        else:
+            self.early_eof = True
+        return True  # keep our writing half open: the other side may still talk
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.splice is not None:
+            self.splice.lost(self, exc)
+        else:
+            self.early_lost = exc if exc is not None else True
+            if self.on_early_loss is not None:
+                self.on_early_loss()
+
+    def pause_writing(self) -> None:
+        if self.splice is not None:
+            self.splice.other(self).transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.splice is not None:
+            self.splice.other(self).transport.resume_reading()
+
+
+class Splice:
+    """Pumps inbound (the client that connected) and reflected (our dial-back
+    to it) into each other until both directions end or a cap is hit."""
+
+    def __init__(
+        self,
+        inbound: SpliceEnd,
+        reflected: SpliceEnd,
+        inspector: Inspector | None,
+        *,
+        max_bytes: int,
+        max_seconds: float,
+        idle_seconds: float,
+        on_closed: Callable[[str], None],
+    ) -> None:
+        self.inbound = inbound
+        self.reflected = reflected
+        self.inspector = inspector
+        self.max_bytes = max_bytes
+        self.idle_seconds = idle_seconds
+        self.bytes_from_client = 0
+        self.bytes_from_server = 0
+        self.reason: str | None = None
+        self._on_closed = on_closed
+        self._eof_from = set()
+        self._lost = set()
+        self._loop = asyncio.get_running_loop()
+        self._last_activity = self._loop.time()
+        self._timers = [
+            self._loop.call_later(max_seconds, self.close, MAX_SECONDS),
+            self._loop.call_later(idle_seconds, self._check_idle),
+        ]
+
+    def start(self) -> None:
+        """Connect the ends; replays what the client sent before we were ready."""
+        inbound = self.inbound
+        early, inbound.early = bytes(inbound.early), bytearray()
+        inbound.splice = self.reflected.splice = self
+        if inbound.early_lost is not False:
+            self.lost(inbound, inbound.early_lost if inbound.early_lost is not True else None)
+            return
+        if early:
+            self.received(inbound, early)
+        inbound.transport.resume_reading()
+        if inbound.early_eof:
+            self.eof(inbound)
+
+    def other(self, end: SpliceEnd) -> SpliceEnd:
+        return self.reflected if end is self.inbound else self.inbound
+
+    # -- events from the two ends -------------------------------------------
+
+    def received(self, end: SpliceEnd, data: bytes) -> None:
+        if self.reason is not None:
+            return
+        self._last_activity = self._loop.time()
+        inspector = self.inspector
+        if end is self.inbound:
+            self.bytes_from_client += len(data)
+            if self.bytes_from_client > self.max_bytes:
+                return self.close(MAX_BYTES)
+            self.reflected.transport.write(data)
+            if inspector is not None:
+                inspector.client_data(data)
+        else:
+            self.bytes_from_server += len(data)
+            if self.bytes_from_server > self.max_bytes:
+                return self.close(MAX_BYTES)
+            if inspector is not None:
+                data = inspector.server_data(data)
+            if data:
+                self.inbound.transport.write(data)
+
+    def eof(self, end: SpliceEnd) -> None:
+        if self.reason is not None:
+            return
+        self._eof_from.add(end)
+        other = self.other(end)
+        if end is self.inbound:
+            if self.inspector is not None:
+                self.inspector.client_data(b"")
+        elif self.inspector is not None:
+            held = self.inspector.server_data(b"")
+            if held:
+                other.transport.write(held)
+        if other.transport.can_write_eof():
+            other.transport.write_eof()
+        if len(self._eof_from) == 2:
+            self.close(CLOSED_NORMALLY)
+
+    def lost(self, end: SpliceEnd, exc: Exception | None) -> None:
+        self._lost.add(end)
+        if self.reason is None:
+            client = end is self.inbound
+            if exc is not None:
+                self.close(RESET_BY_CLIENT if client else RESET_BY_SERVER, abort=True)
+            else:
+                self.close(CLOSED_BY_CLIENT if client else CLOSED_BY_SERVER)
+        self._maybe_done()
+
+    # -- ending ---------------------------------------------------------------
+
+    def close(self, reason: str, *, abort: bool = False) -> None:
+        """End the splice for `reason`: graceful (buffered bytes are still
+        delivered) unless abort, which mirrors a reset."""
+        if self.reason is not None:
+            return
+        self.reason = reason
+        for timer in self._timers:
+            timer.cancel()
+        for end in (self.inbound, self.reflected):
+            if end not in self._lost:
+                if abort:
+                    end.transport.abort()
+                else:
+                    end.transport.close()
+        if not abort and len(self._lost) < 2:
+            self._timers.append(self._loop.call_later(CLOSE_GRACE_SECONDS, self._abort_stragglers))
+        self._maybe_done()
+
+    def _abort_stragglers(self) -> None:
+        for end in (self.inbound, self.reflected):
+            if end not in self._lost:
+                end.transport.abort()
+
+    def _maybe_done(self) -> None:
+        if self.reason is not None and len(self._lost) == 2:
+            for timer in self._timers:
+                timer.cancel()
+            on_closed, self._on_closed = self._on_closed, None
+            if on_closed is not None:
+                on_closed(self.reason)
+
+    def _check_idle(self) -> None:
+        idle_until = self._last_activity + self.idle_seconds
+        if self._loop.time() >= idle_until:
+            self.close(IDLE)
+        else:
+            self._timers[1] = self._loop.call_at(idle_until, self._check_idle)

@@ -1,0 +1,90 @@
+"""Configuration: defaults in code, every mistake named with file and key."""
+
+import subprocess
+import sys
+
+import pytest
+
+from looper.config import Config, ConfigError, Endpoint, load_config, parse_config
+
+
+def test_defaults_need_no_file():
+    config = load_config(None)
+    assert config.listen.smtp == (Endpoint("0.0.0.0", 25), Endpoint("::", 25))
+    assert config.dialback.port == 25
+    assert config.dialback.timeout == 5.0
+    assert config.dialback.allow_private is False
+    assert config.splice.strip_starttls is True
+    assert config.splice.ehlo_name == "pass"
+    assert config.log.dir == "logs"
+    assert config.ehlo_mask_name is None
+
+
+def test_the_shipped_config_is_the_defaults():
+    assert load_config("config/looper.yaml").to_dict() == {**Config().to_dict()}
+
+
+def test_overrides_are_typed():
+    config = parse_config(
+        "sensor: trap-1\n"
+        "listen: {smtp: ['127.0.0.1:2525', '[::1]:2525']}\n"
+        "dialback: {port: 2526, timeout: 1, allow_private: true, deny: [192.0.2.0/24, '2001:db8::/32']}\n"
+        "splice: {ehlo_name: mask}\n"
+    )
+    assert config.listen.smtp == (Endpoint("127.0.0.1", 2525), Endpoint("::1", 2525))
+    assert config.dialback.timeout == 1.0
+    assert [str(n) for n in config.dialback.deny] == ["192.0.2.0/24", "2001:db8::/32"]
+    assert config.ehlo_mask_name == "trap-1"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("dialback: {port: abc}", "f.yaml: dialback.port: expected an integer 1-65535, got 'abc'"),
+        ("dialback: {port: 0}", "f.yaml: dialback.port: expected an integer 1-65535, got 0"),
+        ("dialback: {allow_private: 'yes'}", "f.yaml: dialback.allow_private: expected true or false, got 'yes'"),
+        ("dialback: {deny: [10.0.0.0/33]}", "f.yaml: dialback.deny: item 1: expected an address or CIDR (e.g. 192.0.2.0/24), got '10.0.0.0/33'"),
+        ("dialback: {on_failure: relay}", "f.yaml: dialback.on_failure: expected one of hangup, got 'relay'"),
+        ("dialback: {timeout: -1}", "f.yaml: dialback.timeout: expected a positive number of seconds, got -1"),
+        ("listen: {smtp: ['localhost:25']}", "f.yaml: listen.smtp: item 1: expected host:port with an IP address (IPv6 as [addr]:port), got 'localhost:25'"),
+        ("listen: {smtp: '127.0.0.1:25'}", "f.yaml: listen.smtp: expected a list, got '127.0.0.1:25'"),
+        ("listen: {smtp: ['127.0.0.1:99999']}", "f.yaml: listen.smtp: item 1: expected host:port with an IP address (IPv6 as [addr]:port), got '127.0.0.1:99999'"),
+        ("splice: {max_bytes: 1.5}", "f.yaml: splice.max_bytes: expected an integer 1-4611686018427387904, got 1.5"),
+        ("splice: {ehlo_nam: mask}", "f.yaml: splice.ehlo_nam: unknown key (known: max_bytes, max_seconds, idle_seconds, strip_starttls, ehlo_name, mask_name)"),
+        ("dialbak: {}", "f.yaml: dialbak: unknown key (known: sensor, listen, dialback, splice, limits, log)"),
+        ("dialback: 25", "f.yaml: dialback: expected a mapping, got 25"),
+        ("- a\n- b", "f.yaml: expected a mapping, got ['a', 'b']"),
+        ("limits: {per_ip: 20, total: 10}", "f.yaml: limits.per_ip: cannot exceed limits.total (10)"),
+        ("dialback: {port: [", "f.yaml: line 1: invalid YAML: expected the node content"),
+    ],
+)
+def test_mistakes_are_named(text, message):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "f.yaml")
+    assert str(caught.value).startswith(message)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope.yaml: cannot read: No such file"):
+        load_config(str(tmp_path / "nope.yaml"))
+
+
+def test_check_config_command_exits_2_with_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dialback:\n  port: abc\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "looper", "check-config", "-c", str(bad)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert result.stderr == f"{bad}: dialback.port: expected an integer 1-65535, got 'abc'\n"
+    assert result.stdout == ""
+
+
+def test_check_config_command_prints_effective_settings():
+    result = subprocess.run(
+        [sys.executable, "-m", "looper", "check-config", "-c", "config/looper.yaml"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "port: 25" in result.stdout
+    assert "- 0.0.0.0:25" in result.stdout and "- '[::]:25'" in result.stdout

@@ -4,7 +4,7 @@ VENV   ?= .venv
 CONFIG ?= config/looper.yaml
 BIN    := $(VENV)/bin
 
-.PHONY: run test check-config bench clean venv
+.PHONY: run test check-config bench clean venv postfix
 
 venv: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ check-config: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+# Debian's Postfix for the real-MTA test (root; starts no default instance).
+postfix:
+	bash tests/install-postfix.sh
 
 bench: venv
 	$(BIN)/python bench/splice.py

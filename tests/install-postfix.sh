@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs Debian's Postfix for the real-MTA test, without a running default
+# instance: the test starts its own private one on 127.0.0.2:25 and stops it.
+# Needs root (apt-get). Safe to run again.
+set -euo pipefail
+if [ "$(id -u)" != 0 ]; then
+    echo "install-postfix: run as root (sudo make postfix)" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+if ! command -v postfix >/dev/null || ! command -v ip >/dev/null || ! command -v make-ssl-cert >/dev/null; then
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    created_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then      # keep apt from starting services
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        created_policy=1
+    fi
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends postfix ssl-cert openssl iproute2 >/dev/null
+    if [ -n "$created_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+fi
+if [ ! -s /etc/ssl/certs/ssl-cert-snakeoil.pem ] || [ ! -s /etc/ssl/private/ssl-cert-snakeoil.key ]; then
+    make-ssl-cert generate-default-snakeoil --force-overwrite
+fi
+if [ -d /run/systemd/system ]; then systemctl disable --now postfix.service >/dev/null 2>&1 || true; fi
+if [ -f /etc/postfix/main.cf ] && postfix status >/dev/null 2>&1; then postfix stop; fi
+echo "install-postfix: $(postconf -d mail_version 2>/dev/null || echo postfix) ready, no default instance running"

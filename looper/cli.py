@@ -9,8 +9,6 @@ import resource
 import signal
 import sys
 
-import yaml
-
 from looper import __version__
 from looper.config import ConfigError, load_config
 from looper.eventlog import open_event_log
@@ -43,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "check-config":
         print(f"# {args.config or 'built-in defaults'}: OK")
-        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        print(config.to_yaml(), end="")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s looper: %(message)s", stream=sys.stderr)
     return _run(config)

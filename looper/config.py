@@ -205,8 +205,11 @@ class Config:
         return self.splice.mask_name or self.sensor
 
     def to_dict(self) -> dict[str, Any]:
-        """The effective configuration as plain YAML-able data."""
+        """The effective configuration as plain data."""
         return _plain(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
 def _plain(value: Any) -> Any:

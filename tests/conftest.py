@@ -1,0 +1,106 @@
+"""Shared test plumbing: a trap on 127.0.0.1, its event log, free ports.
+
+Every test talks only to 127.0.0.0/8: the trap listens on 127.0.0.1,
+simulated relays on 127.0.0.2 and up, on the dial-back port the test picks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from looper.config import parse_config
+from looper.eventlog import open_event_log
+from looper.net.server import Trap
+
+TRAP_HOST = "127.0.0.1"
+
+
+def free_port(host: str = TRAP_HOST) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+class EventFile:
+    """The trap's events.jsonl, read as the analyst would read it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def all(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        text = self.path.read_text(encoding="utf-8")
+        assert text == "" or text.endswith("\n"), "a partial line in events.jsonl"
+        return [json.loads(line) for line in text.splitlines()]
+
+    def of(self, eventid: str, **match: Any) -> list[dict[str, Any]]:
+        return [e for e in self.all() if e["eventid"] == eventid and all(e.get(k) == v for k, v in match.items())]
+
+    async def wait_for(self, eventid: str, count: int = 1, timeout: float = 10.0, **match: Any) -> list[dict[str, Any]]:
+        """Wait until at least `count` such events are logged; returns them all."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            found = self.of(eventid, **match)
+            if len(found) >= count or loop.time() > deadline:
+                return found
+            await asyncio.sleep(0.02)
+
+
+class RunningTrap:
+    def __init__(self, trap: Trap, events: EventFile, port: int) -> None:
+        self.trap = trap
+        self.events = events
+        self.host = TRAP_HOST
+        self.port = port
+
+    async def quiet(self, timeout: float = 10.0) -> None:
+        """Wait until no session is open."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.trap.sessions and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _merge(base[key], value) if isinstance(value, dict) and key in base else value
+    return merged
+
+
+@pytest.fixture
+async def start_trap(tmp_path):
+    """start_trap(dialback_port, **sections) -> RunningTrap on 127.0.0.1."""
+    running: list[tuple[Trap, Any]] = []
+
+    async def start(dialback_port: int, **sections: Any) -> RunningTrap:
+        port = sections.pop("listen_port", None) or free_port()
+        settings = _merge(
+            {
+                "sensor": "trap.looper.test",
+                "listen": {"smtp": [f"{TRAP_HOST}:{port}"]},
+                "dialback": {"port": dialback_port, "allow_private": True, "timeout": 2},
+                "log": {"dir": str(tmp_path / "logs")},
+            },
+            sections,
+        )
+        config = parse_config(yaml.safe_dump(settings), "test")
+        eventlog = open_event_log(config.sensor, config.log.dir, max_bytes=1 << 30, backups=1)
+        trap = Trap(config, eventlog)
+        await trap.start()
+        running.append((trap, eventlog))
+        return RunningTrap(trap, EventFile(tmp_path / "logs" / "events.jsonl"), port)
+
+    yield start
+    for trap, eventlog in running:
+        await trap.stop()
+        eventlog.close()

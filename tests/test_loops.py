@@ -1,0 +1,152 @@
+"""Loops through simulated open relays, end to end on real sockets.
+
+The relay (tests/relaysim.py) listens on 127.0.0.2 at the dial-back port and
+delivers what it accepts to the trap on 127.0.0.1, from 127.0.0.2. The trap
+dials 127.0.0.2 back and splices: the relay delivers to itself, one
+Received: header more each pass, until its hop limit refuses the message.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.relaysim import RelaySim
+
+RELAY = "127.0.0.2"
+HOP_LIMIT = 30
+
+# As the relay's first client handed it over: one Received: already on top.
+MESSAGE = (
+    b"Received: from spammer.example ([192.0.2.9])\r\n"
+    b"\tby relay-127.0.0.2.sim with ESMTP id 0000000001; Sun, 22 Nov 2026 09:00:00 +0000\r\n"
+    b"From: <spam@sender.test>\r\n"
+    b"To: <user@spamtrap.test>\r\n"
+    b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?= from the loop\r\n"
+    b"Message-ID: <loop-1@sender.test>\r\n"
+    b"\r\n"
+    b"Hello.\r\n"
+    b".A line that starts with a dot.\r\n"
+    b"\r\n"
+)
+
+
+async def run_loop(start_trap, trap_options=None, **relay_options):
+    """Inject MESSAGE into a relay and let it loop through the trap."""
+    port = 0
+    relay = RelaySim(RELAY, port, trap=("127.0.0.1", 0), hop_limit=HOP_LIMIT, **relay_options)
+    await relay.start()
+    try:
+        trap = await start_trap(relay.port, **(trap_options or {}))
+        relay.trap = (trap.host, trap.port)
+        await relay.inject("spam@sender.test", "user@spamtrap.test", MESSAGE)
+        assert await relay.wait_idle(30), relay
+        await trap.quiet()
+    finally:
+        await relay.stop()
+    await trap.quiet()
+    assert relay.errors == [], relay.errors
+    return trap, relay
+
+
+def assert_full_loop(trap, relay):
+    messages = trap.events.of("looper.reflect.message")
+    assert [m["received_hops"] for m in messages] == list(range(1, HOP_LIMIT + 1))
+    assert [m["code"] for m in messages] == [250] * (HOP_LIMIT - 1) + [554]
+    assert messages[-1]["reply"] == "5.4.0 Error: too many hops"
+    assert len({m["chain"] for m in messages}) == 1
+    assert {m["message_id"] for m in messages} == {"<loop-1@sender.test>"}
+    assert {m["subject"] for m in messages} == {"Grüße from the loop"}
+    assert {m["mail_from"] for m in messages} == {"spam@sender.test"}
+    assert {tuple(m["rcpt_to"]) for m in messages} == {("user@spamtrap.test",)}
+    assert all(m["complete"] for m in messages)
+    # Each pass is the relay's own message plus one Received: header.
+    assert [m["size"] for m in messages] == sorted(m["size"] for m in messages)
+    assert len(relay.accepted) == HOP_LIMIT - 1
+    assert [r[0] for r in relay.refused] == [554]
+    closed = trap.events.of("looper.session.closed")
+    assert closed and {c["mode"] for c in closed} == {"reflect"}
+    assert len(trap.events.of("looper.session.connect")) == len(closed)
+    assert trap.events.of("looper.reflect.unparsed") == []
+
+
+async def test_loop_until_the_hop_limit(start_trap):
+    trap, relay = await run_loop(start_trap)
+    assert_full_loop(trap, relay)
+    assert len(trap.events.of("looper.session.closed")) == HOP_LIMIT  # a connection per pass
+    greetings = trap.events.of("looper.reflect.greeting")
+    assert {g["text"] for g in greetings} == {"relay-127.0.0.2.sim ESMTP RelaySim"}
+    helos = trap.events.of("looper.reflect.helo")
+    assert {(h["verb"], h["name"], h["code"]) for h in helos} == {("EHLO", "relay-127.0.0.2.sim", 250)}
+    rcpts = trap.events.of("looper.reflect.rcpt")
+    assert len(rcpts) == HOP_LIMIT and {(r["address"], r["code"]) for r in rcpts} == {("user@spamtrap.test", 250)}
+
+
+async def test_loop_over_one_reused_connection(start_trap):
+    trap, relay = await run_loop(start_trap, reuse_connection=True)
+    assert_full_loop(trap, relay)
+    assert relay.client_connections == 1
+    assert len(trap.events.of("looper.session.closed")) == 1
+    assert len({m["session"] for m in trap.events.of("looper.reflect.message")}) == 1
+
+
+async def test_loop_without_pipelining(start_trap):
+    trap, relay = await run_loop(start_trap, pipelining=False)
+    assert_full_loop(trap, relay)
+
+
+async def test_loop_with_bdat(start_trap):
+    trap, relay = await run_loop(start_trap, chunking=True)
+    assert_full_loop(trap, relay)
+    assert {m["transport"] for m in trap.events.of("looper.reflect.message")} == {"bdat"}
+
+
+async def test_exim_style_pipelined_quit_and_half_close_loses_nothing(start_trap):
+    """MAIL, RCPT, BDAT LAST and QUIT in one write, then a half-close: every
+    pass must still get its 250, else the relay re-queues (duplicates)."""
+    trap, relay = await run_loop(start_trap, chunking=True, pipeline_quit_and_half_close=True)
+    assert_full_loop(trap, relay)
+    assert relay.requeued == 0
+    assert [code for code, _ in relay.delivery_results] == [250] * (HOP_LIMIT - 1) + [554]
+    assert {c["reason"] for c in trap.events.of("looper.session.closed")} == {"closed"}
+
+
+async def test_a_relay_that_notices_its_own_name_stops_at_once(start_trap):
+    trap, relay = await run_loop(start_trap, notice_own_name=True)
+    assert relay.loops_detected == 1
+    assert trap.events.of("looper.reflect.message") == []
+    assert trap.events.of("looper.reflect.mail") == []
+    assert len(trap.events.of("looper.reflect.greeting")) == 1
+    assert trap.events.of("looper.reflect.helo")[0]["name"] == "relay-127.0.0.2.sim"
+    reply = trap.events.of("looper.reflect.ehlo_reply")[0]
+    assert reply["name"] == "relay-127.0.0.2.sim" and reply["masked_as"] is None
+    assert [c["verb"] for c in trap.events.of("looper.reflect.command")] == ["QUIT"]
+
+
+async def test_masking_the_ehlo_name_lets_it_loop_to_its_limit(start_trap):
+    trap, relay = await run_loop(start_trap, {"splice": {"ehlo_name": "mask"}}, notice_own_name=True)
+    assert relay.loops_detected == 0
+    assert_full_loop(trap, relay)
+    replies = trap.events.of("looper.reflect.ehlo_reply")
+    assert {(r["name"], r["masked_as"]) for r in replies} == {("relay-127.0.0.2.sim", "trap.looper.test")}
+
+
+async def test_refused_relaying(start_trap):
+    trap, relay = await run_loop(start_trap, refuse_relay=True)
+    rcpt = trap.events.of("looper.reflect.rcpt")
+    assert [(r["address"], r["code"]) for r in rcpt] == [("user@spamtrap.test", 554)]
+    assert rcpt[0]["reply"] == "5.7.1 <user@spamtrap.test>: Relay access denied"
+    assert trap.events.of("looper.reflect.message") == []
+    assert relay.accepted == []
+
+
+@pytest.mark.parametrize("strip", [True, False])
+async def test_starttls_is_stripped_from_the_ehlo_reply(start_trap, strip):
+    trap, relay = await run_loop(start_trap, {"splice": {"strip_starttls": strip}}, starttls=True)
+    server_saw = [line for line in relay.transcript if "STARTTLS" in line]
+    client_saw = [line for line in relay.client_transcript if "STARTTLS" in line]
+    assert server_saw  # the relay's server offered it on every pass
+    assert bool(client_saw) is not strip  # its client saw it only without the strip
+    replies = trap.events.of("looper.reflect.ehlo_reply")
+    assert {r["starttls_stripped"] for r in replies} == {strip}
+    assert all("STARTTLS" in r["extensions"] for r in replies)
+    assert_full_loop(trap, relay)

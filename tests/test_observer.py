@@ -725,6 +725,21 @@ def test_message_cut_off_in_data():
     assert message["mail_from"] == "a@b.example" and message["rcpt_to"] == ["c@d.example"]
 
 
+def test_message_cut_off_after_a_line_counts_its_line_end():
+    # The final CRLF might have begun the terminator; once cut off, it was content.
+    content = b"Subject: cut\r\n\r\nwhole line\r\n"
+    transcript: Transcript = [
+        (S, b"220 mx\r\n"),
+        (C, b"DATA\r\n"),
+        (S, b"354 go\r\n"),
+        (C, content),
+    ]
+    events, _ = tr(transcript)
+    (message,) = of(events, ob.MESSAGE)
+    assert message["complete"] is False
+    assert message["size"] == len(content) and message["sha256"] == hashlib.sha256(content).hexdigest()
+
+
 def test_message_without_reply_is_complete():
     transcript: Transcript = [(S, b"220 mx\r\n"), (C, b"DATA\r\n"), (S, b"354 go\r\n"), (C, b"x\r\n.\r\nQUIT\r\n")]
     events, _ = tr(transcript)

@@ -184,6 +184,9 @@ async def test_bytes_sent_before_the_greeting_reach_the_server(start_trap):
         writer.close()
         await trap.events.wait_for("looper.session.closed")
     assert got == [b"EHLO early.bird\r\n"]
+    greeting = trap.events.of("looper.reflect.greeting")[0]
+    assert greeting["pregreet_bytes"] == len(b"EHLO early.bird\r\n")
+    assert trap.events.of("looper.reflect.helo")[0]["name"] == "early.bird"
 
 
 async def test_a_half_close_is_passed_on_and_the_reply_still_arrives(start_trap):
@@ -253,7 +256,7 @@ async def test_a_reset_on_one_side_aborts_the_other(start_trap):
     async def reset_mid_data(reader, writer):
         writer.write(b"220 relay.sim ESMTP\r\n")
         await reader.readuntil(b"DATA\r\n")
-        writer.write(b"354 go ahead\r\n")
+        writer.write(b"250 2.1.0 Ok\r\n354 go ahead\r\n")
         await writer.drain()
         await reader.readuntil(b"half")
         reset(writer)
@@ -262,7 +265,8 @@ async def test_a_reset_on_one_side_aborts_the_other(start_trap):
         trap = await start_trap(relay.port)
         reader, writer = await connect_from(RELAY, trap.host, trap.port)
         await reader.readline()
-        writer.write(b"DATA\r\n")
+        writer.write(b"MAIL FROM:<a@b.test>\r\nDATA\r\n")
+        assert await reader.readline() == b"250 2.1.0 Ok\r\n"
         assert await reader.readline() == b"354 go ahead\r\n"
         writer.write(b"Subject: half a message\r\n")
         try:
@@ -273,3 +277,28 @@ async def test_a_reset_on_one_side_aborts_the_other(start_trap):
         writer.close()
         closed = await trap.events.wait_for("looper.session.closed")
     assert closed[0]["reason"] == "reset_by_server"
+    cut = trap.events.of("looper.reflect.message")
+    assert len(cut) == 1 and cut[0]["complete"] is False and cut[0]["code"] is None
+    assert cut[0]["subject"] == "half a message" and cut[0]["size"] == len(b"Subject: half a message\r\n")
+    assert cut[0]["mail_from"] == "a@b.test"
+
+
+async def test_what_the_observer_cannot_parse_still_passes_untouched(start_trap):
+    noise = bytes(range(256)) * 64
+
+    async def greet_and_swallow(reader, writer):
+        writer.write(b"220 relay.sim ESMTP\r\n")
+        received = await reader.readexactly(len(noise))
+        writer.write(received[::-1])
+        await writer.drain()
+
+    async with ScriptedServer(greet_and_swallow) as relay:
+        trap = await start_trap(relay.port)
+        reader, writer = await connect_from(RELAY, trap.host, trap.port)
+        await reader.readline()
+        writer.write(noise)
+        assert await reader.readexactly(len(noise)) == noise[::-1]
+        writer.close()
+        await trap.events.wait_for("looper.session.closed")
+    unparsed = trap.events.of("looper.reflect.unparsed")
+    assert len(unparsed) == 1 and unparsed[0]["direction"] == "client"

@@ -76,6 +76,14 @@ class DotDecoder:
             self._at_start = False
         return content, used
 
+    def flush(self) -> bytes:
+        """The content still carried over when DATA was cut off (no end came)."""
+        carry, self._carry = self._carry, b""
+        if self._at_start:
+            carry = carry[2:]  # the CRLF we made up
+            self._at_start = False
+        return carry
+
 
 def _partial_end_bytes(buffer: bytes) -> int:
     for partial in _PARTIAL_ENDS:

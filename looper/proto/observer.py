@@ -283,6 +283,10 @@ class Observer:
         if self._sasl_command is not None:
             self._answer(self._sasl_command, None, None)
             self._sasl_command = None
+        if self._dot is not None and self._message is not None:
+            leftover = self._dot.flush()  # cut off: what it held was content after all
+            if leftover:
+                self._message.scanner.feed(leftover)
         for message in (self._message, self._bdat_message):
             if message is not None:
                 self._emit_message(message, None)

@@ -23,7 +23,7 @@ TRAP_HOST = "127.0.0.1"
 
 
 def free_port(host: str = TRAP_HOST) -> int:
-    with socket.socket() as probe:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
 

@@ -11,7 +11,7 @@ async def connect_from(src_ip: str, host: str, port: int, timeout: float = 5.0):
     """An asyncio stream connection to host:port from the address src_ip,
     the way a relay at src_ip connects to the trap."""
     loop = asyncio.get_running_loop()
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET6 if ":" in src_ip else socket.AF_INET)
     sock.setblocking(False)
     sock.bind((src_ip, 0))
     async with asyncio.timeout(timeout):

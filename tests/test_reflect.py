@@ -11,6 +11,7 @@ import asyncio
 import socket
 
 from looper.net.fallback import HANGUP_REPLY
+from tests.conftest import free_port
 from tests.netutil import ScriptedServer, connect_from, reset
 
 RELAY = "127.0.0.2"
@@ -127,8 +128,6 @@ async def test_deny_list_is_obeyed(start_trap):
 async def test_the_trap_never_dials_itself(start_trap):
     """A client on the trap's own address, dial-back port = listening port:
     refused at once, no dial-back at all, one session in the log."""
-    from tests.conftest import free_port
-
     port = free_port()
     trap = await start_trap(port, listen_port=port)
     reader, writer = await connect_from("127.0.0.1", trap.host, trap.port)
@@ -302,3 +301,16 @@ async def test_what_the_observer_cannot_parse_still_passes_untouched(start_trap)
         await trap.events.wait_for("looper.session.closed")
     unparsed = trap.events.of("looper.reflect.unparsed")
     assert len(unparsed) == 1 and unparsed[0]["direction"] == "client"
+
+
+async def test_ipv6_clients_are_reflected_over_ipv6(start_trap):
+    async with ScriptedServer(greet_and_echo, host="::1") as relay:
+        trap_port = free_port("::1")
+        trap = await start_trap(relay.port, listen={"smtp": [f"[::1]:{trap_port}"]})
+        reader, writer = await connect_from("::1", "::1", trap_port)
+        assert await reader.readline() == b"220 relay.sim ESMTP\r\n"
+        writer.close()
+        await trap.events.wait_for("looper.session.closed")
+    assert relay.connections == 1
+    assert trap.events.of("looper.dialback.ok")[0]["target"] == f"[::1]:{relay.port}"
+    assert trap.events.of("looper.reflect.greeting")[0]["src_ip"] == "::1"

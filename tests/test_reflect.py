@@ -314,3 +314,22 @@ async def test_ipv6_clients_are_reflected_over_ipv6(start_trap):
     assert relay.connections == 1
     assert trap.events.of("looper.dialback.ok")[0]["target"] == f"[::1]:{relay.port}"
     assert trap.events.of("looper.reflect.greeting")[0]["src_ip"] == "::1"
+
+
+async def test_a_dialback_arriving_back_as_a_client_is_refused(start_trap):
+    """Where the endpoint check cannot see it coming (NAT, port forwarding),
+    the trap still knows the local ends of its own dial-backs."""
+    async with ScriptedServer(greet_and_echo, host="127.0.0.7") as relay:
+        trap = await start_trap(relay.port)
+        sock = socket.socket()
+        sock.bind(("127.0.0.7", 0))
+        trap.trap.policy.note_dialback(sock.getsockname())  # as if we had dialed from there
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (trap.host, trap.port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        assert await asyncio.wait_for(reader.read(), 5) == HANGUP_REPLY
+        writer.close()
+        await trap.events.wait_for("looper.session.closed")
+    assert relay.connections == 0
+    failed = trap.events.of("looper.dialback.failed")
+    assert failed[0]["reason"] == "self" and "own dial-backs" in failed[0]["detail"]

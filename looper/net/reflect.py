@@ -163,7 +163,7 @@ class ReflectSession:
 
 
 class _Inspect:
-    """Feeds the observer and logs what it saw, chunk by chunk."""
+    """Feeds the observer; what it saw is logged once the chunk is forwarded."""
 
     __slots__ = ("observer", "session")
 
@@ -172,15 +172,13 @@ class _Inspect:
         self.session = session
 
     def client_data(self, data: bytes) -> None:
-        observer = self.observer
-        if not observer.opaque or not data:
-            observer.client_data(data)
-            self.session._emit_observed()
+        if not data or not self.observer.opaque:
+            self.observer.client_data(data)
 
     def server_data(self, data: bytes) -> bytes:
-        observer = self.observer
-        if observer.opaque and data:
+        if data and self.observer.opaque:
             return data
-        out = observer.server_data(data)
+        return self.observer.server_data(data)
+
+    def forwarded(self) -> None:
         self.session._emit_observed()
-        return out

@@ -42,11 +42,21 @@ CLOSE_GRACE_SECONDS = 5.0
 class Inspector(Protocol):
     def client_data(self, data: bytes) -> None: ...
     def server_data(self, data: bytes) -> bytes: ...
+    def forwarded(self) -> None: ...  # after each forward: the time to log, off the path
 
 
-class SpliceEnd(asyncio.Protocol):
+# Every read lands in one buffer shared by all connections: the event loop
+# handles one read at a time, and each chunk is forwarded (or copied) before
+# the next read, so 10,000 idle sessions hold no read buffers at all. A
+# transport that keeps a view of it instead of copying (a write it could not
+# finish at once) gets it to itself: the next read goes to a fresh buffer.
+READ_BUFFER_BYTES = 1 << 20
+_read_buffer = [memoryview(bytearray(READ_BUFFER_BYTES))]
+
+
+class SpliceEnd(asyncio.BufferedProtocol):
     """One connection of a splice. Before the splice starts (while the trap
-    dials back) the inbound end keeps what the client sends early."""
+    dials back, or while it connects the two ends) what arrives is kept."""
 
     __slots__ = ("transport", "splice", "early", "early_eof", "early_lost", "on_early_loss")
 
@@ -62,13 +72,20 @@ class SpliceEnd(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES)  # type: ignore[attr-defined]
 
-    def data_received(self, data: bytes) -> None:
-        if self.splice is not None:
-            self.splice.received(self, data)
-        else:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _read_buffer[0]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        data = _read_buffer[0][:nbytes]
+        splice = self.splice
+        if splice is None:
             self.early += data
             if len(self.early) >= WRITE_HIGH_WATER_BYTES:
                 self.transport.pause_reading()
+            return
+        splice.received(self, data)
+        if splice.other(self).transport.get_write_buffer_size():
+            _read_buffer[0] = memoryview(bytearray(READ_BUFFER_BYTES))
 
     def eof_received(self) -> bool:
         if self.splice is not None:
@@ -128,18 +145,24 @@ class Splice:
         ]
 
     def start(self) -> None:
-        """Connect the ends; replays what the client sent before we were ready."""
-        inbound = self.inbound
-        early, inbound.early = bytes(inbound.early), bytearray()
-        inbound.splice = self.reflected.splice = self
-        if inbound.early_lost is not False:
-            self.lost(inbound, inbound.early_lost if inbound.early_lost is not True else None)
-            return
-        if early:
-            self.received(inbound, early)
-        inbound.transport.resume_reading()
-        if inbound.early_eof:
-            self.eof(inbound)
+        """Connect the ends, then replay what either sent before we were
+        ready: the client's early talk, then what the server already said."""
+        ends = (self.inbound, self.reflected)
+        for end in ends:
+            end.splice = self
+        for end in ends:
+            early, end.early = bytes(end.early), bytearray()
+            if early:
+                self.received(end, early)
+        for end in ends:
+            if end.early_lost is not False:
+                self.lost(end, None if end.early_lost is True else end.early_lost)
+        for end in ends:
+            if end.early_eof:
+                self.eof(end)
+        if self.reason is None:
+            for end in ends:
+                end.transport.resume_reading()
 
     def other(self, end: SpliceEnd) -> SpliceEnd:
         return self.reflected if end is self.inbound else self.inbound
@@ -158,14 +181,18 @@ class Splice:
             self.reflected.transport.write(data)
             if inspector is not None:
                 inspector.client_data(data)
+                inspector.forwarded()
         else:
             self.bytes_from_server += len(data)
             if self.bytes_from_server > self.max_bytes:
                 return self.close(MAX_BYTES)
-            if inspector is not None:
-                data = inspector.server_data(data)
+            if inspector is None:
+                self.inbound.transport.write(data)
+                return
+            data = inspector.server_data(data)
             if data:
                 self.inbound.transport.write(data)
+            inspector.forwarded()
 
     def eof(self, end: SpliceEnd) -> None:
         if self.reason is not None:
@@ -179,6 +206,8 @@ class Splice:
             held = self.inspector.server_data(b"")
             if held:
                 other.transport.write(held)
+        if self.inspector is not None:
+            self.inspector.forwarded()
         if other.transport.can_write_eof():
             other.transport.write_eof()
         if len(self._eof_from) == 2:

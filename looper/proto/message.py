@@ -55,9 +55,12 @@ class DotDecoder:
         carry = self._carry
         buffer = carry + chunk if carry else chunk
         # The terminator and a stuffed dot both begin with a line starting
-        # with ".", which most chunks lack: one search rules out both.
-        dotted = _LINE_STARTING_WITH_DOT in buffer
-        end = buffer.find(END_OF_DATA) if dotted else -1
+        # with "."; most chunks have no "." at all (base64 never does), and a
+        # one-byte search (memchr) is far cheaper than a three-byte one.
+        first_dot = buffer.find(b".")
+        line_dot = -1 if first_dot < 0 else buffer.find(_LINE_STARTING_WITH_DOT, max(0, first_dot - 2))
+        dotted = line_dot >= 0
+        end = buffer.find(END_OF_DATA, line_dot) if dotted else -1
         if end >= 0:
             content = buffer[: end + 2]
             used = end + len(END_OF_DATA) - len(carry)

@@ -241,9 +241,12 @@ class Observer:
         """
         return self._state is ClientState.OPAQUE and not self._held
 
-    def events(self) -> list[Event]:
-        """Drain and return the events emitted so far."""
-        events, self._events = self._events, []
+    def events(self) -> list[Event] | tuple[()]:
+        """Drain and return the events emitted so far (called after every chunk)."""
+        events = self._events
+        if not events:
+            return ()
+        self._events = []
         return events
 
     def client_data(self, data: bytes | bytearray | memoryview) -> None:

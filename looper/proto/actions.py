@@ -1,0 +1,55 @@
+"""What a server machine asks of its adapter: the one vocabulary shared by
+the SMTP, IMAP and POP3 machines and the session adapter that drives them.
+
+A machine takes bytes in (`receive_data`, b"" for EOF) and answers with
+actions, in order; the adapter carries them out one after the other and
+reports back the outcome of those that need one (`tls_started`, `stored`,
+`store_failed`). While an action is pending the machine reads nothing more
+(`paused`): it keeps what arrives, within its own bounds.
+
+    class ServerMachine(Protocol):
+        idle_timeout_s: float            # adapter calls timed_out() after this much silence
+        paused: bool                      # waiting for the outcome of StartTLS or Store
+        def receive_data(self, data: bytes) -> None
+        def timed_out(self) -> None
+        def tls_started(self, version: str, cipher: str) -> None
+        def stored(self, path: str) -> None
+        def store_failed(self, reason: str) -> None
+        def actions(self) -> list[Action]     # drain, in order
+        def events(self) -> list[Event]       # drain
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Write `data`, `delay_s` seconds after the previous action is done
+    (a persona's pacing: error sleep, a SASL back end's failure delay)."""
+
+    data: bytes
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class StartTLS:
+    """Upgrade the connection to TLS (server side) once the sends before it
+    are written; then call tls_started(), or close if the handshake fails."""
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """Store a message durably, then call stored(path) or store_failed(reason)."""
+
+    content: bytes
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the connection once the sends before it are written."""
+
+
+Action = Send | StartTLS | Store | Close

@@ -708,7 +708,9 @@ def test_bare_lf_dot_does_not_end_data():
     events, _ = tr(transcript)
     assert ids(events) == ["greeting", "mail", "rcpt", "message"]
     (message,) = of(events, ob.MESSAGE)
-    assert message["size"] == len(smuggled) and message["sha256"] == hashlib.sha256(smuggled).hexdigest()
+    # The CRLF line ".\nDATA" starts with a dot, which unstuffing removes.
+    content = smuggled.replace(b"\r\n.\nDATA", b"\r\n\nDATA")
+    assert message["size"] == len(content) and message["sha256"] == hashlib.sha256(content).hexdigest()
 
 
 def test_message_cut_off_in_data():
@@ -755,13 +757,14 @@ def test_message_without_reply_is_complete():
         (b"..\r\n.\r\n", b".\r\n"),
         (b"...\r\n.\r\n", b"..\r\n"),
         (b"a\r\n..\r\n.\r\n", b"a\r\n.\r\n"),
-        (b"a\r\n.b\r\n.\r\n", b"a\r\n.b\r\n"),
+        (b"a\r\n.b\r\n.\r\n", b"a\r\nb\r\n"),  # RFC 5321 4.5.2: any leading dot goes
         (b"a\n.\nb\r\n.\r\n", b"a\n.\nb\r\n"),
-        (b"a\r\n.\r\r\n.\r\n", b"a\r\n.\r\r\n"),
+        (b"a\r\n.\r\r\n.\r\n", b"a\r\n\r\r\n"),
         (b"\r\n\r\n.\r\n", b"\r\n\r\n"),
     ],
 )
 def test_dot_decoder(stuffed: bytes, content: bytes):
+    """Strict: only CRLF.CRLF ends DATA, checked at every split point."""
     for split in range(len(stuffed) + 1):
         decoder = DotDecoder()
         got, used = decoder.feed(stuffed[:split] + b"")
@@ -770,6 +773,29 @@ def test_dot_decoder(stuffed: bytes, content: bytes):
             got += rest
             used += split
         assert (got, used) == (content, len(stuffed))
+
+
+@pytest.mark.parametrize(
+    ("stuffed", "content", "used"),
+    [
+        (b".\r\n", b"", 3),
+        (b".\n", b"", 2),
+        (b"a\n.\nb\r\n.\r\n", b"a\n", 4),
+        (b"a\r\n.\nb", b"a\r\n", 5),
+        (b"a\n..b\n.x\r\n.\r\n", b"a\n.b\nx\r\n", 15),
+        (b"a\r.\r\n.\n", b"a\r.\r\n", 8),  # a bare CR ends no line
+    ],
+)
+def test_dot_decoder_reading_lines_as_postfix_does(stuffed: bytes, content: bytes, used: int):
+    """bare_lf: a bare LF ends lines too, as in Debian's Postfix 3.7 smtpd."""
+    for split in range(len(stuffed) + 1):
+        decoder = DotDecoder(bare_lf=True)
+        got, taken = decoder.feed(stuffed[:split])
+        if taken < 0:
+            rest, taken = decoder.feed(stuffed[split:] + b"NEXT")
+            got += rest
+            taken += split
+        assert (got, taken) == (content, used), split
 
 
 @pytest.mark.parametrize(

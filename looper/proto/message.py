@@ -23,13 +23,6 @@ from email.errors import HeaderParseError
 from email.header import decode_header
 
 END_OF_DATA = b"\r\n.\r\n"
-# The proper prefixes of END_OF_DATA, longest first. A chunk ending in one of
-# them may continue into a terminator or a stuffed dot ("\r\n..") in the next
-# chunk, so that suffix waits for the next chunk; nothing else ever straddles.
-_PARTIAL_ENDS = (b"\r\n.\r", b"\r\n.", b"\r\n", b"\r")
-_LINE_STARTING_WITH_DOT = b"\r\n."
-_STUFFED_DOT = b"\r\n.."
-_UNSTUFFED_DOT = b"\r\n."
 
 MAX_HEADER_BYTES = 64 * 1024
 # An RFC 2047 encoded word: =?charset?q-or-b?text?= (no "?" or space inside).
@@ -38,44 +31,66 @@ CHAIN_HEX_CHARS = 16
 
 
 class DotDecoder:
-    """Undoes dot-stuffing and finds the end of DATA, one chunk at a time."""
+    """Undoes dot-stuffing and finds the end of DATA, one chunk at a time.
 
-    def __init__(self) -> None:
-        # The CRLF that ended the DATA command line: it makes a "." on the
-        # first content line look like every other line start.
-        self._carry = b"\r\n"
+    Strict (the default, for the observer): only CRLF "." CRLF ends DATA.
+    bare_lf=True reads lines as Postfix's smtpd does (smtpd_forbid_bare_newline
+    = no, Debian's 3.7 default): a bare LF ends a line too, so "\\n.\\n" and
+    "\\n.\\r\\n" end DATA; what a persona must copy, not what a relay's
+    observer may assume.
+    """
+
+    def __init__(self, *, bare_lf: bool = False) -> None:
+        newline = b"\n" if bare_lf else b"\r\n"
+        self._line_dot = newline + b"."
+        self._newline = newline
+        self._ends = (b"\n.\r\n", b"\n.\n") if bare_lf else (END_OF_DATA,)
+        # Proper prefixes of a terminator, longest first: a chunk ending in one
+        # of them may go on into a terminator, so that suffix waits for the
+        # next chunk; nothing else can straddle two chunks.
+        self._partial_ends = (b"\n.\r", b"\n.", b"\n") if bare_lf else (b"\r\n.\r", b"\r\n.", b"\r\n", b"\r")
+        # The line end of the DATA command: it makes a "." on the first
+        # content line look like every other line start.
+        self._carry = newline
         self._at_start = True
 
     def feed(self, chunk: bytes) -> tuple[bytes, int]:
         """Return (unstuffed content, bytes of chunk used, or -1 if DATA goes on).
 
-        Content ends with the CRLF before the final "."; the bytes of chunk
-        after the terminator are not content (the client's next commands).
+        Content ends with the line end before the final "."; the bytes of
+        chunk after the terminator are not content (the next commands).
         """
         carry = self._carry
         buffer = carry + chunk if carry else chunk
         # The terminator and a stuffed dot both begin with a line starting
         # with "."; most chunks have no "." at all (base64 never does), and a
-        # one-byte search (memchr) is far cheaper than a three-byte one.
+        # one-byte search (memchr) is far cheaper than a longer one.
         first_dot = buffer.find(b".")
-        line_dot = -1 if first_dot < 0 else buffer.find(_LINE_STARTING_WITH_DOT, max(0, first_dot - 2))
-        dotted = line_dot >= 0
-        end = buffer.find(END_OF_DATA, line_dot) if dotted else -1
+        line_dot = -1 if first_dot < 0 else buffer.find(self._line_dot, max(0, first_dot - len(self._newline)))
+        end, end_length = -1, 0
+        if line_dot >= 0:
+            for terminator in self._ends:
+                found = buffer.find(terminator, line_dot if len(self._ends) == 1 else max(0, line_dot - 1))
+                if found >= 0 and (end < 0 or found < end):
+                    end, end_length = found, len(terminator)
         if end >= 0:
-            content = buffer[: end + 2]
-            used = end + len(END_OF_DATA) - len(carry)
+            # keep the line end before the dot: with bare_lf the terminator
+            # starts at its LF, after a CR that belongs to the content
+            newline_bytes = 1 if len(self._ends) == 2 else 2
+            content = buffer[: end + newline_bytes]
+            used = end + end_length - len(carry)
             self._carry = b""
         else:
-            kept = _partial_end_bytes(buffer)
+            kept = next((len(p) for p in self._partial_ends if buffer.endswith(p)), 0)
             content = buffer[: len(buffer) - kept] if kept else buffer
             self._carry = buffer[len(buffer) - kept :] if kept else b""
             used = -1
-        if dotted:
-            content = content.replace(_STUFFED_DOT, _UNSTUFFED_DOT)
+        if line_dot >= 0:
+            # RFC 5321 4.5.2: a line's leading "." is removed, whatever follows.
+            content = content.replace(self._line_dot, self._newline)
         if self._at_start and content:
-            # Every carried suffix starts with "\r", so the first content handed
-            # out still begins with the CRLF we made up: drop it.
-            content = content[2:]
+            # the first content still begins with the line end we made up
+            content = content[len(self._newline) :]
             self._at_start = False
         return content, used
 
@@ -83,16 +98,9 @@ class DotDecoder:
         """The content still carried over when DATA was cut off (no end came)."""
         carry, self._carry = self._carry, b""
         if self._at_start:
-            carry = carry[2:]  # the CRLF we made up
+            carry = carry[len(self._newline) :]
             self._at_start = False
         return carry
-
-
-def _partial_end_bytes(buffer: bytes) -> int:
-    for partial in _PARTIAL_ENDS:
-        if buffer.endswith(partial):
-            return len(partial)
-    return 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -782,8 +782,8 @@ def test_dot_decoder(stuffed: bytes, content: bytes):
         (b".\n", b"", 2),
         (b"a\n.\nb\r\n.\r\n", b"a\n", 4),
         (b"a\r\n.\nb", b"a\r\n", 5),
-        (b"a\n..b\n.x\r\n.\r\n", b"a\n.b\nx\r\n", 15),
-        (b"a\r.\r\n.\n", b"a\r.\r\n", 8),  # a bare CR ends no line
+        (b"a\n..b\n.x\r\n.\r\n", b"a\n.b\nx\r\n", 13),
+        (b"a\r.\r\n.\n", b"a\r.\r\n", 7),  # a bare CR ends no line
     ],
 )
 def test_dot_decoder_reading_lines_as_postfix_does(stuffed: bytes, content: bytes, used: int):

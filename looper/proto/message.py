@@ -144,6 +144,11 @@ class MessageScanner:
         """Bytes of the header block buffered now (for bounds checks)."""
         return 0 if self._header is None else len(self._header)
 
+    @property
+    def size(self) -> int:
+        """Content bytes so far."""
+        return self._size
+
     def feed(self, content: bytes) -> None:
         if self._facts is not None:
             return  # the message was already reported

@@ -117,6 +117,8 @@ class SaslExchange:
             return self._finish(Credentials("PLAIN", username, password=password, authzid=authzid or None))
         if self.mechanism == "LOGIN":
             if self._username is None:
+                if not decoded:
+                    return self._finish(Failure.MALFORMED)  # no user name
                 self._username = _text(decoded)
                 return Challenge(LOGIN_PASSWORD_PROMPT)
             return self._finish(Credentials("LOGIN", self._username, password=_text(decoded)))

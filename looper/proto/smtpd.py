@@ -1,0 +1,821 @@
+"""The emulated SMTP server: a sans-IO machine that plays a persona.
+
+Bytes in (`receive_data`), actions out (Send, StartTLS, Store, Close: see
+actions.py), events out. It accepts, stores and logs; it never delivers.
+
+Rules (Debian's Postfix 3.7 smtpd, recorded in tests/data/postfix/):
+- Input modes: command lines, DATA content, BDAT chunks, SASL responses,
+  or waiting for an action's outcome (TLS, storage): the table TRANSITIONS
+  lists every move. Input that arrives while waiting is kept and read after.
+- A command line ends at LF (a CR before it is dropped); past the persona's
+  limit (2048) the line is cut there and the rest of it discarded, and the
+  session goes on.
+- Replies to pipelined commands go out in one write. Every 4xx/5xx reply
+  is an error; from the soft limit on, each reply line waits error_sleep_s;
+  at the hard limit the session ends with 421. Junk commands (NOOP, VRFY,
+  ETRN, RSET) past their limit count as errors too. A queued message
+  forgives all.
+- A message is stored and synced (Store) before its 250; if storing fails
+  the reply is 452 and nothing is acknowledged.
+- Secrets appear only in login events, never in command events.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from looper.events import Event
+from looper.proto.actions import Action, Close, Send, StartTLS, Store
+from looper.proto.message import DotDecoder, MessageScanner
+from looper.proto.personas import Persona
+from looper.proto.sasl import Challenge, Credentials, Failure, SaslExchange, cram_md5_digest
+
+# Names a client should not claim in HELO (RFC 2606, RFC 6761).
+RESERVED_NAME_SUFFIXES = (".test", ".example", ".invalid", ".localhost")
+RESERVED_NAMES = frozenset({"localhost", "localhost.localdomain", "example", "test", "invalid"})
+
+# Debian's system accounts and /etc/aliases: the local parts a stock Debian
+# Postfix (local_recipient_maps = passwd + aliases) knows.
+DEBIAN_LOCAL_USERS = frozenset(
+    "root daemon bin sys sync games man lp mail news uucp proxy www-data backup list irc "
+    "_apt nobody postfix postmaster abuse mailer-daemon".split()
+)
+# SMTP's own ceiling on an unanswered pipeline we keep while waiting.
+MAX_WAITING_INPUT_BYTES = 1 << 20
+
+
+class Mode(enum.Enum):
+    COMMAND = "command"
+    DATA = "data"
+    BDAT = "bdat"
+    SASL = "sasl"
+    WAITING = "waiting"  # for tls_started or stored/store_failed
+    CLOSED = "closed"
+
+
+class Step(enum.Enum):
+    DATA_ACCEPTED = "354 sent"
+    CHUNK_ANNOUNCED = "BDAT n read"
+    CONTENT_ENDED = "end of DATA or of a chunk"
+    CHALLENGED = "334 sent"
+    SASL_DONE = "AUTH over"
+    AWAIT = "StartTLS or Store issued"
+    RESUMED = "TLS up, or stored"
+    CLOSE = "Close issued"
+
+
+TRANSITIONS: dict[tuple[Mode, Step], Mode] = {
+    (Mode.COMMAND, Step.DATA_ACCEPTED): Mode.DATA,
+    (Mode.COMMAND, Step.CHUNK_ANNOUNCED): Mode.BDAT,
+    (Mode.COMMAND, Step.CHALLENGED): Mode.SASL,
+    (Mode.COMMAND, Step.AWAIT): Mode.WAITING,
+    (Mode.DATA, Step.CONTENT_ENDED): Mode.COMMAND,
+    (Mode.DATA, Step.AWAIT): Mode.WAITING,
+    (Mode.BDAT, Step.CONTENT_ENDED): Mode.COMMAND,
+    (Mode.BDAT, Step.AWAIT): Mode.WAITING,
+    (Mode.SASL, Step.CHALLENGED): Mode.SASL,
+    (Mode.SASL, Step.SASL_DONE): Mode.COMMAND,
+    (Mode.WAITING, Step.RESUMED): Mode.COMMAND,
+    **{(mode, Step.CLOSE): Mode.CLOSED for mode in Mode},
+}
+
+
+class Environment(Protocol):
+    """What the machine may not compute itself (no clock, no randomness)."""
+
+    def queue_id(self) -> str: ...
+    def cram_challenge(self) -> str: ...
+    def date(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    hostname: str
+    persona: Persona
+    mode: str = "open_relay"  # or "harvester"
+    relay: str = "open"  # or "authenticated"
+    credentials: frozenset[tuple[str, str]] = frozenset()
+    accept_after: int | None = None
+    auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
+    max_message_bytes: int = 10_240_000  # Postfix's message_size_limit default
+    max_recipients: int = 1000
+    idle_timeout_s: float = 300.0
+    greet_delay_s: float = 0.0
+    tls_available: bool = True
+    # Domains delivered here (Postfix's mydestination); None: the host name
+    # and localhost, as Debian's postfix package sets it up.
+    local_domains: tuple[str, ...] | None = None
+    reply_overrides: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def local_domain_set(self) -> frozenset[str]:
+        domains = (self.hostname, "localhost") if self.local_domains is None else self.local_domains
+        return frozenset(domain.lower() for domain in domains)
+
+    @property
+    def local_users(self) -> frozenset[str]:
+        return DEBIAN_LOCAL_USERS | {user.split("@")[0].lower() for user, _ in self.credentials}
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    ip: str
+    name: str | None = None  # reverse DNS, None if it has none
+    earlier_auth_failures: int = 0  # from this address, in earlier sessions
+    tls: bool = False  # implicit TLS (a submissions port)
+    pregreet_bytes: int = 0  # sent before our greeting
+    local_ip: str | None = None  # the address the client reached: [local_ip] is us
+
+
+class _Transaction:
+    __slots__ = ("mail_from", "rcpt_to", "bdat_size", "bdat_failed", "scanner", "decoder", "chunks", "too_big")
+
+    def __init__(self, mail_from: str) -> None:
+        self.mail_from = mail_from
+        self.rcpt_to: list[str] = []
+        self.bdat_size: int | None = None  # bytes so far once BDAT began
+        self.bdat_failed = False
+        self.scanner: MessageScanner | None = None
+        self.decoder: DotDecoder | None = None
+        self.chunks: list[bytes] = []
+        self.too_big = False
+
+
+class SmtpServer:
+    """One emulated SMTP session; see the module docstring."""
+
+    def __init__(self, settings: SmtpSettings, client: ClientInfo, environment: Environment) -> None:
+        self.settings = settings
+        self.persona = settings.persona
+        self.client = client
+        self.env = environment
+        self.idle_timeout_s = settings.idle_timeout_s
+        self._mode = Mode.COMMAND
+        self._inbuf = bytearray()
+        self._skipping_long_line = False
+        self._out = bytearray()
+        self._actions: list[Action] = []
+        self._events: list[Event] = []
+        self._errors = 0
+        self._junk = 0
+        self._helo: str | None = None
+        self._esmtp = False
+        self._tls = client.tls
+        self._authenticated: str | None = None
+        self._auth_failures = client.earlier_auth_failures
+        self._sasl: SaslExchange | None = None
+        self._transaction: _Transaction | None = None
+        self._chunk_left = 0
+        self._chunk_size = 0
+        self._chunk_keep = False
+        self._chunk_last = False
+        self._pending_store: tuple[str, _Transaction, str] | None = None
+        if client.pregreet_bytes:
+            self._emit("looper.smtp.pregreet", bytes=client.pregreet_bytes)
+        self._flush()
+        self._actions.append(Send(self._line("greeting"), settings.greet_delay_s))
+
+    # -- the adapter's side ---------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        return self._mode is Mode.WAITING
+
+    @property
+    def mode(self) -> Mode:
+        return self._mode
+
+    def actions(self) -> list[Action]:
+        actions, self._actions = self._actions, []
+        return actions
+
+    def events(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
+
+    def receive_data(self, data: bytes) -> None:
+        if self._mode is Mode.CLOSED:
+            return
+        if not data:
+            self._client_closed()
+            return
+        if self._mode is Mode.WAITING and len(self._inbuf) + len(data) > MAX_WAITING_INPUT_BYTES:
+            # The adapter stops reading while we wait; this is a client that
+            # pipelined a megabyte past a 354 or a STARTTLS.
+            self._emit("looper.smtp.limit", limit="input while waiting", bytes=len(data))
+            return
+        self._inbuf += data
+        self._process()
+        self._flush()
+
+    def timed_out(self) -> None:
+        if self._mode is Mode.CLOSED:
+            return
+        self._emit("looper.smtp.limit", limit="timeout", seconds=self.idle_timeout_s)
+        self._reply("timeout", count_error=False)
+        self._close()
+
+    def tls_started(self, version: str = "", cipher: str = "") -> None:
+        self._tls = True
+        # RFC 3207 4.2: everything known before the handshake is forgotten.
+        self._helo, self._esmtp, self._transaction = None, False, None
+        self._inbuf.clear()
+        self._move(Step.RESUMED)
+        self._process()
+        self._flush()
+
+    def stored(self, path: str) -> None:
+        assert self._pending_store is not None, "stored() without a Store"
+        key, transaction, sha256 = self._pending_store
+        self._pending_store = None
+        self._move(Step.RESUMED)
+        queue_id = self.env.queue_id()
+        facts = transaction.scanner.facts()
+        self._emit(
+            "looper.smtp.message",
+            queue_id=queue_id,
+            mail_from=transaction.mail_from,
+            rcpt_to=list(transaction.rcpt_to),
+            size=facts.size,
+            sha256=sha256,
+            path=path,
+            received_hops=facts.received_hops,
+            message_id=facts.message_id,
+            subject=facts.subject,
+            received_header=self._received_header(queue_id, transaction),
+            transport="bdat" if transaction.bdat_size is not None else "data",
+        )
+        self._transaction = None
+        self._errors = 0  # Postfix forgives a client that got a message through, before replying
+        self._reply(key, queue_id=queue_id, size=facts.size)
+        self._process()
+        self._flush()
+
+    def store_failed(self, reason: str) -> None:
+        assert self._pending_store is not None, "store_failed() without a Store"
+        _, transaction, sha256 = self._pending_store
+        self._pending_store = None
+        self._move(Step.RESUMED)
+        self._emit("looper.smtp.store_failed", sha256=sha256, reason=reason)
+        self._transaction = None
+        self._reply("storage_failed")
+        self._after_command()
+        self._process()
+        self._flush()
+
+    # -- input ------------------------------------------------------------------
+
+    def _process(self) -> None:
+        while self._inbuf:
+            mode = self._mode
+            if mode is Mode.COMMAND or mode is Mode.SASL:
+                line = self._take_line()
+                if line is None:
+                    return
+                if mode is Mode.SASL:
+                    self._sasl_response(line)
+                else:
+                    self._command(line)
+                    self._after_command()
+            elif mode is Mode.DATA:
+                self._take_data()
+            elif mode is Mode.BDAT:
+                self._take_chunk()
+            else:
+                return
+
+    def _take_line(self) -> bytes | None:
+        buffer = self._inbuf
+        limit = self.persona.command_line_limit
+        if self._skipping_long_line:
+            newline = buffer.find(b"\n")
+            if newline < 0:
+                buffer.clear()
+                return None
+            del buffer[: newline + 1]
+            self._skipping_long_line = False
+        newline = buffer.find(b"\n", 0, limit + 1)
+        if newline >= 0:
+            line = bytes(buffer[:newline])
+            del buffer[: newline + 1]
+            return line[:-1] if line.endswith(b"\r") else line
+        if len(buffer) > limit:
+            line = bytes(buffer[:limit])
+            del buffer[:limit]
+            self._skipping_long_line = True
+            return line
+        return None
+
+    def _client_closed(self) -> None:
+        if self._transaction is not None and self._mode in (Mode.DATA, Mode.BDAT):
+            self._emit("looper.smtp.message_cut", mail_from=self._transaction.mail_from, size=self._content_size())
+        self._flush()
+        self._actions.append(Close())
+        self._move(Step.CLOSE)
+
+    # -- output -----------------------------------------------------------------
+
+    def _text(self, key: str, **values: Any) -> str:
+        text = self.settings.reply_overrides.get(key) or self.persona.replies[key]
+        return text.format(host=self.settings.hostname, **values)
+
+    def _line(self, key: str, **values: Any) -> bytes:
+        return self._text(key, **values).encode("utf-8", "replace") + b"\r\n"
+
+    def _send_lines(self, lines: list[bytes]) -> None:
+        if self._errors >= self.persona.soft_error_limit:
+            # Postfix sleeps before every reply line once a client errs a lot.
+            for line in lines:
+                self._flush()
+                self._actions.append(Send(line, self.persona.error_sleep_s))
+        else:
+            for line in lines:
+                self._out += line
+
+    def _reply(self, key: str, *, count_error: bool = True, delay_s: float = 0.0, **values: Any) -> None:
+        line = self._line(key, **values)
+        if delay_s:
+            self._flush()
+            self._actions.append(Send(line, delay_s))
+        else:
+            self._send_lines([line])
+        if count_error and line[:1] in b"45":
+            self._errors += 1
+
+    def _flush(self) -> None:
+        if self._out:
+            self._actions.append(Send(bytes(self._out)))
+            self._out.clear()
+
+    def _close(self) -> None:
+        self._flush()
+        self._actions.append(Close())
+        self._move(Step.CLOSE)
+        self._inbuf.clear()
+
+    def _emit(self, eventid: str, **fields: Any) -> None:
+        self._events.append(Event(eventid, fields))
+
+    def _move(self, step: Step) -> None:
+        self._mode = TRANSITIONS[self._mode, step]
+
+    def _after_command(self) -> None:
+        if self._mode is not Mode.CLOSED and self._errors >= self.persona.hard_error_limit:
+            self._emit("looper.smtp.limit", limit="errors", errors=self._errors)
+            self._reply("too_many_errors", count_error=False)
+            self._close()
+
+    def _count_junk(self) -> None:
+        self._junk += 1
+        if self._junk > self.persona.junk_command_limit:
+            self._errors += 1
+
+    # -- commands ---------------------------------------------------------------
+
+    def _command(self, line: bytes) -> None:
+        words = line.split(None, 1)
+        verb = words[0] if words else b""
+        verb_text = verb.decode("ascii", "replace").upper()
+        logged = line if verb_text != "AUTH" else b" ".join(line.split()[:2])
+        self._emit("looper.command.input", input=logged.decode("utf-8", "replace"))
+        if not line.strip(b" \t"):
+            return self._reply("bad_syntax")
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return self._reply("bad_utf8")
+        parts = text.split(None, 1)
+        argument = parts[1].strip() if len(parts) > 1 else ""
+        handler = _HANDLERS.get(verb_text)
+        if handler is None:
+            first = text.lstrip(" \t")[:1]
+            if verb_text in _FORBIDDEN or not first.isascii() or not first.isalpha() or verb.endswith(b":"):
+                self._emit("looper.smtp.forbidden", input=text[:200])
+                self._reply("forbidden", count_error=False)
+                return self._close()
+            return self._reply("unknown")
+        handler(self, verb_text, argument)
+
+    def _helo_cmd(self, verb: str, argument: str) -> None:
+        if not argument:
+            return self._reply("ehlo_syntax" if verb == "EHLO" else "helo_syntax")
+        name = " ".join(argument.split())
+        self._helo, self._esmtp, self._transaction = name, verb == "EHLO", None
+        lowered = name.lower().rstrip(".")
+        self._emit(
+            "looper.smtp.helo",
+            verb=verb,
+            name=name,
+            claims_our_name=lowered == self.settings.hostname.lower(),
+            reserved_name=lowered in RESERVED_NAMES or lowered.endswith(RESERVED_NAME_SUFFIXES),
+        )
+        if verb == "HELO":
+            return self._reply("helo")
+        lines = [self.persona.ehlo_first_line.format(host=self.settings.hostname)]
+        for extension in self.persona.extensions:
+            if extension == "SIZE":
+                lines.append(f"SIZE {self.settings.max_message_bytes}")
+            elif extension == "STARTTLS":
+                if self.settings.tls_available and not self._tls:
+                    lines.append("STARTTLS")
+            elif extension == "AUTH":
+                if self.settings.auth_mechanisms:
+                    lines.append("AUTH " + " ".join(self.settings.auth_mechanisms))
+            else:
+                lines.append(extension)
+        self._send_lines(
+            [f"250{'-' if i < len(lines) - 1 else ' '}{line}\r\n".encode() for i, line in enumerate(lines)]
+        )
+
+    def _mail_cmd(self, verb: str, argument: str) -> None:
+        if self._transaction is not None:
+            return self._reply("nested_mail")
+        path = _after_keyword(argument, "FROM:")
+        if not path:
+            return self._reply("mail_syntax")
+        address, params = _split_path(path)
+        if address is None:
+            return self._reply("bad_sender")
+        for param in params:
+            key, _, value = param.partition("=")
+            key = key.upper()
+            if key == "SIZE":
+                if not value.isdigit():
+                    return self._reply("size_syntax")
+                if len(value) >= 20:
+                    return self._reply("size_fs_limit")
+                if int(value) > self.settings.max_message_bytes:
+                    return self._reply("size_exceeded")
+            elif key == "BODY":
+                if value.upper() not in ("7BIT", "8BITMIME"):
+                    return self._reply("unsupported_option", param=param)
+            elif key == "RET":
+                if value.upper() not in ("FULL", "HDRS"):
+                    return self._reply("ret_syntax")
+            elif key not in ("SMTPUTF8", "ENVID", "AUTH"):
+                return self._reply("unsupported_option", param=param)
+        self._transaction = _Transaction(address)
+        self._reply("mail_ok")
+
+    def _rcpt_cmd(self, verb: str, argument: str) -> None:
+        transaction = self._transaction
+        if transaction is None:
+            return self._reply("need_mail")
+        path = _after_keyword(argument, "TO:")
+        if not path:
+            return self._reply("rcpt_syntax")
+        address, params = _split_path(path)
+        if not address or not _valid_recipient(address):
+            return self._reply("bad_rcpt")
+        for param in params:
+            if param.partition("=")[0].upper() not in ("NOTIFY", "ORCPT"):
+                return self._reply("unsupported_option", param=param)
+        if len(transaction.rcpt_to) >= self.settings.max_recipients:
+            return self._reply("too_many_rcpt")
+        verdict = self._recipient_verdict(address)
+        if verdict is not None:
+            return self._reply(verdict, address=address)
+        transaction.rcpt_to.append(address)
+        self._reply("rcpt_ok")
+
+    def _recipient_verdict(self, address: str) -> str | None:
+        """None if accepted, else the reply key (user_unknown, relay_denied)."""
+        local, at, domain = address.rpartition("@")
+        if not at:
+            if address.lower() == "postmaster":  # RFC 5321 4.5.1: always accepted
+                return None
+            # A bare local part gets our own domain (Postfix's myorigin).
+            local, domain = address, self.settings.hostname
+        domain = domain.lower().rstrip(".")
+        if self.client.local_ip and domain == f"[{self.client.local_ip}]":
+            return None  # an address literal of our own is a local destination
+        if domain in self.settings.local_domain_set:
+            return None if local.lower() in self.settings.local_users else "user_unknown"
+        if self.settings.mode == "open_relay" and (self.settings.relay == "open" or self._authenticated):
+            return None
+        return "relay_denied"
+
+    def _data_cmd(self, verb: str, argument: str) -> None:
+        transaction = self._transaction
+        if argument:
+            return self._reply("data_syntax")
+        if transaction is None:
+            return self._reply("need_rcpt")
+        if transaction.bdat_size is not None:
+            return self._reply("data_after_bdat")
+        if not transaction.rcpt_to:
+            return self._reply("no_valid_rcpt")
+        transaction.scanner = MessageScanner(self.client.ip)
+        transaction.decoder = DotDecoder(bare_lf=self.persona.bare_lf)
+        self._reply("data_go")
+        self._move(Step.DATA_ACCEPTED)
+
+    def _take_data(self) -> None:
+        transaction = self._transaction
+        content, used = transaction.decoder.feed(bytes(self._inbuf))
+        self._keep_content(transaction, content)
+        if used < 0:
+            self._inbuf.clear()
+            return
+        del self._inbuf[:used]
+        self._move(Step.CONTENT_ENDED)
+        self._end_of_message("queued")
+
+    def _keep_content(self, transaction: _Transaction, content: bytes) -> None:
+        if not content:
+            return
+        transaction.scanner.feed(content)
+        if transaction.too_big:
+            return
+        if self._content_size() > self.settings.max_message_bytes:
+            transaction.too_big = True
+            transaction.chunks.clear()  # kept no longer: only its facts are
+        else:
+            transaction.chunks.append(content)
+
+    def _content_size(self) -> int:
+        transaction = self._transaction
+        if transaction is None or transaction.scanner is None:
+            return 0
+        return transaction.scanner.size
+
+    def _end_of_message(self, reply_key: str) -> None:
+        transaction = self._transaction
+        facts = transaction.scanner.facts()
+        if transaction.too_big:
+            self._transaction = None
+            return self._reply("message_too_big")
+        if facts.received_hops + 1 >= self.persona.hop_limit:
+            self._transaction = None
+            return self._reply("too_many_hops")
+        content = b"".join(transaction.chunks)
+        transaction.chunks = []
+        self._pending_store = (reply_key, transaction, facts.sha256)
+        self._flush()
+        self._actions.append(Store(content, facts.sha256))
+        self._move(Step.AWAIT)
+
+    def _bdat_cmd(self, verb: str, argument: str) -> None:
+        words = argument.split()
+        last = len(words) == 2 and words[1].upper() == "LAST"
+        if not words or len(words) > 2 or (len(words) == 2 and not last) or not words[0].isdigit() or len(words[0]) >= 20:
+            self._reply("bdat_syntax")
+            return self._close()
+        size = int(words[0])
+        transaction = self._transaction
+        self._chunk_left, self._chunk_size, self._chunk_keep, self._chunk_last = size, size, False, last
+        if transaction is None:
+            self._reply("need_rcpt")
+        elif transaction.bdat_failed:
+            self._reply("bdat_discarded", size=size)
+        elif not transaction.rcpt_to:
+            transaction.bdat_failed = True
+            self._reply("no_valid_rcpt")
+        elif size == 0 and not last:
+            transaction.bdat_failed = True
+            self._reply("bdat_null")
+        elif (transaction.bdat_size or 0) + size > self.settings.max_message_bytes:
+            transaction.bdat_failed = True
+            self._reply("chunk_too_big")
+        else:
+            if transaction.bdat_size is None:
+                transaction.bdat_size = 0
+                transaction.scanner = MessageScanner(self.client.ip)
+            self._chunk_keep = True
+        if size:
+            self._move(Step.CHUNK_ANNOUNCED)
+        else:
+            self._end_chunk()
+
+    def _take_chunk(self) -> None:
+        taken = min(self._chunk_left, len(self._inbuf))
+        if self._chunk_keep:
+            self._keep_content(self._transaction, bytes(self._inbuf[:taken]))
+        del self._inbuf[:taken]
+        self._chunk_left -= taken
+        if not self._chunk_left:
+            self._move(Step.CONTENT_ENDED)
+            self._end_chunk()
+
+    def _end_chunk(self) -> None:
+        transaction = self._transaction
+        if not self._chunk_keep:
+            if self._chunk_last and transaction is not None:
+                self._transaction = None  # a failed BDAT transaction ends with LAST
+            return
+        transaction.bdat_size = transaction.scanner.size
+        if self._chunk_last:
+            self._end_of_message("bdat_queued")
+        else:
+            self._reply("bdat_ok", size=self._chunk_size)
+
+    def _rset_cmd(self, verb: str, argument: str) -> None:
+        if argument:
+            return self._reply("rset_syntax")
+        self._transaction = None
+        self._reply("rset_ok")
+        self._count_junk()
+
+    def _noop_cmd(self, verb: str, argument: str) -> None:
+        self._reply("noop")
+        self._count_junk()
+
+    def _quit_cmd(self, verb: str, argument: str) -> None:
+        self._reply("quit", count_error=False)
+        self._close()
+
+    def _vrfy_cmd(self, verb: str, argument: str) -> None:
+        if not argument:
+            return self._reply("vrfy_syntax")
+        address = argument.split()[0].strip("<>")
+        verdict = self._recipient_verdict(address) if address else None
+        if verdict is not None:
+            self._reply(verdict, address=address)
+        else:
+            self._reply("vrfy", argument=argument)
+        self._count_junk()
+
+    def _etrn_cmd(self, verb: str, argument: str) -> None:
+        if not argument:
+            return self._reply("etrn_syntax")
+        self._reply("etrn", argument=argument.lstrip("@#"))
+        self._count_junk()
+
+    def _xclient_cmd(self, verb: str, argument: str) -> None:
+        self._reply("xclient" if argument else "xclient_syntax")
+
+    def _starttls_cmd(self, verb: str, argument: str) -> None:
+        if argument:
+            return self._reply("starttls_syntax")
+        if self._tls:
+            return self._reply("tls_active")
+        if not self.settings.tls_available:
+            return self._reply("unknown")
+        self._reply("starttls_ready")
+        self._flush()
+        self._actions.append(StartTLS())
+        self._transaction = None
+        self._inbuf.clear()  # plaintext pipelined after STARTTLS is dropped (CVE-2011-0411)
+        self._move(Step.AWAIT)
+
+    # -- AUTH -------------------------------------------------------------------
+
+    def _auth_cmd(self, verb: str, argument: str) -> None:
+        mechanisms = self.settings.auth_mechanisms
+        if not mechanisms:
+            return self._reply("auth_not_enabled")
+        if self._authenticated:
+            return self._reply("auth_already")
+        if self._transaction is not None:
+            return self._reply("auth_in_transaction")
+        words = argument.split()
+        if not words or len(words) > 2:
+            return self._reply("auth_syntax")
+        mechanism = words[0].upper()
+        if mechanism not in mechanisms:
+            self._login_failed(mechanism, None, reason="unsupported mechanism")
+            return self._reply("auth_bad_mechanism")
+        self._sasl = SaslExchange(mechanism, cram_challenge=self.env.cram_challenge())
+        self._sasl_outcome(self._sasl.start(words[1] if len(words) == 2 else None), initial=True)
+
+    def _sasl_response(self, line: bytes) -> None:
+        self._sasl_outcome(self._sasl.respond(line), initial=False)
+        self._after_command()
+
+    def _sasl_outcome(self, outcome: Challenge | Credentials | Failure, *, initial: bool) -> None:
+        mechanism = self._sasl.mechanism
+        if isinstance(outcome, Challenge):
+            self._send_lines([b"334 " + base64.b64encode(outcome.data) + b"\r\n"])
+            if self._mode is not Mode.SASL:
+                self._move(Step.CHALLENGED)
+            return
+        self._sasl = None
+        if self._mode is Mode.SASL:
+            self._move(Step.SASL_DONE)
+        if outcome is Failure.CANCELLED:
+            self._login_failed(mechanism, None, reason="cancelled")
+            return self._reply("auth_aborted")
+        if outcome is Failure.UNDECODABLE:
+            self._login_failed(mechanism, None, reason="invalid base64")
+            return self._reply("auth_bad_base64_initial" if initial else "auth_bad_base64_continued")
+        if outcome is Failure.MALFORMED:
+            self._login_failed(mechanism, None, reason="malformed response")
+            return self._reply("auth_failed", delay_s=self._auth_failure_delay())
+        if self._accepts(outcome):
+            self._authenticated = outcome.username
+            self._auth_failures = 0
+            self._emit("looper.login.success", **_credential_fields(outcome))
+            return self._reply("auth_ok")
+        self._login_failed(mechanism, outcome, reason="bad credentials")
+        self._reply("auth_failed", delay_s=self._auth_failure_delay())
+
+    def _accepts(self, credentials: Credentials) -> bool:
+        settings = self.settings
+        if settings.mode != "open_relay":
+            return False
+        if credentials.authzid and credentials.authzid != credentials.username:
+            return False  # Dovecot lets nobody act for another user
+        if credentials.digest is not None:
+            known = any(
+                user == credentials.username and cram_md5_digest(password, credentials.challenge) == credentials.digest
+                for user, password in settings.credentials
+            )
+        else:
+            known = (credentials.username, credentials.password) in settings.credentials
+        # accept_after: any pair, once this address has failed that often
+        # (never at the first try: honeypot detectors send random pairs).
+        return known or (settings.accept_after is not None and self._auth_failures >= settings.accept_after)
+
+    def _auth_failure_delay(self) -> float:
+        persona = self.persona
+        return persona.auth_failure_delay_s if self._auth_failures <= 1 else persona.auth_repeat_failure_delay_s
+
+    def _login_failed(self, mechanism: str, credentials: Credentials | None, *, reason: str) -> None:
+        self._auth_failures += 1
+        fields = _credential_fields(credentials) if credentials else {"mechanism": mechanism, "username": None}
+        self._emit("looper.login.failed", reason=reason, **fields)
+
+    # -- the Received: field it would have added --------------------------------
+
+    def _received_header(self, queue_id: str, transaction: _Transaction) -> str:
+        protocol = ("ESMTP" if self._esmtp else "SMTP") + ("S" if self._tls else "") + ("A" if self._authenticated else "")
+        # Postfix names the recipient only when there is exactly one.
+        recipient = f" for <{transaction.rcpt_to[0]}>" if len(transaction.rcpt_to) == 1 else ""
+        return self.persona.received_format.format(
+            helo=self._helo or self.client.ip,
+            client_name=self.client.name or "unknown",
+            ip=self.client.ip,
+            host=self.settings.hostname,
+            protocol=protocol,
+            queue_id=queue_id,
+            for_recipient=recipient,
+            date=self.env.date(),
+        )
+
+
+def _credential_fields(credentials: Credentials) -> dict[str, Any]:
+    fields: dict[str, Any] = {"mechanism": credentials.mechanism, "username": credentials.username}
+    if credentials.digest is not None:
+        fields.update(digest=credentials.digest, challenge=credentials.challenge)
+    else:
+        fields["password"] = credentials.password
+    if credentials.authzid:
+        fields["authzid"] = credentials.authzid
+    return fields
+
+
+def _after_keyword(argument: str, keyword: str) -> str | None:
+    """The path after FROM: / TO: (a space after the colon is tolerated)."""
+    if argument[: len(keyword)].upper() != keyword:
+        return None
+    return argument[len(keyword) :].lstrip(" \t")
+
+
+def _split_path(path: str) -> tuple[str | None, list[str]]:
+    """(address without brackets, or None if malformed; parameters)."""
+    if path.startswith("<"):
+        close = path.find(">")
+        if close < 0:
+            return None, []
+        address, params = path[1:close], path[close + 1 :].split()
+    else:
+        address, _, rest = path.partition(" ")
+        params = rest.split()
+    if "\0" in address or (" " in address and '"' not in address):
+        return None, params
+    return address, params
+
+
+def _valid_recipient(address: str) -> bool:
+    domain = address.rpartition("@")[2] if "@" in address else ""
+    if domain.startswith("["):
+        return domain.endswith("]")
+    return all(0 < len(label) <= 63 for label in domain.split(".")) if domain else True
+
+
+# Postfix's smtpd_forbidden_commands (with any line not starting with a
+# letter, and a line that looks like a header field): spoken to by a web
+# client or a confused proxy, it hangs up.
+_FORBIDDEN = frozenset({"GET", "POST", "CONNECT"})
+
+_HANDLERS = {
+    "HELO": SmtpServer._helo_cmd,
+    "EHLO": SmtpServer._helo_cmd,
+    "MAIL": SmtpServer._mail_cmd,
+    "RCPT": SmtpServer._rcpt_cmd,
+    "DATA": SmtpServer._data_cmd,
+    "BDAT": SmtpServer._bdat_cmd,
+    "RSET": SmtpServer._rset_cmd,
+    "NOOP": SmtpServer._noop_cmd,
+    "QUIT": SmtpServer._quit_cmd,
+    "VRFY": SmtpServer._vrfy_cmd,
+    "ETRN": SmtpServer._etrn_cmd,
+    "XCLIENT": SmtpServer._xclient_cmd,
+    "XFORWARD": SmtpServer._xclient_cmd,
+    "STARTTLS": SmtpServer._starttls_cmd,
+    "AUTH": SmtpServer._auth_cmd,
+}
+

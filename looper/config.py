@@ -16,7 +16,20 @@ from typing import Any, Callable
 
 import yaml
 
+from looper.proto.personas import PERSONAS, REPLY_KEYS
+
 DEFAULT_CONFIG_PATH = "config/looper.yaml"
+
+DEFAULT_CREDENTIALS = (
+    ("admin", "admin"),
+    ("admin", "password"),
+    ("admin", "123456"),
+    ("test", "test"),
+    ("user", "user"),
+    ("info", "info"),
+    ("webmaster", "webmaster"),
+    ("postmaster", "postmaster"),
+)
 
 
 class ConfigError(Exception):
@@ -58,6 +71,12 @@ def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise _Invalid(f"expected true or false, got {_show(value)}")
     return value
+
+
+def _non_negative_seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise _Invalid(f"expected a number of seconds, 0 or more, got {_show(value)}")
+    return float(value)
 
 
 def _name(value: Any) -> str:
@@ -148,6 +167,8 @@ class Listen:
     smtp: tuple[Endpoint, ...] = _setting(
         lambda: (Endpoint("0.0.0.0", 25), Endpoint("::", 25)), _list_of(_endpoint)
     )
+    # Implicit TLS (RFC 8314), e.g. 0.0.0.0:465: always the emulated relay.
+    submissions: tuple[Endpoint, ...] = _setting(tuple, _list_of(_endpoint))
 
 
 @dataclass(frozen=True)
@@ -156,7 +177,9 @@ class Dialback:
     timeout: float = _setting(5.0, _seconds)
     allow_private: bool = _setting(False, _bool)
     deny: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _setting(tuple, _list_of(_network))
-    on_failure: str = _setting("hangup", _choice("hangup"))
+    # emulate: the emulated relay (see smtp); hangup: 421 and close, as the
+    # original smtplooper did.
+    on_failure: str = _setting("emulate", _choice("emulate", "hangup"))
 
 
 @dataclass(frozen=True)
@@ -172,9 +195,95 @@ class Splice:
 
 
 @dataclass(frozen=True)
+class Rate:
+    count: int
+    per_seconds: int
+
+    def __str__(self) -> str:
+        return f"{self.count}/{_RATE_UNITS_BY_SECONDS[self.per_seconds]}"
+
+
+_RATE_UNITS = {"second": 1, "minute": 60, "hour": 3600}
+_RATE_UNITS_BY_SECONDS = {seconds: unit for unit, seconds in _RATE_UNITS.items()}
+
+
+def _rate(value: Any) -> Rate:
+    problem = f"expected N/second, N/minute or N/hour (e.g. 30/minute), got {_show(value)}"
+    if not isinstance(value, str):
+        raise _Invalid(problem)
+    count, _, unit = value.partition("/")
+    if not count.strip().isdigit() or int(count) < 1 or unit.strip() not in _RATE_UNITS:
+        raise _Invalid(problem)
+    return Rate(int(count), _RATE_UNITS[unit.strip()])
+
+
+@dataclass(frozen=True)
 class Limits:
     per_ip: int = _setting(10, _int(1, 1_000_000))
     total: int = _setting(1000, _int(1, 1_000_000))
+    # New connections from one address (null: no limit); more are refused
+    # before anything is sent.
+    rate: Rate | None = _setting(None, _optional(_rate))
+    # Addresses and CIDRs whose connections are closed at once.
+    block: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _setting(tuple, _list_of(_network))
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    user: str
+    password: str
+
+    def __str__(self) -> str:
+        return f"{self.user}:{self.password}"
+
+
+def _credential(value: Any) -> Credential:
+    if not isinstance(value, str) or ":" not in value or not value.partition(":")[0]:
+        raise _Invalid(f"expected user:password, got {_show(value)}")
+    user, _, password = value.partition(":")
+    return Credential(user, password)
+
+
+def _mechanisms(value: Any) -> tuple[str, ...]:
+    mechanisms = _list_of(_choice("PLAIN", "LOGIN", "CRAM-MD5"))(
+        [m.upper() if isinstance(m, str) else m for m in value] if isinstance(value, list) else value
+    )
+    if len(set(mechanisms)) != len(mechanisms):
+        raise _Invalid(f"a mechanism is listed twice: {', '.join(mechanisms)}")
+    return mechanisms
+
+
+def _replies(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise _Invalid(f"expected a mapping of reply names to texts, got {_show(value)}")
+    for key, text in value.items():
+        if key not in REPLY_KEYS:
+            raise _Invalid(f"no reply is called {key!r} (see looper/proto/personas.py)")
+        if not isinstance(text, str) or len(text) < 4 or not text[:3].isdigit() or text[3] not in " -":
+            raise _Invalid(f"{key}: expected a reply like '250 2.0.0 Ok', got {_show(text)}")
+    return dict(value)
+
+
+@dataclass(frozen=True)
+class Smtp:
+    """The emulated relay, served when a client cannot be reflected."""
+
+    persona: str = _setting("postfix", _choice(*PERSONAS))
+    # Our name in the greeting and replies: by default the reverse DNS name
+    # of the listening address, else this machine's fully qualified name.
+    hostname: str | None = _setting(None, _optional(_name))
+    mode: str = _setting("open_relay", _choice("open_relay", "harvester"))
+    relay: str = _setting("open", _choice("open", "authenticated"))
+    # Accept any user:password once an address has failed this often
+    # (null: only `credentials`). Never 0: detectors try a random pair first.
+    accept_after: int | None = _setting(None, _optional(_int(1, 1_000_000)))
+    auth_mechanisms: tuple[str, ...] = _setting(lambda: ("PLAIN", "LOGIN"), _mechanisms)
+    max_message_bytes: int = _setting(10_240_000, _int(1024, 1 << 31))
+    greet_delay: float = _setting(0.0, _non_negative_seconds)
+    idle_timeout: float = _setting(300.0, _seconds)
+    tls_cert: str | None = _setting(None, _optional(_name))
+    tls_key: str | None = _setting(None, _optional(_name))
+    replies: dict[str, str] = _setting(dict, _replies)
 
 
 @dataclass(frozen=True)
@@ -194,6 +303,12 @@ class Config:
     listen: Listen = field(default_factory=Listen)
     dialback: Dialback = field(default_factory=Dialback)
     splice: Splice = field(default_factory=Splice)
+    smtp: Smtp = field(default_factory=Smtp)
+    # user:password pairs the emulated servers accept (SMTP AUTH now; IMAP
+    # and POP3 later): common weak pairs, what a credential stuffer tries.
+    credentials: tuple[Credential, ...] = _setting(
+        lambda: tuple(Credential(*pair) for pair in DEFAULT_CREDENTIALS), _list_of(_credential)
+    )
     limits: Limits = field(default_factory=Limits)
     log: Log = field(default_factory=Log)
 
@@ -213,7 +328,7 @@ class Config:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, (Endpoint, ipaddress.IPv4Network, ipaddress.IPv6Network)):
+    if isinstance(value, (Endpoint, Rate, Credential, ipaddress.IPv4Network, ipaddress.IPv6Network)):
         return str(value)
     if is_dataclass(value):
         return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}

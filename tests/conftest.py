@@ -88,7 +88,9 @@ async def start_trap(tmp_path):
             {
                 "sensor": "trap.looper.test",
                 "listen": {"smtp": [f"{TRAP_HOST}:{port}"]},
-                "dialback": {"port": dialback_port, "allow_private": True, "timeout": 2},
+                # The reflect path's tests expect the plain hang-up; those of
+                # the emulated relay ask for it.
+                "dialback": {"port": dialback_port, "allow_private": True, "timeout": 2, "on_failure": "hangup"},
                 "log": {"dir": str(tmp_path / "logs")},
             },
             sections,

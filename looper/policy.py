@@ -15,10 +15,13 @@ from looper.config import Dialback, Endpoint, Limits
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+# Addresses whose connection rate is tracked at once; the oldest go first.
+MAX_RATE_ADDRESSES = 100_000
+
 
 @dataclass(frozen=True, slots=True)
 class Denial:
-    reason: str  # policy | limit | self: the `reason` of looper.dialback.failed
+    reason: str  # policy | limit | self (a failed dial-back); blocked | rate (a refused session)
     detail: str
 
 
@@ -40,6 +43,37 @@ class Policy:
         # Local ends (address, port) of our dial-backs in flight: a client
         # arriving from one of them is the trap talking to itself.
         self._own_dialbacks: set[tuple[str, int]] = set()
+        # Connections per address in the current rate window: [start_s, count].
+        self._rate_windows: dict[str, list[float]] = {}
+
+    # -- who is served at all ------------------------------------------------
+
+    def screen(self, src_ip: str, now_s: float) -> Denial | None:
+        """Block list and connection rate: a denied client gets nothing."""
+        ip = plain_address(src_ip)
+        for network in self._limits.block:
+            if ip.version == network.version and ip in network:
+                return Denial("blocked", f"{src_ip} is in limits.block {network}")
+        rate = self._limits.rate
+        if rate is None:
+            return None
+        window = self._rate_windows.get(src_ip)
+        if window is None or now_s - window[0] >= rate.per_seconds:
+            if len(self._rate_windows) >= MAX_RATE_ADDRESSES:
+                self._forget_old_windows(now_s)
+            self._rate_windows[src_ip] = [now_s, 1]
+            return None
+        window[1] += 1
+        if window[1] > rate.count:
+            return Denial("rate", f"{int(window[1])} connections from {src_ip} within {rate} (limits.rate)")
+        return None
+
+    def _forget_old_windows(self, now_s: float) -> None:
+        per_seconds = self._limits.rate.per_seconds
+        for address in [a for a, w in self._rate_windows.items() if now_s - w[0] >= per_seconds]:
+            del self._rate_windows[address]
+        while len(self._rate_windows) >= MAX_RATE_ADDRESSES:  # a flood of fresh addresses
+            del self._rate_windows[next(iter(self._rate_windows))]
 
     # -- concurrency ---------------------------------------------------------
 

@@ -74,3 +74,27 @@ def test_concurrency_limits_per_address_and_in_all():
     trap.release("192.0.2.1")
     assert trap.admit("192.0.2.3") is None
     assert trap.sessions_total == 3
+
+
+def test_block_list_and_connection_rate():
+    config = parse_config("limits: {block: [203.0.113.0/24], rate: 2/minute}")
+    trap = Policy(config.dialback, config.limits, ())
+    assert trap.screen("203.0.113.9", 0).reason == "blocked"
+    assert trap.screen("::ffff:203.0.113.9", 0).reason == "blocked"
+    assert trap.screen("198.51.100.1", 0) is None
+    assert trap.screen("198.51.100.1", 10) is None
+    denial = trap.screen("198.51.100.1", 20)
+    assert denial.reason == "rate" and "2/minute" in denial.detail
+    assert trap.screen("198.51.100.2", 20) is None  # per address
+    assert trap.screen("198.51.100.1", 61) is None  # a new window
+
+
+def test_rate_bookkeeping_is_bounded(monkeypatch):
+    import looper.policy
+
+    monkeypatch.setattr(looper.policy, "MAX_RATE_ADDRESSES", 100)
+    config = parse_config("limits: {rate: 5/second}")
+    trap = Policy(config.dialback, config.limits, ())
+    for n in range(1000):
+        trap.screen(f"10.0.{n // 256}.{n % 256}", n / 1000)
+    assert len(trap._rate_windows) <= 100

@@ -1,0 +1,545 @@
+"""The one asyncio shell that drives any server machine (SMTP, IMAP, POP3).
+
+The machine decides everything (see looper/proto/actions.py); this adapter
+only moves bytes and carries out the machine's actions, strictly in order:
+
+- Send: consecutive undelayed sends go out in one write, so the replies to a
+  pipelined batch leave together, as they do from Postfix. A delayed send
+  holds every later action behind it; delays get a little jitter, since a
+  pause that is exactly the same every time is a fingerprint.
+- StartTLS, Store: one Task while it runs, and nothing is read meanwhile;
+  the machine hears the outcome (tls_started, stored, store_failed).
+- Close: after the writes before it; a peer that never reads cannot hold a
+  closing session beyond CLOSE_GRACE_SECONDS.
+
+Reading pauses while an action is pending, while the machine says it is
+paused, and while the client does not read what we write (the write buffer
+is over its high water mark): backpressure by construction.
+
+Memory is the design constraint: an idle session is this object, its
+transport and its machine. No Task, no buffer, and one TimerHandle that is
+not moved on every read: the time of the last read is noted and the timer,
+when it fires early, is set again for the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+from collections import deque
+from typing import Callable, Protocol
+
+from looper.eventlog import EventLog, SessionInfo
+from looper.events import Event
+from looper.net.capture import MessageStore, StoreFailed
+from looper.net.splice import (
+    CLOSE_GRACE_SECONDS,
+    CLOSED_BY_CLIENT,
+    CLOSED_BY_SERVER,
+    RESET_BY_CLIENT,
+    SHUTDOWN,
+)
+from looper.proto.actions import Action, Close, Send, StartTLS, Store
+
+# Close reasons of our own (the others are the splice's, so that one
+# looper.session.closed field means the same thing on both paths).
+TIMEOUT = "timeout"
+TLS_FAILED = "tls_failed"
+ERROR = "error"
+
+# Replies are short: 64 KiB of unread replies means a client that does not
+# read. Reading from it stops there, so it cannot make us buffer more.
+WRITE_HIGH_WATER_BYTES = 64 * 1024
+WRITE_LOW_WATER_BYTES = 16 * 1024
+
+# Postfix waits smtpd_starttls_timeout (300 s) for a handshake; a trap does
+# not need to be that patient with a client that stalls in it.
+TLS_HANDSHAKE_TIMEOUT_S = 60.0
+
+# A delayed Send waits delay_s * (1 +- DELAY_JITTER).
+DELAY_JITTER = 0.15
+
+# A timer that fires this much early is not worth a second callback.
+TIMER_SLACK_S = 0.001
+
+OnClosed = Callable[[str, int, int], None]  # (reason, bytes_in, bytes_out)
+
+
+class ServerMachine(Protocol):
+    """What the adapter needs of a machine (looper/proto/actions.py)."""
+
+    idle_timeout_s: float
+    paused: bool
+
+    def receive_data(self, data: bytes) -> None: ...
+    def timed_out(self) -> None: ...
+    def tls_started(self, version: str, cipher: str) -> None: ...
+    def stored(self, path: str) -> None: ...
+    def store_failed(self, reason: str) -> None: ...
+    def actions(self) -> list[Action]: ...
+    def events(self) -> list[Event]: ...
+
+
+class ServerSession(asyncio.Protocol):
+    """Drives one server machine over one connection until it closes."""
+
+    __slots__ = (
+        "machine",
+        "info",
+        "eventlog",
+        "store",
+        "tls_context",
+        "tls_handshake_timeout_s",
+        "transport",
+        "bytes_in",
+        "bytes_out",
+        "_on_closed",
+        "_loop",
+        "_queue",  # actions not yet carried out, or None (the idle case)
+        "_pending",  # the action being carried out: a TimerHandle or a Task
+        "_timer",  # the idle timer; once closing, the grace timer
+        "_last_read_at",
+        "_reading_paused",
+        "_writing_paused",
+        "_handshaking",
+        "_held",  # what arrives between the handshake and tls_started()
+        "_eof",
+        "_close_cause",  # the reason a Close from the machine will get
+        "_reason",  # set once the session is closing
+        "_done",  # on_closed has been called
+    )
+
+    def __init__(
+        self,
+        machine: ServerMachine,
+        *,
+        info: SessionInfo,
+        eventlog: EventLog,
+        store: MessageStore | None,
+        tls_context: ssl.SSLContext | None,
+        on_closed: OnClosed,
+        tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S,
+    ) -> None:
+        self.machine = machine
+        self.info = info
+        self.eventlog = eventlog
+        self.store = store
+        self.tls_context = tls_context
+        self.tls_handshake_timeout_s = tls_handshake_timeout_s
+        self.transport: asyncio.Transport | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._on_closed = on_closed
+        self._loop = asyncio.get_running_loop()
+        self._queue: deque[Action] | None = None
+        self._pending: asyncio.TimerHandle | asyncio.Task | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_read_at = 0.0
+        self._reading_paused = False
+        self._writing_paused = False
+        self._handshaking = False
+        self._held: list[bytes] | None = None
+        self._eof = False
+        self._close_cause: str | None = None
+        self._reason: str | None = None
+        self._done = False
+
+    # -- starting -------------------------------------------------------------
+
+    def attach(self, transport: asyncio.Transport, early_bytes: bytes = b"", *, early_eof: bool = False) -> None:
+        """Take over `transport` (accepted elsewhere, e.g. by the reflect
+        path, which may have paused it); `early_bytes` and `early_eof` are
+        what the client sent before: they are processed first, after the
+        machine's own opening actions (its greeting)."""
+        self.transport = transport
+        self._last_read_at = self._loop.time()
+        try:
+            transport.set_write_buffer_limits(WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES)
+            self._reading_paused = not transport.is_reading()
+            if transport.get_protocol() is not self:
+                transport.set_protocol(self)
+            self._pump()
+        except Exception as err:
+            return self._fail(err)
+        if early_bytes:
+            self.data_received(early_bytes)
+        if early_eof:
+            self.eof_received()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """A listener of our own (e.g. an implicit-TLS port)."""
+        self.attach(transport)  # type: ignore[arg-type]
+
+    # -- from the transport ---------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        if self._handshaking:
+            self._hold(data)
+        else:
+            self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        if self._reason is not None:
+            return
+        try:
+            self._last_read_at = self._loop.time()
+            self.machine.receive_data(data)
+            self._pump()
+        except Exception as err:
+            self._fail(err)
+
+    def eof_received(self) -> bool:
+        if self._handshaking:
+            self._hold(b"")
+            return False
+        try:
+            self._eof = True
+            if self._reason is None:
+                self._close_cause = CLOSED_BY_CLIENT
+                self.machine.receive_data(b"")
+                self._pump()
+        except Exception as err:
+            self._fail(err)
+        # Keep our writing half open for the machine's last replies (a client
+        # may pipeline QUIT and half-close); TLS transports cannot do that.
+        transport = self.transport
+        return transport is not None and transport.get_extra_info("ssl_object") is None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._done:
+            return
+        try:
+            if self._reason is None:
+                self._reason = RESET_BY_CLIENT if exc is not None else CLOSED_BY_CLIENT
+            self.transport = None
+            self._cancel_timer()
+            pending = self._pending
+            if isinstance(pending, asyncio.Task):
+                # A handshake learns of the loss itself; a store is let finish
+                # so that the machine's events about the message are logged.
+                # Either ends the session when it is done.
+                return
+            if pending is not None:
+                pending.cancel()
+                self._pending = None
+        except Exception as err:
+            self._log_error(err)
+        self._finish()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        try:
+            self._update_reading()
+        except Exception as err:
+            self._fail(err)
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        try:
+            self._update_reading()
+        except Exception as err:
+            self._fail(err)
+
+    # -- the trap's stop ------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Close now: what is buffered is dropped, nothing pending finishes."""
+        if self._done:
+            return
+        self._close(SHUTDOWN, abort=True)
+        self._finish()
+
+    # -- carrying out the machine's actions -----------------------------------
+
+    def _pump(self) -> None:
+        """Log what the machine saw, then carry out what it asks."""
+        machine = self.machine
+        for event in machine.events():
+            self.eventlog.emit_event(self.info, event)
+        actions = machine.actions()
+        if actions and self._reason is None:
+            if self._queue is None:
+                self._queue = deque(actions)
+            else:
+                self._queue.extend(actions)
+        if self._pending is None and self._queue is not None:
+            self._run_queue()
+        self._update_reading()
+        self._arm_idle()
+
+    def _run_queue(self) -> None:
+        queue = self._queue
+        batch: list[bytes] = []
+        while queue and self._reason is None:
+            action = queue[0]
+            if type(action) is Send:
+                if action.delay_s > 0:
+                    delay_s = action.delay_s * random.uniform(1 - DELAY_JITTER, 1 + DELAY_JITTER)
+                    self._pending = self._loop.call_later(delay_s, self._delay_over)
+                    break
+                batch.append(action.data)
+                queue.popleft()
+                continue
+            self._write(batch)
+            batch = []
+            queue.popleft()
+            if type(action) is StartTLS:
+                self._start_tls()
+                break
+            if type(action) is Store:
+                self._pending = self._loop.create_task(self._store(action))
+                break
+            if type(action) is Close:
+                self._close(self._close_cause or CLOSED_BY_SERVER)
+                break
+            raise TypeError(f"not an action: {action!r}")
+        self._write(batch)
+        if not queue or self._reason is not None:
+            self._queue = None  # nothing kept while idle
+
+    def _write(self, batch: list[bytes]) -> None:
+        if not batch or self._reason is not None:
+            return
+        data = batch[0] if len(batch) == 1 else b"".join(batch)
+        if data:
+            self.transport.write(data)
+            self.bytes_out += len(data)
+
+    def _delay_over(self) -> None:
+        try:
+            self._pending = None
+            if self._queue:
+                # Due now: it leads the next batch, with the undelayed sends after it.
+                self._queue[0] = Send(self._queue[0].data)
+            self._resume()
+        except Exception as err:
+            self._fail(err)
+
+    def _resume(self) -> None:
+        """An action is done: the client's silence counts from now."""
+        self._last_read_at = self._loop.time()
+        self._pump()
+
+    # StartTLS ------------------------------------------------------------------
+
+    def _start_tls(self) -> None:
+        # Nothing more is read in plain text: the next bytes are the
+        # ClientHello, and they belong to the TLS layer.
+        self._set_reading(False)
+        self._handshaking = True
+        self._pending = self._loop.create_task(self._upgrade())
+
+    async def _upgrade(self) -> None:
+        plain = self.transport
+        try:
+            if self._reason is not None:  # lost before the handshake began
+                self._pending = None
+                return self._finish()
+            if self.tls_context is None:
+                raise ssl.SSLError("no TLS certificate configured")
+            secure = await self._loop.start_tls(
+                plain,
+                self,
+                self.tls_context,
+                server_side=True,
+                ssl_handshake_timeout=self.tls_handshake_timeout_s,
+            )
+        except asyncio.CancelledError:
+            raise  # shutdown(): it has closed and reported already
+        except Exception as err:
+            self._pending = None
+            self._handshaking = False
+            self._held = None
+            self.eventlog.emit(self.info, "looper.tls.failed", error=_describe(err))
+            if plain is not None:
+                plain.abort()
+            self._reason = self._reason or TLS_FAILED
+            # The plain transport now belongs to the TLS layer, which does not
+            # report a loss during the handshake to us: we finish here.
+            return self._finish()
+        try:
+            self._pending = None
+            self._handshaking = False
+            if self._reason is not None:  # lost right after the handshake
+                return self._finish()
+            self.transport = secure
+            self._reading_paused = self._writing_paused = False
+            secure.set_write_buffer_limits(WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES)
+            ssl_object = secure.get_extra_info("ssl_object")
+            version, cipher = ssl_object.version(), ssl_object.cipher()[0]
+            self.eventlog.emit(self.info, "looper.tls.established", version=version, cipher=cipher)
+            self.machine.tls_started(version, cipher)
+            self._resume()
+            # Bytes that came in over TLS before the machine knew about it.
+            held, self._held = self._held, None
+            for chunk in held or ():
+                if chunk:
+                    self._feed(chunk)  # counted in bytes_in when it came
+                else:
+                    self.eof_received()
+        except Exception as err:
+            self._fail(err)
+
+    def _hold(self, data: bytes) -> None:
+        if self._held is None:
+            self._held = []
+        self._held.append(data)
+
+    # Store ---------------------------------------------------------------------
+
+    async def _store(self, action: Store) -> None:
+        try:
+            try:
+                if self.store is None:
+                    raise StoreFailed("no message store configured")
+                stored = await self.store.put(action.content, action.sha256)
+            except StoreFailed as err:
+                self._pending = None
+                self.machine.store_failed(str(err))
+            else:
+                self._pending = None
+                self.machine.stored(stored.path)
+            self._resume()
+            if self.transport is None:  # the client left while we stored
+                self._finish()
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            self._pending = None
+            self._fail(err)
+
+    # -- reading, timers ------------------------------------------------------
+
+    def _update_reading(self) -> None:
+        if self._handshaking or self._eof or self._reason is not None or self.transport is None:
+            return  # the transport is the TLS layer's, or reading is over
+        self._set_reading(not (self._pending is not None or self._writing_paused or self.machine.paused))
+
+    def _set_reading(self, reading: bool) -> None:
+        if reading and self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        elif not reading and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _arm_idle(self) -> None:
+        """Make sure the idle timer fires no later than it should. It is not
+        moved when the client talks: it moves itself when it fires early."""
+        if self._reason is not None:
+            return
+        timeout_s = self.machine.idle_timeout_s
+        if not timeout_s:
+            return
+        due = self._last_read_at + timeout_s
+        timer = self._timer
+        if timer is None:
+            self._timer = self._loop.call_at(due, self._idle_check)
+        elif timer.when() > due + TIMER_SLACK_S:  # the machine shortened its timeout
+            timer.cancel()
+            self._timer = self._loop.call_at(due, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._timer = None
+        if self._reason is not None:
+            return
+        try:
+            timeout_s = self.machine.idle_timeout_s
+            if not timeout_s:
+                return
+            now = self._loop.time()
+            if self._pending is not None:
+                # Our own action, not the client, is what we are waiting for.
+                self._timer = self._loop.call_at(now + timeout_s, self._idle_check)
+                return
+            due = self._last_read_at + timeout_s
+            if now + TIMER_SLACK_S < due:
+                self._timer = self._loop.call_at(due, self._idle_check)
+                return
+            self._last_read_at = now  # a machine that does not close gets another period
+            cause, self._close_cause = self._close_cause, TIMEOUT
+            self.machine.timed_out()
+            self._pump()
+            if self._reason is None and self._queue is None and self._pending is None:
+                self._close_cause = cause  # it did not close: a later Close is not the timeout's
+        except Exception as err:
+            self._fail(err)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- ending -----------------------------------------------------------------
+
+    def _close(self, reason: str, *, abort: bool = False) -> None:
+        """Close for `reason`: after what is written (a closing session is
+        then aborted after the grace period) or, with abort, at once."""
+        if self._reason is not None and not abort:
+            return
+        self._reason = self._reason or reason
+        self._queue = None
+        self._held = None
+        self._cancel_timer()
+        pending, self._pending = self._pending, None
+        if pending is not None and pending is not asyncio.current_task():
+            pending.cancel()
+        transport = self.transport
+        if transport is None:
+            return
+        if self._handshaking:
+            # Half a handshake has nothing to flush, and the transport is the
+            # TLS layer's, which tells us nothing of a loss now: finish here.
+            self._handshaking = False
+            transport.abort()
+            self._finish()
+        elif abort:
+            transport.abort()
+        else:
+            transport.close()
+            self._timer = self._loop.call_later(CLOSE_GRACE_SECONDS, self._abort)
+
+    def _abort(self) -> None:
+        self._timer = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _fail(self, err: Exception) -> None:
+        """A bug of ours or the machine's: logged, and the session closed."""
+        self._log_error(err)
+        try:
+            if self.transport is None:
+                self._reason = self._reason or ERROR
+                self._finish()
+            else:
+                self._close(ERROR)
+        except Exception as again:
+            self._log_error(again)
+
+    def _log_error(self, err: BaseException) -> None:
+        try:
+            self.eventlog.emit(self.info, "looper.session.error", error=_describe(err))
+        except Exception:
+            pass  # the event log's handlers report their own failures
+
+    def _finish(self) -> None:
+        """Report the end, exactly once."""
+        if self._done:
+            return
+        self._done = True
+        self._cancel_timer()
+        pending, self._pending = self._pending, None
+        if pending is not None and pending is not asyncio.current_task():
+            pending.cancel()
+        self._queue = self._held = None
+        try:
+            self._on_closed(self._reason or CLOSED_BY_CLIENT, self.bytes_in, self.bytes_out)
+        except Exception as err:
+            self._log_error(err)
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -1,0 +1,164 @@
+"""TLS for the emulated servers: the certificate, and a server context that
+negotiates like Debian's Postfix out of the box.
+
+Without a configured certificate the trap makes one at first start and keeps
+it: a self-signed one in the shape of Debian's snakeoil (make-ssl-cert, the
+certificate an unconfigured Postfix on Debian presents): RSA 2048, sha256,
+3650 days from now, a random 159-bit serial, subject and issuer just
+CN=<host name>, and the extensions `openssl req` writes from ssl-cert's
+template: basicConstraints CA:FALSE, subjectAltName DNS:<host name>,
+subjectKeyIdentifier. Like make-ssl-cert, the common name is the full host
+name unless it is longer than a common name may be (64), then its first
+label; the subjectAltName is always the full name.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import ssl
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+TLS_FOLDER = "tls"
+
+RSA_KEY_BITS = 2048
+RSA_PUBLIC_EXPONENT = 65537
+CERT_VALID_DAYS = 3650  # make-ssl-cert's default --expiration-days
+COMMON_NAME_MAX_CHARS = 64  # X.520 ub-common-name
+
+# Postfix's smtpd_tls_ciphers = medium, i.e. its tls_medium_cipherlist:
+# broader than Python's default list (CBC and plain-RSA suites, CAMELLIA,
+# ARIA), which matters when the clients are old spam bots. OpenSSL's
+# security level (2 on Debian) drops what it forbids, as it does for Postfix.
+POSTFIX_MEDIUM_CIPHERS = "aNULL:-aNULL:HIGH:MEDIUM:+RC4:@STRENGTH"
+
+# Postfix allows ">=TLSv1", but OpenSSL 3 at security level 1 or more (Debian
+# builds level 2) refuses TLS 1.0 and 1.1: 1.2 is what such a Postfix takes.
+MINIMUM_TLS_VERSION = ssl.TLSVersion.TLSv1_2
+
+# Postfix's tls_preempt_cipherlist = no: the client's preference wins. Python
+# sets server preference by default, which shows in which suite a client gets.
+PREFER_SERVER_CIPHERS = False
+
+
+class TLSSetupError(Exception):
+    """The certificate or key cannot be used; the message says which file and why."""
+
+
+def server_context(cert_path: str | None, key_path: str | None, *, hostname: str, folder: str) -> ssl.SSLContext:
+    """A server-side context with the configured certificate (`key_path`
+    None: the key is in the certificate's file, as Postfix allows), or with
+    the trap's own self-signed one for `hostname`, kept in `folder`/tls."""
+    if cert_path is None:
+        if key_path is not None:
+            raise TLSSetupError(f"a TLS key ({key_path}) is configured without its certificate")
+        cert_path, key_path = ensure_self_signed(hostname, folder)
+    for what, path in (("certificate", cert_path), ("key", key_path)):
+        if path is not None:
+            try:  # load_cert_chain's own error does not say which file
+                with open(path, "rb"):
+                    pass
+            except OSError as err:
+                raise TLSSetupError(f"cannot read TLS {what} {path}: {err.strerror or err}") from err
+    context = _postfix_like_context()
+    try:
+        context.load_cert_chain(cert_path, key_path)
+    except ssl.SSLError as err:
+        raise TLSSetupError(
+            f"cannot use TLS certificate {cert_path} with key {key_path or cert_path}: {err.reason or err}"
+        ) from err
+    return context
+
+
+def _postfix_like_context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # asks for no client certificate, as Postfix
+    context.minimum_version = MINIMUM_TLS_VERSION
+    context.set_ciphers(POSTFIX_MEDIUM_CIPHERS)
+    if not PREFER_SERVER_CIPHERS:
+        context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    # Not Postfix's default, but renegotiation does nothing for a trap except
+    # let a client make it do handshakes on demand (bounded everything).
+    context.options |= ssl.OP_NO_RENEGOTIATION
+    return context
+
+
+def self_signed_paths(hostname: str, folder: str) -> tuple[Path, Path]:
+    """Where the certificate and key for `hostname` live: named after the
+    host, so that renaming the trap gives it a matching certificate."""
+    if not hostname or hostname in (".", "..") or "/" in hostname or "\\" in hostname or "\0" in hostname:
+        raise TLSSetupError(f"not a host name to make a certificate for: {hostname!r}")
+    tls_folder = Path(folder) / TLS_FOLDER
+    return tls_folder / f"{hostname}.pem", tls_folder / f"{hostname}.key"
+
+
+def ensure_self_signed(hostname: str, folder: str) -> tuple[str, str]:
+    """The paths of the self-signed certificate and key for `hostname`,
+    made now unless a usable pair is already there."""
+    cert_path, key_path = self_signed_paths(hostname, folder)
+    if cert_path.exists() and key_path.exists() and not _expired(cert_path):
+        return str(cert_path), str(key_path)
+    try:
+        cert_path.parent.mkdir(parents=True, exist_ok=True)
+        cert_pem, key_pem = make_self_signed(hostname)
+        # The key first: a certificate on disk always has its key beside it.
+        _write_atomically(key_path, key_pem, 0o600)
+        _write_atomically(cert_path, cert_pem, 0o644)
+    except OSError as err:
+        raise TLSSetupError(
+            f"cannot write the self-signed TLS certificate to {err.filename or cert_path.parent}: {err.strerror or err}"
+        ) from err
+    return str(cert_path), str(key_path)
+
+
+def make_self_signed(hostname: str, *, now: datetime.datetime | None = None) -> tuple[bytes, bytes]:
+    """(certificate PEM, PKCS#8 key PEM) shaped like Debian's snakeoil."""
+    key = rsa.generate_private_key(public_exponent=RSA_PUBLIC_EXPONENT, key_size=RSA_KEY_BITS)
+    common_name = hostname if len(hostname) <= COMMON_NAME_MAX_CHARS else hostname.split(".")[0]
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    # openssl req takes the current second as notBefore; no backdating.
+    start = (now or datetime.datetime.now(datetime.timezone.utc)).replace(microsecond=0)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=CERT_VALID_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def _expired(cert_path: Path) -> bool:
+    """A kept certificate that has expired (or cannot be read) is made anew."""
+    try:
+        certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except (OSError, ValueError):
+        return True
+    return certificate.not_valid_after_utc <= datetime.datetime.now(datetime.timezone.utc)
+
+
+def _write_atomically(path: Path, data: bytes, mode: int) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)  # O_CREAT's mode is only for a new file, and umask applies
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)

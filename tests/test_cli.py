@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-from looper.net.fallback import HANGUP_REPLY
 from tests.conftest import free_port
 
 
@@ -17,6 +16,7 @@ def test_run_serves_until_sigterm(tmp_path):
     config.write_text(
         f"sensor: cli-test\nlisten: {{smtp: ['127.0.0.1:{port}']}}\n"
         f"dialback: {{port: 1, allow_private: true}}\nlog: {{dir: '{tmp_path / 'logs'}'}}\n"
+        "smtp: {hostname: mx.cli.test}\n"
     )
     trap = subprocess.Popen(
         [sys.executable, "-m", "looper", "run", "-c", str(config)],
@@ -31,8 +31,10 @@ def test_run_serves_until_sigterm(tmp_path):
             except ConnectionRefusedError:
                 assert time.monotonic() < deadline and trap.poll() is None, trap.stderr.read() if trap.poll() else "slow"
                 time.sleep(0.05)
-        with client:
-            assert client.recv(1024) == HANGUP_REPLY  # nothing listens on 127.0.0.6:1
+        with client:  # nothing listens on 127.0.0.6:1: the emulated relay answers
+            assert client.recv(1024) == b"220 mx.cli.test ESMTP Postfix (Debian/GNU)\r\n"
+            client.sendall(b"QUIT\r\n")
+            assert client.recv(1024) == b"221 2.0.0 Bye\r\n"
         trap.send_signal(signal.SIGTERM)
         assert trap.wait(15) == 0
     finally:
@@ -41,7 +43,10 @@ def test_run_serves_until_sigterm(tmp_path):
     stderr = trap.stderr.read()
     assert f"listening on 127.0.0.1:{port}, dialing back on port 1" in stderr
     events = [json.loads(line) for line in (tmp_path / "logs" / "events.jsonl").read_text().splitlines()]
-    assert [e["eventid"] for e in events] == ["looper.session.connect", "looper.dialback.failed", "looper.session.closed"]
+    assert [e["eventid"] for e in events] == [
+        "looper.session.connect", "looper.dialback.failed", "looper.command.input", "looper.session.closed",
+    ]
+    assert events[-1]["mode"] == "emulate" and events[-1]["reason"] == "closed_by_server"
     assert {e["sensor"] for e in events} == {"cli-test"}
 
 

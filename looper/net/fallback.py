@@ -1,8 +1,9 @@
-"""What a client gets when it cannot be reflected: the one entry point.
+"""The plain hang-up, for a client that can be neither reflected nor served.
 
-For now it is what the original smtplooper did, a polite hang-up. The
-emulated mail server takes over here, with the client's early bytes, without
-the reflect path knowing.
+It is what the original smtplooper did: a polite 421, then close. The
+emulated relay (emulate.py) is the default fallback; this one remains for
+`dialback.on_failure: hangup`, for clients over the session limits, and
+for the trap's own dial-backs arriving back.
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ import asyncio
 HANGUP_REPLY = b"421 4.3.2 Service not available, closing transmission channel\r\n"
 
 
-def fall_back(on_failure: str, transport: asyncio.Transport, early_bytes: bytes) -> str:
-    """Serve the client that could not be reflected; returns the session mode."""
-    del on_failure, early_bytes  # one mode so far
+def hang_up(transport: asyncio.Transport) -> None:
     transport.write(HANGUP_REPLY)
     transport.close()
-    return "hangup"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from looper.eventlog import SessionInfo, new_session_id
 from looper.net.dialback import DialFailed, dial_back, is_local_address
-from looper.net.fallback import HANGUP_REPLY, fall_back
+from looper.net.fallback import HANGUP_REPLY, hang_up
 from looper.net.splice import SHUTDOWN, Splice, SpliceEnd
 from looper.policy import Denial
 from looper.proto.observer import Observer
@@ -39,6 +39,8 @@ class ReflectSession:
         self.closed = False
         self._task: asyncio.Task | None = None
         self._local_end: tuple[str, int] | None = None
+        self._client_name: asyncio.Task | None = None
+        self.emulated = None  # the ServerSession, once the emulated relay took over
 
     def emit(self, eventid: str, **fields) -> None:
         self.trap.eventlog.emit(self.info, eventid, **fields)
@@ -53,6 +55,18 @@ class ReflectSession:
         config, policy = self.trap.config, self.trap.policy
         info = self.info
         target = f"[{info.src_ip}]:{config.dialback.port}" if ":" in info.src_ip else f"{info.src_ip}:{config.dialback.port}"
+        refusal = policy.screen(info.src_ip, time.monotonic())
+        if refusal is not None:
+            # Blocked, or too many connections: not a word, not a dial-back.
+            self.emit("looper.session.refused", reason=refusal.reason, detail=refusal.detail)
+            self.mode = "refused"
+            self.inbound.on_early_loss = lambda: self._finish(refusal.reason, len(self.inbound.early), 0)
+            self.inbound.transport.abort()
+            return
+        if self.trap.emulated is not None:
+            # The emulated relay's Received: line names the client as Postfix
+            # would: look it up while the dial-back is under way.
+            self._client_name = asyncio.get_running_loop().create_task(self.trap.dns.name_of(info.src_ip))
         denial = None
         if policy.is_own_dialback(info.src_ip, info.src_port):
             denial = Denial("self", "the client is one of the trap's own dial-backs")
@@ -63,7 +77,7 @@ class ReflectSession:
             denial = policy.dial_denial(info.src_ip, target_is_local=is_local_address(info.src_ip))
         if denial is not None:
             self.emit("looper.dialback.failed", target=target, reason=denial.reason, detail=denial.detail)
-            return self._fall_back(denial.reason)
+            return await self._fall_back(denial.reason)
 
         local_end: tuple[str, int] | None = None
 
@@ -84,7 +98,7 @@ class ReflectSession:
             if local_end is not None:
                 policy.forget_dialback(local_end)
             self.emit("looper.dialback.failed", target=target, reason=failure.reason, detail=failure.detail)
-            return self._fall_back(failure.reason)
+            return await self._fall_back(failure.reason)
         except asyncio.CancelledError:
             if local_end is not None:
                 policy.forget_dialback(local_end)
@@ -109,13 +123,34 @@ class ReflectSession:
         )
         self.splice.start()
 
-    def _fall_back(self, why: str) -> None:
-        """`why` (the dial-back failure's reason) becomes the session's."""
+    async def _fall_back(self, why: str) -> None:
+        """The one fallback entry point: the emulated relay, or a hang-up.
+        `why` is the dial-back failure's reason. Over the session limits, or
+        facing ourselves, there is nothing to emulate: hang up."""
         inbound = self.inbound
+        emulated = self.trap.emulated
+        if emulated is None or why in ("limit", "self"):
+            self.mode = "hangup"
+            hang_up(inbound.transport)
+            inbound.on_early_loss = lambda: self._finish(f"dialback_{why}", len(inbound.early), len(HANGUP_REPLY))
+            return
+        client_name = None
+        if self._client_name is not None:
+            try:
+                client_name = await self._client_name
+            except Exception:  # noqa: BLE001 - a lookup problem is no reason to drop the client
+                client_name = None
         if inbound.early_lost is not False:
             return self._finish("closed_by_client", len(inbound.early), 0)
-        self.mode = fall_back(self.trap.config.dialback.on_failure, inbound.transport, bytes(inbound.early))
-        inbound.on_early_loss = lambda: self._finish(f"dialback_{why}", len(inbound.early), len(HANGUP_REPLY))
+        self.mode = "emulate"
+        self.emulated = emulated.serve(
+            inbound.transport,
+            self.info,
+            early_bytes=bytes(inbound.early),
+            early_eof=inbound.early_eof,
+            client_name=client_name,
+            on_closed=self._finish,
+        )
 
     def _client_left_early(self) -> None:
         if self._task is not None and not self._task.done():
@@ -136,7 +171,9 @@ class ReflectSession:
             self.trap.eventlog.emit_event(self.info, event)
 
     def shutdown(self) -> None:
-        if self.splice is not None:
+        if self.emulated is not None:
+            self.emulated.shutdown()
+        elif self.splice is not None:
             self.splice.close(SHUTDOWN)
         elif self._task is not None and not self._task.done():
             self._task.cancel()
@@ -149,6 +186,8 @@ class ReflectSession:
         if self.closed:
             return
         self.closed = True
+        if self._client_name is not None:
+            self._client_name.cancel()
         if self.admitted:
             self.trap.policy.release(self.info.src_ip)
         self.emit(

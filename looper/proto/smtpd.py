@@ -188,6 +188,12 @@ class SmtpServer:
     def mode(self) -> Mode:
         return self._mode
 
+    @property
+    def auth_failures(self) -> int:
+        """Failed logins from this address, earlier sessions included,
+        since its last success (the adapter remembers them)."""
+        return self._auth_failures
+
     def actions(self) -> list[Action]:
         actions, self._actions = self._actions, []
         return actions

@@ -1,0 +1,52 @@
+"""Reverse DNS, the only lookups looper makes (aiodns: no thread per query).
+
+Only global addresses are looked up: a private or loopback address has no
+public PTR record, and asking for one would only wait for a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+
+import aiodns
+
+LOOKUP_TIMEOUT_S = 2.0
+
+
+class ReverseDns:
+    def __init__(self, timeout_s: float = LOOKUP_TIMEOUT_S) -> None:
+        self.timeout_s = timeout_s
+        self._resolver: aiodns.DNSResolver | None = None
+
+    async def name_of(self, ip: str) -> str | None:
+        """The PTR name of `ip`, or None (none, not global, or no answer in time)."""
+        address = ipaddress.ip_address(ip)
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if not address.is_global:
+            return None
+        if self._resolver is None:
+            self._resolver = aiodns.DNSResolver(timeout=self.timeout_s, tries=1)
+        try:
+            async with asyncio.timeout(self.timeout_s + 0.5):
+                result = await self._resolver.gethostbyaddr(str(address))
+        except (aiodns.error.DNSError, TimeoutError, UnicodeError):
+            return None
+        return result.name.rstrip(".") or None
+
+    async def our_name(self, addresses: list[str]) -> str:
+        """The host name a server here would announce: the PTR name of the
+        first listening address that has one, else this machine's FQDN."""
+        for ip in addresses:
+            if ip not in ("0.0.0.0", "::"):
+                name = await self.name_of(ip)
+                if name:
+                    return name
+        return socket.getfqdn()
+
+    async def close(self) -> None:
+        if self._resolver is not None:
+            await self._resolver.close()
+            self._resolver = None

@@ -1,0 +1,122 @@
+"""The emulated relay: what a client that cannot be reflected is served.
+
+One per trap: the machine settings, the message store, the TLS context and
+the clock-and-randomness the SMTP machine may not have itself; each client
+gets its own SmtpServer driven by a ServerSession.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import OrderedDict
+from datetime import datetime, timezone
+from email.utils import format_datetime
+from typing import Callable
+
+from looper.config import Config
+from looper.eventlog import EventLog, SessionInfo
+from looper.net.capture import MessageStore
+from looper.net.session import ServerSession
+from looper.net.tls import server_context
+from looper.proto.personas import PERSONAS
+from looper.proto.smtpd import ClientInfo, SmtpServer, SmtpSettings
+
+# Addresses whose failed logins are remembered (for accept_after and the
+# SASL failure delay, as Dovecot's penalty does); the oldest go first.
+MAX_REMEMBERED_ADDRESSES = 100_000
+
+
+class SystemEnvironment:
+    """Queue ids, CRAM-MD5 challenges and dates, as Postfix and Dovecot make them."""
+
+    def __init__(self, hostname: str) -> None:
+        self._short_name = hostname.split(".")[0]
+        # Postfix's short queue id: the microseconds of the queue file's
+        # time (5 hex digits) then its inode number; ours counts up.
+        self._inode = 0x100000 + secrets.randbelow(0xE00000)
+
+    def queue_id(self) -> str:
+        self._inode += 1
+        return f"{time.time_ns() // 1000 % 1_000_000:05X}{self._inode:X}"
+
+    def cram_challenge(self) -> str:
+        return f"<{secrets.randbelow(10**16):016d}.{int(time.time())}@{self._short_name}>"
+
+    def date(self) -> str:
+        return format_datetime(datetime.now(timezone.utc)) + " (UTC)"
+
+
+class EmulatedRelay:
+    def __init__(self, config: Config, eventlog: EventLog, hostname: str) -> None:
+        smtp = config.smtp
+        self.hostname = hostname
+        self.eventlog = eventlog
+        self.settings = SmtpSettings(
+            hostname=hostname,
+            persona=PERSONAS[smtp.persona],
+            mode=smtp.mode,
+            relay=smtp.relay,
+            credentials=frozenset((c.user, c.password) for c in config.credentials),
+            accept_after=smtp.accept_after,
+            auth_mechanisms=smtp.auth_mechanisms,
+            max_message_bytes=smtp.max_message_bytes,
+            idle_timeout_s=smtp.idle_timeout,
+            greet_delay_s=smtp.greet_delay,
+            reply_overrides=dict(smtp.replies),
+        )
+        self.store = MessageStore(config.log.dir)
+        self.tls_context = server_context(smtp.tls_cert, smtp.tls_key, hostname=hostname, folder=config.log.dir)
+        self.environment = SystemEnvironment(hostname)
+        self._auth_failures: OrderedDict[str, int] = OrderedDict()
+
+    def serve(
+        self,
+        transport: asyncio.Transport,
+        info: SessionInfo,
+        *,
+        early_bytes: bytes = b"",
+        early_eof: bool = False,
+        client_name: str | None = None,
+        implicit_tls: bool = False,
+        on_closed: Callable[[str, int, int], None],
+    ) -> ServerSession:
+        """Take over `transport`: the client meets the emulated relay."""
+        ip = info.src_ip
+        client = ClientInfo(
+            ip=ip,
+            name=client_name,
+            earlier_auth_failures=self._auth_failures.get(ip, 0),
+            tls=implicit_tls,
+            pregreet_bytes=len(early_bytes),
+            local_ip=info.dst_ip,
+        )
+        machine = SmtpServer(self.settings, client, self.environment)
+
+        def closed(reason: str, bytes_in: int, bytes_out: int) -> None:
+            self._remember_failures(ip, machine.auth_failures)
+            on_closed(reason, bytes_in, bytes_out)
+
+        session = ServerSession(
+            machine,
+            info=info,
+            eventlog=self.eventlog,
+            store=self.store,
+            tls_context=None if implicit_tls else self.tls_context,
+            on_closed=closed,
+        )
+        session.attach(transport, early_bytes, early_eof=early_eof)
+        return session
+
+    def _remember_failures(self, ip: str, failures: int) -> None:
+        if failures:
+            self._auth_failures[ip] = failures
+            self._auth_failures.move_to_end(ip)
+            while len(self._auth_failures) > MAX_REMEMBERED_ADDRESSES:
+                self._auth_failures.popitem(last=False)
+        else:
+            self._auth_failures.pop(ip, None)
+
+    def close(self) -> None:
+        self.store.close()

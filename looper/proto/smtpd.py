@@ -560,7 +560,8 @@ class SmtpServer:
         content = b"".join(transaction.chunks)
         transaction.chunks = []
         self._pending_store = (reply_key, transaction, facts.sha256)
-        self._flush()
+        # Replies not yet written stay unwritten while the message is
+        # stored: like Postfix, a pipelining client gets them all at once.
         self._actions.append(Store(content, facts.sha256))
         self._move(Step.AWAIT)
 

@@ -1,0 +1,237 @@
+"""The emulated relay on real sockets, with Python's smtplib as the client.
+
+The dial-back is refused (nothing listens on the client's address at the
+dial-back port), so every session falls back to the emulated relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import smtplib
+import socket
+import ssl
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from looper.proto.personas import POSTFIX
+from tests.conftest import free_port
+from tests.netutil import connect_from
+
+CLIENT = "127.0.0.3"  # nothing listens there: the dial-back is refused
+HOST = "mx.trap.example.net"
+GREETING = f"220 {HOST} ESMTP Postfix (Debian/GNU)\r\n".encode()
+MESSAGE = b"From: <a@spam.example>\r\nSubject: buy\r\nMessage-ID: <e1@spam.example>\r\n\r\n.dot line\r\nBody.\r\n"
+
+
+@pytest.fixture
+async def relay(start_trap):
+    """start(**sections) -> a trap whose fallback is the emulated relay."""
+
+    async def start(**sections):
+        smtp = {"hostname": HOST, **sections.pop("smtp", {})}
+        return await start_trap(free_port(CLIENT), dialback={"on_failure": "emulate"}, smtp=smtp, **sections)
+
+    return start
+
+
+def smtp_client(trap, **kw) -> smtplib.SMTP:
+    return smtplib.SMTP(trap.host, trap.port, local_hostname="spam.example.org", source_address=(CLIENT, 0), timeout=10, **kw)
+
+
+async def test_a_refused_dialback_falls_back_and_the_transaction_completes(relay):
+    trap = await relay()
+
+    def client_session():
+        with smtp_client(trap) as client:
+            client.ehlo()
+            assert client.esmtp_features["size"] == "10240000" and "chunking" in client.esmtp_features
+            refused = client.sendmail("a@spam.example", ["victim@far.example.com", "root"], MESSAGE)
+            assert refused == {}
+            return client.noop()
+
+    assert await asyncio.to_thread(client_session) == (250, b"2.0.0 Ok")
+    closed = await trap.events.wait_for("looper.session.closed")
+    assert closed[0]["mode"] == "emulate" and closed[0]["reason"] == "closed_by_server"
+    assert trap.events.of("looper.dialback.failed")[0]["reason"] == "refused"
+    (message,) = trap.events.of("looper.smtp.message")
+    stored = Path(message["path"])
+    content = MESSAGE  # smtplib stuffed the leading dot; the relay took it out again
+    assert stored.read_bytes() == content
+    assert stored.name == hashlib.sha256(content).hexdigest() + ".eml" == message["sha256"] + ".eml"
+    assert message["rcpt_to"] == ["victim@far.example.com", "root"] and message["mail_from"] == "a@spam.example"
+    assert message["subject"] == "buy" and message["message_id"] == "<e1@spam.example>"
+    assert message["received_header"].startswith(f"Received: from spam.example.org (unknown [{CLIENT}]) by {HOST} (Postfix) with ESMTP id {message['queue_id']};")
+    inputs = [e["input"] for e in trap.events.of("looper.command.input")]
+    assert inputs[:3] == ["ehlo spam.example.org", f"mail FROM:<a@spam.example> size={len(MESSAGE)}", "rcpt TO:<victim@far.example.com>"]
+
+
+async def test_pipelined_replies_come_in_one_write(relay):
+    trap = await relay()
+    reader, writer = await connect_from(CLIENT, trap.host, trap.port)
+    assert await reader.readline() == GREETING
+    writer.write(b"EHLO x.example\r\n")
+    assert (await reader.readuntil(b"250 CHUNKING\r\n")).startswith(f"250-{HOST}\r\n".encode())
+    writer.write(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT 5 LAST\r\nhelloQUIT\r\n")
+    replies = await asyncio.wait_for(reader.read(4096), 5)
+    assert replies.startswith(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.0.0 Ok: 5 bytes queued as ")
+    assert replies.endswith(b"\r\n221 2.0.0 Bye\r\n")  # all in one read: one write
+    writer.close()
+    (message,) = await trap.events.wait_for("looper.smtp.message")
+    assert message["transport"] == "bdat" and Path(message["path"]).read_bytes() == b"hello"
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN", "CRAM-MD5"])
+async def test_auth_with_configured_credentials(relay, mechanism):
+    trap = await relay(smtp={"auth_mechanisms": ["PLAIN", "LOGIN", "CRAM-MD5"]}, credentials=["admin:hunter2"])
+
+    def login():
+        with smtp_client(trap) as client:
+            client.ehlo()
+            client.user, client.password = "admin", "hunter2"
+            return client.auth(mechanism, getattr(client, "auth_" + mechanism.lower().replace("-", "_")))
+
+    assert await asyncio.to_thread(login) == (235, b"2.7.0 Authentication successful")
+    (success,) = await trap.events.wait_for("looper.login.success")
+    assert success["mechanism"] == mechanism and success["username"] == "admin" and success["protocol"] == "smtp"
+    if mechanism == "CRAM-MD5":
+        assert success["challenge"].endswith("@mx>") and len(success["digest"]) == 32
+    else:
+        assert success["password"] == "hunter2"
+
+
+async def test_harvester_mode_refuses_logins_and_relaying(relay):
+    trap = await relay(smtp={"mode": "harvester"})
+
+    def attempt():
+        with smtp_client(trap) as client:
+            with pytest.raises(smtplib.SMTPAuthenticationError) as failure:
+                client.login("admin", "admin")
+            assert failure.value.smtp_code == 535
+            with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+                client.sendmail("a@b.example", ["v@far.example"], MESSAGE)
+            return refused.value.recipients
+
+    assert await asyncio.to_thread(attempt) == {"v@far.example": (454, b"4.7.1 <v@far.example>: Relay access denied")}
+    failed = await trap.events.wait_for("looper.login.failed")
+    assert failed[0]["username"] == "admin" and failed[0]["password"] == "admin"
+
+
+async def test_starttls_then_auth_over_tls(relay, tmp_path):
+    trap = await relay()
+
+    def secure_login():
+        with smtp_client(trap) as client:
+            context = ssl.create_default_context()
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            client.starttls(context=context)
+            peer = client.sock.getpeercert(binary_form=True)
+            client.ehlo()
+            assert "starttls" not in client.esmtp_features
+            return peer, client.login("admin", "admin")
+
+    certificate, reply = await asyncio.to_thread(secure_login)
+    assert reply == (235, b"2.7.0 Authentication successful")
+    assert (tmp_path / "logs" / "tls" / f"{HOST}.pem").exists() and certificate
+    assert (await trap.events.wait_for("looper.tls.established"))[0]["version"].startswith("TLSv1")
+
+
+async def test_implicit_tls_on_a_submissions_port(relay):
+    port = free_port()
+    trap = await relay(listen={"submissions": [f"127.0.0.1:{port}"]})
+
+    def over_tls():
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        with smtplib.SMTP_SSL("127.0.0.1", port, context=context, source_address=(CLIENT, 0), timeout=10) as client:
+            code, _ = client.ehlo()
+            return code, "starttls" in client.esmtp_features
+
+    assert await asyncio.to_thread(over_tls) == (250, False)
+    assert trap.events.of("looper.dialback.failed") == []  # never reflected
+
+
+async def test_the_size_limit(relay):
+    trap = await relay(smtp={"max_message_bytes": 2048})
+
+    def too_big():
+        with smtp_client(trap) as client:
+            with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+                client.sendmail("a@b.example", ["c@d.example"], b"x" * 4096)
+            return refused.value.smtp_code, refused.value.smtp_error
+
+    assert await asyncio.to_thread(too_big) == (552, b"5.3.4 Message size exceeds fixed limit")
+
+
+async def test_idle_timeout(relay):
+    trap = await relay(smtp={"idle_timeout": 0.3})
+    reader, writer = await connect_from(CLIENT, trap.host, trap.port)
+    assert await reader.readline() == GREETING
+    assert await asyncio.wait_for(reader.read(), 5) == f"421 4.4.2 {HOST} Error: timeout exceeded\r\n".encode()
+    writer.close()
+    closed = await trap.events.wait_for("looper.session.closed")
+    assert closed[0]["reason"] == "timeout"
+
+
+async def test_the_error_limit_slows_down_then_hangs_up(relay):
+    trap = await relay()
+    # Postfix's 1 s error sleep, made short for the test (the replay tests hold the 1 s).
+    emulated = trap.trap.emulated
+    emulated.settings = replace(emulated.settings, persona=replace(POSTFIX, error_sleep_s=0.02))
+    reader, writer = await connect_from(CLIENT, trap.host, trap.port)
+    await reader.readline()
+    writer.write(b"XYZZY\r\n" * 25)
+    replies = await asyncio.wait_for(reader.read(), 10)
+    assert replies == b"500 5.5.2 Error: command not recognized\r\n" * 20 + f"421 4.7.0 {HOST} Error: too many errors\r\n".encode()
+    writer.close()
+    assert (await trap.events.wait_for("looper.smtp.limit"))[0]["limit"] == "errors"
+
+
+async def test_a_full_disk_gets_452_and_no_250(relay, tmp_path):
+    trap = await relay()
+    messages = tmp_path / "logs" / "messages"
+    messages.rmdir()
+    messages.write_text("not a folder")  # every write into it now fails
+
+    def send():
+        with smtp_client(trap) as client:
+            with pytest.raises(smtplib.SMTPDataError) as failed:
+                client.sendmail("a@b.example", ["c@d.example"], MESSAGE)
+            return failed.value.smtp_code, failed.value.smtp_error
+
+    assert await asyncio.to_thread(send) == (452, b"4.3.1 Insufficient system storage")
+    assert (await trap.events.wait_for("looper.smtp.store_failed"))[0]["reason"]
+    assert trap.events.of("looper.smtp.message") == []
+
+
+async def test_a_client_that_talks_first_is_flagged(relay):
+    trap = await relay()
+    reader, writer = await connect_from(CLIENT, trap.host, trap.port)
+    writer.write(b"EHLO eager.example\r\n")
+    assert await reader.readline() == GREETING
+    assert (await reader.readuntil(b"250 CHUNKING\r\n")).startswith(b"250-")
+    writer.close()
+    assert (await trap.events.wait_for("looper.smtp.pregreet"))[0]["bytes"] == len(b"EHLO eager.example\r\n")
+
+
+async def test_blocked_and_too_frequent_clients_get_nothing(relay):
+    trap = await relay(limits={"block": ["127.0.0.4/32"], "rate": "2/minute"})
+    reader, writer = await connect_from("127.0.0.4", trap.host, trap.port)
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    for _ in range(2):
+        reader, writer = await connect_from(CLIENT, trap.host, trap.port)
+        assert await reader.readline() == GREETING
+        writer.close()
+    reader, writer = await connect_from(CLIENT, trap.host, trap.port)
+    try:
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    except ConnectionResetError:
+        pass
+    writer.close()
+    await trap.events.wait_for("looper.session.closed", count=4)
+    refused = trap.events.of("looper.session.refused")
+    assert [r["reason"] for r in refused] == ["blocked", "rate"]
+    assert len(trap.events.of("looper.dialback.failed")) == 2  # the refused were never dialed

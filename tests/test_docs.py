@@ -1,0 +1,17 @@
+"""Every event id the code can log is documented, and every documented one exists."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+EVENT_ID = re.compile(r"\blooper\.(?:session|dialback|reflect|smtp|login|tls|command)\.[a-z_]+\b")
+
+
+def test_every_event_is_documented():
+    in_code = set()
+    for path in (ROOT / "looper").rglob("*.py"):
+        in_code |= set(EVENT_ID.findall(path.read_text()))
+    documented = set(re.findall(r"^### `(looper\.[a-z_.]+)`(?:, `(looper\.[a-z_.]+)`)?", (ROOT / "docs/events.md").read_text(), re.M))
+    documented = {name for pair in documented for name in pair if name}
+    assert in_code - documented == set(), "logged but not in docs/events.md"
+    assert documented - in_code == set(), "documented but never logged"

@@ -4,7 +4,7 @@ VENV   ?= .venv
 CONFIG ?= config/looper.yaml
 BIN    := $(VENV)/bin
 
-.PHONY: run test check-config bench clean venv postfix
+.PHONY: run test check-config bench clean venv test-tools
 
 venv: $(VENV)/.installed
 
@@ -28,12 +28,14 @@ check-config: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
-# Debian's Postfix for the real-MTA test (root; starts no default instance).
-postfix:
-	bash tests/install-postfix.sh
+# Debian's Postfix and nmap for the tests that use real software (root;
+# starts no mail server). Without them those tests are skipped.
+test-tools:
+	bash tests/install-test-tools.sh
 
 bench: venv
 	$(BIN)/python bench/splice.py
+	$(BIN)/python bench/smtp.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

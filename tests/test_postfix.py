@@ -18,7 +18,7 @@ from tests.postfix import PrivatePostfix, postfix_available
 if not postfix_available():
     if os.environ.get("LOOPER_REQUIRE_POSTFIX") == "1":
         raise RuntimeError("LOOPER_REQUIRE_POSTFIX=1 but Postfix (or root, or iproute2) is missing")
-    pytest.skip("needs root and Debian's Postfix (sudo make postfix)", allow_module_level=True)
+    pytest.skip("needs root and Debian's Postfix (sudo make test-tools)", allow_module_level=True)
 
 MESSAGE = (
     b"From: <spam@sender.test>\r\n"

@@ -1,0 +1,43 @@
+"""Realism: nmap -sV names the postfix persona as Postfix smtpd, as it names
+the real Postfix (tests/data/postfix/nmap.txt)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+
+import pytest
+
+from tests.conftest import free_port
+
+if shutil.which("nmap") is None:
+    if os.environ.get("LOOPER_REQUIRE_NMAP") == "1":
+        raise RuntimeError("LOOPER_REQUIRE_NMAP=1 but nmap is missing (sudo make test-tools)")
+    pytest.skip("needs Debian's nmap (sudo make test-tools)", allow_module_level=True)
+
+
+async def nmap(*arguments: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        "nmap", "-n", "-Pn", *arguments, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def test_nmap_takes_the_postfix_persona_for_postfix(start_trap):
+    # nmap connects from 127.0.0.1; its dial-back port is closed: emulated.
+    trap = await start_trap(
+        free_port(), dialback={"on_failure": "emulate"}, smtp={"hostname": "mail.example.test"}
+    )
+    report = await nmap("-sV", "-p", str(trap.port), trap.host)
+    service = next(line for line in report.splitlines() if line.startswith(f"{trap.port}/tcp"))
+    assert service.split()[1:] == ["open", "smtp", "Postfix", "smtpd"], report
+    assert "Service Info: Host:  mail.example.test" in report
+    report = await nmap("-sV", "-sC", "-p", str(trap.port), trap.host)
+    assert (
+        "smtp-commands: mail.example.test, PIPELINING, SIZE 10240000, VRFY, ETRN, STARTTLS, AUTH PLAIN LOGIN, "
+        "ENHANCEDSTATUSCODES, 8BITMIME, DSN, SMTPUTF8, CHUNKING" in report
+    ), report
+    assert "ssl-cert: Subject: commonName=mail.example.test" in report, report

@@ -235,3 +235,33 @@ async def test_blocked_and_too_frequent_clients_get_nothing(relay):
     refused = trap.events.of("looper.session.refused")
     assert [r["reason"] for r in refused] == ["blocked", "rate"]
     assert len(trap.events.of("looper.dialback.failed")) == 2  # the refused were never dialed
+
+
+WIRE_SCENARIOS = ["ehlo_quit", "data_full", "pipelined_all", "bdat_chunks", "rset_noop", "mail_params_bad", "http_get"]
+
+
+@pytest.mark.parametrize("name", WIRE_SCENARIOS)
+async def test_on_the_wire_the_persona_says_what_postfix_said(start_trap, name):
+    """The same client script against the running trap and against the real
+    Postfix (recorded): the same bytes but for queue ids."""
+    from tests.smtp_replay import normalised, recordings
+
+    recorded = recordings("postfix")[name]
+    trap = await start_trap(
+        free_port(CLIENT), dialback={"on_failure": "emulate"},
+        smtp={"hostname": "mail.example.test", "auth_mechanisms": []},
+    )
+    reader, writer = await connect_from(CLIENT, trap.host, trap.port)
+    for number, step in enumerate(recorded["exchanges"]):
+        writer.write(step["send"].encode("latin-1"))
+        expected = step["recv"].encode("latin-1")
+        got = b""
+        while len(got) < len(expected):
+            chunk = await asyncio.wait_for(reader.read(65536), 5)
+            if not chunk:
+                break
+            got += chunk
+        assert normalised(got) == normalised(expected), f"{name} #{number}"
+        if step["closed"]:
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()

@@ -214,8 +214,7 @@ class SmtpServer:
             self._emit("looper.smtp.limit", limit="input while waiting", bytes=len(data))
             return
         self._inbuf += data
-        self._process()
-        self._flush()
+        self._resume()
 
     def timed_out(self) -> None:
         if self._mode is Mode.CLOSED:
@@ -230,14 +229,10 @@ class SmtpServer:
         self._helo, self._esmtp, self._transaction = None, False, None
         self._inbuf.clear()
         self._move(Step.RESUMED)
-        self._process()
-        self._flush()
+        self._resume()
 
     def stored(self, path: str) -> None:
-        assert self._pending_store is not None, "stored() without a Store"
-        key, transaction, sha256 = self._pending_store
-        self._pending_store = None
-        self._move(Step.RESUMED)
+        key, transaction, sha256 = self._take_pending_store()
         queue_id = self.env.queue_id()
         facts = transaction.scanner.facts()
         self._emit(
@@ -254,21 +249,27 @@ class SmtpServer:
             received_header=self._received_header(queue_id, transaction),
             transport="bdat" if transaction.bdat_size is not None else "data",
         )
-        self._transaction = None
         self._errors = 0  # Postfix forgives a client that got a message through, before replying
         self._reply(key, queue_id=queue_id, size=facts.size)
-        self._process()
-        self._flush()
+        self._resume()
 
     def store_failed(self, reason: str) -> None:
-        assert self._pending_store is not None, "store_failed() without a Store"
-        _, transaction, sha256 = self._pending_store
-        self._pending_store = None
-        self._move(Step.RESUMED)
+        _, _, sha256 = self._take_pending_store()
         self._emit("looper.smtp.store_failed", sha256=sha256, reason=reason)
-        self._transaction = None
         self._reply("storage_failed")
         self._after_command()
+        self._resume()
+
+    def _take_pending_store(self) -> tuple[str, _Transaction, str]:
+        if self._pending_store is None:
+            raise RuntimeError("a store outcome without a Store action")
+        pending, self._pending_store = self._pending_store, None
+        self._transaction = None
+        self._move(Step.RESUMED)
+        return pending
+
+    def _resume(self) -> None:
+        """Read what arrived while we waited."""
         self._process()
         self._flush()
 

@@ -147,6 +147,14 @@ class _Transaction:
 class SmtpServer:
     """One emulated SMTP session; see the module docstring."""
 
+    # Thousands of idle sessions at once: no per-instance dict.
+    __slots__ = (
+        "settings", "persona", "client", "env", "idle_timeout_s", "_mode", "_inbuf", "_skipping_long_line",
+        "_out", "_actions", "_events", "_errors", "_junk", "_helo", "_esmtp", "_tls", "_authenticated",
+        "_auth_failures", "_sasl", "_transaction", "_chunk_left", "_chunk_size", "_chunk_keep", "_chunk_last",
+        "_pending_store",
+    )
+
     def __init__(self, settings: SmtpSettings, client: ClientInfo, environment: Environment) -> None:
         self.settings = settings
         self.persona = settings.persona

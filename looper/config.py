@@ -278,7 +278,9 @@ class Smtp:
     # (null: only `credentials`). Never 0: detectors try a random pair first.
     accept_after: int | None = _setting(None, _optional(_int(1, 1_000_000)))
     auth_mechanisms: tuple[str, ...] = _setting(lambda: ("PLAIN", "LOGIN"), _mechanisms)
-    max_message_bytes: int = _setting(10_240_000, _int(1024, 1 << 31))
+    # Largest message, advertised in SIZE; null: the persona's own default
+    # (Postfix 10240000, Exim 52428800, Exchange 37748736).
+    max_message_bytes: int | None = _setting(None, _optional(_int(1024, 1 << 31)))
     greet_delay: float = _setting(0.0, _non_negative_seconds)
     idle_timeout: float = _setting(300.0, _seconds)
     tls_cert: str | None = _setting(None, _optional(_name))

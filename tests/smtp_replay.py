@@ -29,7 +29,7 @@ class FixedEnvironment:
         self.challenge = cram_challenge
         self.issued = 0
 
-    def queue_id(self) -> str:
+    def queue_id(self, style: str = "postfix") -> str:
         self.issued += 1
         return f"{0xABCDE00000 + self.issued:011X}"
 
@@ -37,7 +37,7 @@ class FixedEnvironment:
         return self.challenge
 
     def date(self) -> str:
-        return "Sun, 22 Nov 2026 10:00:00 +0000 (UTC)"
+        return "Sun, 22 Nov 2026 10:00:00 +0000"
 
 
 @dataclass

@@ -41,3 +41,20 @@ async def test_nmap_takes_the_postfix_persona_for_postfix(start_trap):
         "ENHANCEDSTATUSCODES, 8BITMIME, DSN, SMTPUTF8, CHUNKING" in report
     ), report
     assert "ssl-cert: Subject: commonName=mail.example.test" in report, report
+
+
+@pytest.mark.parametrize(
+    "persona, service",
+    [
+        ("exim", ["Exim", "smtpd", "4.96"]),
+        ("sendmail", ["Sendmail", "8.17.1.9/8.17.1.9/Debian-2+deb12u2"]),
+        ("exchange", ["Microsoft", "Exchange", "smtpd"]),
+    ],
+)
+async def test_nmap_names_the_other_personas(start_trap, persona, service):
+    trap = await start_trap(
+        free_port(), dialback={"on_failure": "emulate"}, smtp={"hostname": "mail.example.test", "persona": persona}
+    )
+    report = await nmap("-sV", "-p", str(trap.port), trap.host)
+    line = next(line for line in report.splitlines() if line.startswith(f"{trap.port}/tcp"))
+    assert line.split()[3:3 + len(service)] == service, report

@@ -34,7 +34,7 @@ class Client:
         self.delays: list[float] = []
         self.closed = False
         self.events: list = []
-        self.take()
+        self.greeting = self.take()
 
     def take(self) -> bytes:
         out = b""

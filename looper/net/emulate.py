@@ -28,6 +28,18 @@ from looper.proto.smtpd import ClientInfo, SmtpServer, SmtpSettings
 MAX_REMEMBERED_ADDRESSES = 100_000
 
 
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_BASE60 = _BASE62[:60]
+
+
+def _base62(number: int, width: int) -> str:
+    digits = ""
+    for _ in range(width):
+        number, digit = divmod(number, 62)
+        digits = _BASE62[digit] + digits
+    return digits
+
+
 class SystemEnvironment:
     """Queue ids, CRAM-MD5 challenges and dates, as Postfix and Dovecot make them."""
 
@@ -37,31 +49,41 @@ class SystemEnvironment:
         # time (5 hex digits) then its inode number; ours counts up.
         self._inode = 0x100000 + secrets.randbelow(0xE00000)
 
-    def queue_id(self) -> str:
+    def queue_id(self, style: str) -> str:
         self._inode += 1
+        now = time.time()
+        if style == "exim":  # Exim 4.96: base-62 time, pid and fraction, 1xV4mo-0001px-1o
+            return f"{_base62(int(now), 6)}-{_base62(self._inode, 6)}-{_base62(int(now % 1 * 3844), 2)}"
+        if style == "sendmail":  # sendmail: year, month, day, hour, minute, second, counter, pid
+            t = time.gmtime(now)
+            stamp = "".join(_BASE60[n] for n in ((t.tm_year - 1900) % 60, t.tm_mon - 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec))
+            return f"{stamp}{_BASE60[self._inode % 60]}{_BASE60[self._inode // 60 % 60]}{self._inode % 1_000_000:06d}"
+        if style == "exchange":  # InternalId: a 13-digit counter
+            return f"{self._inode + 5_100_000_000_000}"
         return f"{time.time_ns() // 1000 % 1_000_000:05X}{self._inode:X}"
 
     def cram_challenge(self) -> str:
         return f"<{secrets.randbelow(10**16):016d}.{int(time.time())}@{self._short_name}>"
 
     def date(self) -> str:
-        return format_datetime(datetime.now(timezone.utc)) + " (UTC)"
+        return format_datetime(datetime.now(timezone.utc))
 
 
 class EmulatedRelay:
     def __init__(self, config: Config, eventlog: EventLog, hostname: str) -> None:
         smtp = config.smtp
+        persona = PERSONAS[smtp.persona]
         self.hostname = hostname
         self.eventlog = eventlog
         self.settings = SmtpSettings(
             hostname=hostname,
-            persona=PERSONAS[smtp.persona],
+            persona=persona,
             mode=smtp.mode,
             relay=smtp.relay,
             credentials=frozenset((c.user, c.password) for c in config.credentials),
             accept_after=smtp.accept_after,
             auth_mechanisms=smtp.auth_mechanisms,
-            max_message_bytes=smtp.max_message_bytes,
+            max_message_bytes=smtp.max_message_bytes or persona.default_max_message_bytes,
             idle_timeout_s=smtp.idle_timeout,
             greet_delay_s=smtp.greet_delay,
             reply_overrides=dict(smtp.replies),

@@ -32,8 +32,9 @@ REPLY_KEYS = frozenset(
 class Persona:
     name: str
     # The EHLO reply: its first line's text, then the capability lines in
-    # the server's own order. "SIZE" gets the size limit, "AUTH" the
-    # mechanisms, "STARTTLS" is left out once TLS is on.
+    # the server's own order ({max_size}: the size limit; {mechanisms}: the
+    # AUTH mechanisms, the line left out when there are none; STARTTLS is
+    # left out once TLS is on).
     ehlo_first_line: str
     extensions: tuple[str, ...]
     replies: dict[str, str] = field(repr=False)
@@ -50,6 +51,12 @@ class Persona:
     # Lines end at a bare LF too (Postfix 3.7's smtpd_forbid_bare_newline=no).
     bare_lf: bool = True
     hop_limit: int = 50
+    # A web request or a header line: Postfix and sendmail hang up, Exim
+    # and Exchange answer it as an unknown command.
+    hangs_up_on_forbidden: bool = True
+    # Size limit when smtp.max_message_bytes is not set, and queue ids.
+    default_max_message_bytes: int = 10_240_000
+    queue_id_style: str = "postfix"
     # How the Received: field it would add reads (one line; MTAs fold it).
     received_format: str = ""
 
@@ -64,11 +71,11 @@ POSTFIX = Persona(
     ehlo_first_line="{host}",
     extensions=(
         "PIPELINING",
-        "SIZE",
+        "SIZE {max_size}",
         "VRFY",
         "ETRN",
         "STARTTLS",
-        "AUTH",
+        "AUTH {mechanisms}",
         "ENHANCEDSTATUSCODES",
         "8BITMIME",
         "DSN",
@@ -77,7 +84,7 @@ POSTFIX = Persona(
     ),
     received_format=(
         "Received: from {helo} ({client_name} [{ip}]) by {host} (Postfix) with {protocol} id {queue_id}"
-        "{for_recipient}; {date}"
+        "{for_recipient}; {date} (UTC)"
     ),
     replies={
         "greeting": "220 {host} ESMTP Postfix (Debian/GNU)",
@@ -147,4 +154,298 @@ POSTFIX = Persona(
     },
 )
 
-PERSONAS: dict[str, Persona] = {POSTFIX.name: POSTFIX}
+# Exim 4.96 as Debian 12's exim4-daemon-light answers (tests/data/exim/).
+# The texts are Exim's; the rules (limits, sequencing) stay the machine's.
+EXIM = Persona(
+    name="exim",
+    ehlo_first_line="{host} Hello {helo} [{ip}]",
+    extensions=(
+        "SIZE {max_size}",
+        "8BITMIME",
+        "PIPELINING",
+        "PIPECONNECT",
+        "AUTH {mechanisms}",
+        "CHUNKING",
+        "STARTTLS",
+        "PRDR",
+        "HELP",
+    ),
+    default_max_message_bytes=52_428_800,
+    queue_id_style="exim",
+    hangs_up_on_forbidden=False,
+    soft_error_limit=1_000_000,  # Exim does not slow down; it counts
+    hard_error_limit=4,  # smtp_max_unknown_commands 3
+    junk_command_limit=1_000_000,
+    hop_limit=1_000_000,  # received_headers_max is checked at delivery, not in SMTP
+    bare_lf=True,
+    received_format=(
+        "Received: from {helo} ([{ip}]) by {host} with {protocol} (Exim 4.96) (envelope-from <{mail_from}>)"
+        " id {queue_id}{for_recipient}; {date}"
+    ),
+    replies={
+        "greeting": "220 {host} ESMTP Exim 4.96 {date}",
+        "helo": "250 {host} Hello {helo} [{ip}]",
+        "ehlo_syntax": "501 Syntactically invalid EHLO argument(s)",
+        "helo_syntax": "501 Syntactically invalid HELO argument(s)",
+        "quit": "221 {host} closing connection",
+        "mail_ok": "250 OK",
+        "rcpt_ok": "250 Accepted",
+        "data_go": '354 Enter message, ending with "." on a line by itself',
+        "queued": "250 OK id={queue_id}",
+        "need_mail": "503 sender not yet given",
+        "need_rcpt": "503 valid RCPT command must precede DATA",
+        "no_valid_rcpt": "503 valid RCPT command must precede DATA",
+        "nested_mail": "503 sender already given",
+        "data_syntax": "501 unexpected argument data",
+        "rset_ok": "250 Reset OK",
+        "rset_syntax": "501 unexpected argument data",
+        "noop": "250 OK",
+        "mail_syntax": "501 MAIL must have an address operand",
+        "bad_sender": "501 <{address}>: domain missing or malformed",
+        "size_syntax": "501 invalid data for SIZE",
+        "ret_syntax": "501 invalid data for RET",
+        "unsupported_option": "501 {param}: malformed address: {param} may not follow <{address}>",
+        "size_exceeded": "552 Message size exceeds maximum permitted",
+        "size_fs_limit": "552 Message size exceeds maximum permitted",
+        "rcpt_syntax": "501 RCPT must have an address operand",
+        "bad_rcpt": "501 <{address}>: domain missing or malformed",
+        "too_many_rcpt": "452 too many recipients",
+        "relay_denied": "550 relay not permitted",
+        "user_unknown": "550 Unrouteable address",
+        "too_many_hops": '550 Too many "Received" headers - suspected mail loop',
+        "message_too_big": "552 Message size exceeds maximum permitted",
+        "bdat_ok": "250 {size} byte chunk received",
+        "bdat_queued": "250- {chunk} byte chunk, total {size}\r\n250 OK id={queue_id}",
+        "bdat_syntax": "501 missing size for BDAT command",
+        "bdat_null": "250 0 byte chunk received",
+        "bdat_discarded": "503 only RSET accepted now",
+        "data_after_bdat": "503 only BDAT permissible after non-LAST BDAT",
+        "chunk_too_big": "552 Message size exceeds maximum permitted",
+        "vrfy": "252 Administrative prohibition",
+        "vrfy_syntax": "501 empty address",
+        "unknown": "500 unrecognized command",
+        "bad_syntax": "500 unrecognized command",
+        "etrn": "458 Administrative prohibition",
+        "etrn_syntax": "458 Administrative prohibition",
+        "xclient": "500 unrecognized command",
+        "xclient_syntax": "500 unrecognized command",
+        "auth_not_enabled": "503 AUTH command used when not advertised",
+        "forbidden": "500 unrecognized command",
+        "bad_utf8": "501 SMTPUTF8 used when not advertised",
+        "starttls_ready": "220 TLS go ahead",
+        "starttls_syntax": "501 unexpected argument data",
+        "tls_active": "503 STARTTLS command used when not advertised",
+        "timeout": "421 {host}: SMTP command timeout - closing connection",
+        "too_many_errors": "500 Too many unrecognized commands",
+        "auth_ok": "235 Authentication succeeded",
+        "auth_failed": "535 Incorrect authentication data",
+        "auth_bad_base64_initial": "501 Invalid base64 data",
+        "auth_bad_base64_continued": "501 Invalid base64 data",
+        "auth_bad_mechanism": "504 {argument} authentication mechanism not supported",
+        "auth_syntax": "501 {argument} authentication mechanism not supported",
+        "auth_aborted": "501 Authentication cancelled",
+        "auth_already": "503 already authenticated",
+        "auth_in_transaction": "503 not permitted in mail transaction",
+        "storage_failed": "452 Space shortage, please try later",
+    },
+)
+
+# sendmail 8.17.1.9 as Debian 12's sendmail answers (tests/data/sendmail/).
+SENDMAIL = Persona(
+    name="sendmail",
+    ehlo_first_line="{host} Hello {client_name_ip}, pleased to meet you",
+    extensions=(
+        "ENHANCEDSTATUSCODES",
+        "PIPELINING",
+        "EXPN",
+        "VERB",
+        "8BITMIME",
+        "SIZE",
+        "DSN",
+        "ETRN",
+        "AUTH {mechanisms}",
+        "STARTTLS",
+        "DELIVERBY",
+        "HELP",
+    ),
+    queue_id_style="sendmail",
+    soft_error_limit=1_000_000,  # sendmail slows down by its own rules, not Postfix's
+    hard_error_limit=1_000_000,
+    junk_command_limit=1_000_000,
+    hop_limit=26,  # MaxHopCount 25
+    received_format=(
+        "Received: from {helo} ({client_name_ip}) by {host} (8.17.1.9/8.17.1.9/Debian-2+deb12u2)"
+        " with {protocol} id {queue_id}{for_recipient}; {date_gmt}"
+    ),
+    replies={
+        "greeting": (
+            "220 {host} ESMTP Sendmail 8.17.1.9/8.17.1.9/Debian-2+deb12u2; {date_gmt};"
+            " (No UCE/UBE) logging access from: {client}({client_resolve})-{client_name_ip}"
+        ),
+        "helo": "250 {host} Hello {client_name_ip}, pleased to meet you",
+        "ehlo_syntax": "501 5.0.0 EHLO requires domain address",
+        "helo_syntax": "501 5.0.0 HELO requires domain address",
+        "quit": "221 2.0.0 {host} closing connection",
+        "mail_ok": "250 2.1.0 {path}... Sender ok",
+        "rcpt_ok": "250 2.1.5 {path}... Recipient ok",
+        "data_go": "354 End data with <CR><LF>.<CR><LF>",
+        "queued": "250 2.0.0 {queue_id} Message accepted for delivery",
+        "need_mail": "503 5.0.0 Need MAIL before RCPT",
+        "need_rcpt": "503 5.0.0 Need MAIL command",
+        "no_valid_rcpt": "503 5.0.0 Need RCPT (recipient)",
+        "nested_mail": "503 5.5.0 Sender already specified",
+        "data_syntax": "501 5.5.2 Syntax error in parameters scanning \"DATA\"",
+        "rset_ok": "250 2.0.0 Reset state",
+        "rset_syntax": "250 2.0.0 Reset state",
+        "noop": "250 2.0.0 OK",
+        "mail_syntax": "501 5.5.2 Syntax error in parameters scanning \"from\"",
+        "bad_sender": "553 5.1.0 {address}... Unbalanced '<'",
+        "size_syntax": "501 5.5.2 Syntax error in parameters scanning \"SIZE\"",
+        "ret_syntax": "501 5.5.4 Bad argument \"{param}\" to RET",
+        "unsupported_option": "555 5.5.4 {param} parameter unrecognized",
+        "size_exceeded": "552 5.2.3 Message size exceeds fixed maximum message size",
+        "size_fs_limit": "452 4.4.5 Insufficient disk space; try again later",
+        "rcpt_syntax": "501 5.5.2 Syntax error in parameters scanning \"to\"",
+        "bad_rcpt": "553 5.1.0 {address}... Unbalanced '<'",
+        "too_many_rcpt": "452 4.5.3 Too many recipients",
+        "relay_denied": "550 5.7.1 <{address}>... Relaying denied",
+        "user_unknown": "550 5.1.1 <{address}>... User unknown",
+        "too_many_hops": "554 5.4.6 Too many hops",
+        "message_too_big": "552 5.2.3 Message size exceeds fixed maximum message size",
+        "bdat_ok": "250 2.0.0 OK",
+        "bdat_queued": "250 2.0.0 {queue_id} Message accepted for delivery",
+        "bdat_syntax": '500 5.5.1 Command unrecognized: "{command}"',
+        "bdat_null": "250 2.0.0 OK",
+        "bdat_discarded": "503 5.0.0 Need RCPT (recipient)",
+        "data_after_bdat": "503 5.5.0 Nested MAIL command",
+        "chunk_too_big": "552 5.2.3 Message size exceeds fixed maximum message size",
+        "vrfy": "252 2.1.5 <{argument}>",
+        "vrfy_syntax": "501 5.5.2 Argument required",
+        "unknown": '500 5.5.1 Command unrecognized: "{command}"',
+        "bad_syntax": '500 5.5.1 Command unrecognized: "{command}"',
+        "etrn": "250 2.0.0 Queuing for node {argument} started",
+        "etrn_syntax": "501 5.5.2 Parameter required",
+        "xclient": '500 5.5.1 Command unrecognized: "{command}"',
+        "xclient_syntax": '500 5.5.1 Command unrecognized: "{command}"',
+        "auth_not_enabled": "503 5.3.3 AUTH not available",
+        "forbidden": "421 4.7.0 {host} Rejecting open proxy [{ip}]",
+        "bad_utf8": '500 5.5.1 Command unrecognized: "{command}"',
+        "starttls_ready": "220 2.0.0 Ready to start TLS",
+        "starttls_syntax": "501 5.5.2 Syntax error (no parameters allowed)",
+        "tls_active": '500 5.5.1 Command unrecognized: "STARTTLS"',
+        "timeout": "421 4.4.1 {host} Lost input channel from {client_name_ip} to MTA after rcpt",
+        "too_many_errors": "421 4.7.0 {host} Too many errors",
+        "auth_ok": "235 2.0.0 OK Authenticated",
+        "auth_failed": "535 5.7.0 authentication failed",
+        "auth_bad_base64_initial": "501 5.5.4 cannot decode AUTH parameter {argument}",
+        "auth_bad_base64_continued": "501 5.5.4 cannot BASE64 decode '{argument}'",
+        "auth_bad_mechanism": "504 5.3.3 AUTH mechanism {argument} not available",
+        "auth_syntax": "501 5.5.2 AUTH mechanism must be specified",
+        "auth_aborted": "501 5.0.0 AUTH aborted",
+        "auth_already": "503 5.5.0 Already Authenticated",
+        "auth_in_transaction": "503 5.5.0 AUTH not permitted during a mail transaction",
+        "storage_failed": "452 4.4.5 Insufficient disk space; try again later",
+    },
+)
+
+# Exchange 2016/2019, default frontend connector, anonymous client: no
+# software here to record, so taken from Microsoft's documentation and
+# Exchange's own reply table (tests/data/exchange/notes.md cites each).
+EXCHANGE = Persona(
+    name="exchange",
+    ehlo_first_line="{host} Hello [{ip}]",
+    extensions=(
+        "SIZE {max_size}",
+        "PIPELINING",
+        "DSN",
+        "ENHANCEDSTATUSCODES",
+        "STARTTLS",
+        "X-ANONYMOUSTLS",
+        "AUTH {mechanisms}",
+        "X-EXPS GSSAPI NTLM",
+        "8BITMIME",
+        "BINARYMIME",
+        "CHUNKING",
+        "XRDST",
+    ),
+    default_max_message_bytes=37_748_736,
+    queue_id_style="exchange",
+    hangs_up_on_forbidden=False,
+    soft_error_limit=1_000_000,
+    hard_error_limit=1_000_000,
+    junk_command_limit=1_000_000,
+    hop_limit=61,  # MaxHopCount 60
+    bare_lf=False,
+    received_format=(
+        "Received: from {helo} ({ip}) by {host} ({ip}) with Microsoft SMTP Server id 15.2.1118.40"
+        " via Frontend Transport; {date}"
+    ),
+    replies={
+        "greeting": "220 {host} Microsoft ESMTP MAIL Service ready at {date}",
+        "helo": "250 {host} Hello [{ip}]",
+        "ehlo_syntax": "501 5.0.0 EHLO requires domain address",
+        "helo_syntax": "501 5.0.0 HELO requires domain address",
+        "quit": "221 2.0.0 Service closing transmission channel",
+        "mail_ok": "250 2.1.0 Sender OK",
+        "rcpt_ok": "250 2.1.5 Recipient OK",
+        "data_go": "354 Start mail input; end with <CRLF>.<CRLF>",
+        "queued": "250 2.6.0 <{queue_id}@{host}> [InternalId={queue_id}, Hostname={host}] Queued mail for delivery",
+        "need_mail": "503 5.5.2 Need mail command",
+        "need_rcpt": "503 5.5.2 Need rcpt command",
+        "no_valid_rcpt": "503 5.5.2 Need rcpt command",
+        "nested_mail": "503 5.5.2 Sender already specified",
+        "data_syntax": "501 5.5.4 Invalid arguments",
+        "rset_ok": "250 2.0.0 Resetting",
+        "rset_syntax": "501 5.5.4 Invalid arguments",
+        "noop": "250 2.0.0 OK",
+        "mail_syntax": "501 5.5.4 Invalid arguments",
+        "bad_sender": "501 5.1.7 Invalid address",
+        "size_syntax": "501 5.5.4 Invalid arguments",
+        "ret_syntax": "501 5.5.4 Invalid arguments",
+        "unsupported_option": "501 5.5.4 Unrecognized parameter",
+        "size_exceeded": "552 5.3.4 Message size exceeds fixed maximum message size",
+        "size_fs_limit": "552 5.3.4 Message size exceeds fixed maximum message size",
+        "rcpt_syntax": "501 5.5.4 Invalid arguments",
+        "bad_rcpt": "501 5.1.3 Invalid address",
+        "too_many_rcpt": "452 4.5.3 Too many recipients",
+        "relay_denied": "550 5.7.54 SMTP; Unable to relay recipient in non-accepted domain",
+        "user_unknown": "550 5.1.1 User unknown",
+        "too_many_hops": "554 5.4.6 Hop count exceeded - possible mail loop",
+        "message_too_big": "552 5.3.4 Message size exceeds fixed maximum message size",
+        "bdat_ok": "250 2.6.0 CHUNK received OK, {size} octets",
+        "bdat_queued": "250 2.6.0 <{queue_id}@{host}> [InternalId={queue_id}, Hostname={host}] Queued mail for delivery",
+        "bdat_syntax": "501 5.5.4 Invalid arguments",
+        "bdat_null": "250 2.6.0 CHUNK received OK, 0 octets",
+        "bdat_discarded": "503 5.5.1 Bad sequence of commands",
+        "data_after_bdat": "503 5.5.1 Bad sequence of commands",
+        "chunk_too_big": "552 5.3.4 Message size exceeds fixed maximum message size",
+        "vrfy": "252 2.1.5 Cannot VRFY user",
+        "vrfy_syntax": "252 2.1.5 Cannot VRFY user",
+        "unknown": "500 5.3.3 Unrecognized command",
+        "bad_syntax": "500 5.3.3 Unrecognized command",
+        "etrn": "502 5.3.3 Command not implemented",
+        "etrn_syntax": "502 5.3.3 Command not implemented",
+        "xclient": "500 5.3.3 Unrecognized command",
+        "xclient_syntax": "500 5.3.3 Unrecognized command",
+        "auth_not_enabled": "503 5.5.1 Bad sequence of commands",
+        "forbidden": "500 5.3.3 Unrecognized command",
+        "bad_utf8": "500 5.3.3 Unrecognized command",
+        "starttls_ready": "220 2.0.0 SMTP server ready",
+        "starttls_syntax": "501 5.5.4 Invalid arguments",
+        "tls_active": "503 5.5.1 Bad sequence of commands",
+        "timeout": "451 4.7.0 Timeout waiting for client input",
+        "too_many_errors": "421 4.7.0 Too many errors on this connection, closing transmission channel",
+        "auth_ok": "235 2.7.0 Authentication successful",
+        "auth_failed": "535 5.7.3 Authentication unsuccessful",
+        "auth_bad_base64_initial": "501 5.5.2 Cannot Base64-decode Client responses",
+        "auth_bad_base64_continued": "501 5.5.2 Cannot Base64-decode Client responses",
+        "auth_bad_mechanism": "504 5.7.4 Unrecognized authentication type",
+        "auth_syntax": "501 5.5.4 Invalid arguments",
+        "auth_aborted": "501 5.0.0 Authentication Aborted",
+        "auth_already": "503 5.5.2 Already authenticated",
+        "auth_in_transaction": "503 5.5.1 Bad sequence of commands",
+        "storage_failed": "452 4.3.1 Insufficient system resources",
+    },
+)
+
+PERSONAS: dict[str, Persona] = {persona.name: persona for persona in (POSTFIX, EXIM, SENDMAIL, EXCHANGE)}

@@ -86,9 +86,9 @@ TRANSITIONS: dict[tuple[Mode, Step], Mode] = {
 class Environment(Protocol):
     """What the machine may not compute itself (no clock, no randomness)."""
 
-    def queue_id(self) -> str: ...
+    def queue_id(self, style: str) -> str: ...  # style: the persona's ("postfix", "exim", ...)
     def cram_challenge(self) -> str: ...
-    def date(self) -> str: ...
+    def date(self) -> str: ...  # RFC 5322, UTC: "Sun, 22 Nov 2026 10:00:00 +0000"
 
 
 @dataclass(frozen=True)
@@ -241,7 +241,7 @@ class SmtpServer:
 
     def stored(self, path: str) -> None:
         key, transaction, sha256 = self._take_pending_store()
-        queue_id = self.env.queue_id()
+        queue_id = self.env.queue_id(self.persona.queue_id_style)
         facts = transaction.scanner.facts()
         self._emit(
             "looper.smtp.message",
@@ -258,7 +258,7 @@ class SmtpServer:
             transport="bdat" if transaction.bdat_size is not None else "data",
         )
         self._errors = 0  # Postfix forgives a client that got a message through, before replying
-        self._reply(key, queue_id=queue_id, size=facts.size)
+        self._reply(key, queue_id=queue_id, size=facts.size, chunk=self._chunk_size)
         self._resume()
 
     def store_failed(self, reason: str) -> None:
@@ -335,7 +335,21 @@ class SmtpServer:
 
     def _text(self, key: str, **values: Any) -> str:
         text = self.settings.reply_overrides.get(key) or self.persona.replies[key]
-        return text.format(host=self.settings.hostname, **values)
+        return self._fill(text, **values)
+
+    def _fill(self, template: str, **values: Any) -> str:
+        """A persona's template with what this session knows filled in."""
+        client = self.client
+        known = {"host": self.settings.hostname, "ip": client.ip, "helo": self._helo or ""}
+        if "{date" in template:
+            date = self.env.date()
+            known.update(date=date, date_gmt=date.replace("+0000", "GMT"))
+        if "{client" in template:
+            known["client"] = client.name or f"[{client.ip}]"
+            known["client_resolve"] = "OK" if client.name else "FAIL"
+            known["client_name_ip"] = f"{client.name} [{client.ip}]" if client.name else f"[{client.ip}]"
+        known.update(values)
+        return template.format_map(_Blanks(known))
 
     def _line(self, key: str, **values: Any) -> bytes:
         return self._text(key, **values).encode("utf-8", "replace") + b"\r\n"
@@ -397,7 +411,7 @@ class SmtpServer:
         logged = line if verb_text != "AUTH" else b" ".join(line.split()[:2])
         self._emit("looper.command.input", input=logged.decode("utf-8", "replace"))
         if not line.strip(b" \t"):
-            return self._reply("bad_syntax")
+            return self._reply("bad_syntax", command=line.decode("latin-1"))
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
@@ -409,9 +423,11 @@ class SmtpServer:
             first = text.lstrip(" \t")[:1]
             if verb_text in _FORBIDDEN or not first.isascii() or not first.isalpha() or verb.endswith(b":"):
                 self._emit("looper.smtp.forbidden", input=text[:200])
+                if not self.persona.hangs_up_on_forbidden:
+                    return self._reply("unknown", command=text[:200])
                 self._reply("forbidden", count_error=False)
                 return self._close()
-            return self._reply("unknown")
+            return self._reply("unknown", command=text[:200])
         handler(self, verb_text, argument)
 
     def _helo_cmd(self, verb: str, argument: str) -> None:
@@ -429,18 +445,15 @@ class SmtpServer:
         )
         if verb == "HELO":
             return self._reply("helo")
-        lines = [self.persona.ehlo_first_line.format(host=self.settings.hostname)]
+        lines = [self._fill(self.persona.ehlo_first_line)]
         for extension in self.persona.extensions:
-            if extension == "SIZE":
-                lines.append(f"SIZE {self.settings.max_message_bytes}")
-            elif extension == "STARTTLS":
-                if self.settings.tls_available and not self._tls:
-                    lines.append("STARTTLS")
-            elif extension == "AUTH":
-                if self.settings.auth_mechanisms:
-                    lines.append("AUTH " + " ".join(self.settings.auth_mechanisms))
-            else:
-                lines.append(extension)
+            if extension == "STARTTLS" and (self._tls or not self.settings.tls_available):
+                continue
+            if extension.startswith("AUTH"):
+                if not self.settings.auth_mechanisms:
+                    continue
+                extension = extension.replace("{mechanisms}", " ".join(self.settings.auth_mechanisms))
+            lines.append(extension.replace("{max_size}", str(self.settings.max_message_bytes)))
         self._send_lines(
             [f"250{'-' if i < len(lines) - 1 else ' '}{line}\r\n".encode() for i, line in enumerate(lines)]
         )
@@ -453,7 +466,7 @@ class SmtpServer:
             return self._reply("mail_syntax")
         address, params = _split_path(path)
         if address is None:
-            return self._reply("bad_sender")
+            return self._reply("bad_sender", address=path)
         for param in params:
             key, _, value = param.partition("=")
             key = key.upper()
@@ -471,9 +484,9 @@ class SmtpServer:
                 if value.upper() not in ("FULL", "HDRS"):
                     return self._reply("ret_syntax")
             elif key not in ("SMTPUTF8", "ENVID", "AUTH"):
-                return self._reply("unsupported_option", param=param)
+                return self._reply("unsupported_option", param=param, address=address)
         self._transaction = _Transaction(address)
-        self._reply("mail_ok")
+        self._reply("mail_ok", path=_path_as_sent(path))
 
     def _rcpt_cmd(self, verb: str, argument: str) -> None:
         transaction = self._transaction
@@ -484,7 +497,7 @@ class SmtpServer:
             return self._reply("rcpt_syntax")
         address, params = _split_path(path)
         if not address or not _valid_recipient(address):
-            return self._reply("bad_rcpt")
+            return self._reply("bad_rcpt", address=address if address is not None else path)
         for param in params:
             if param.partition("=")[0].upper() not in ("NOTIFY", "ORCPT"):
                 return self._reply("unsupported_option", param=param)
@@ -494,7 +507,7 @@ class SmtpServer:
         if verdict is not None:
             return self._reply(verdict, address=address)
         transaction.rcpt_to.append(address)
-        self._reply("rcpt_ok")
+        self._reply("rcpt_ok", path=_path_as_sent(path), address=address)
 
     def _recipient_verdict(self, address: str) -> str | None:
         """None if accepted, else the reply key (user_unknown, relay_denied)."""
@@ -689,11 +702,11 @@ class SmtpServer:
             return self._reply("auth_in_transaction")
         words = argument.split()
         if not words or len(words) > 2:
-            return self._reply("auth_syntax")
+            return self._reply("auth_syntax", argument=argument)
         mechanism = words[0].upper()
         if mechanism not in mechanisms:
             self._login_failed(mechanism, None, reason="unsupported mechanism")
-            return self._reply("auth_bad_mechanism")
+            return self._reply("auth_bad_mechanism", argument=words[0])
         self._sasl = SaslExchange(mechanism, cram_challenge=self.env.cram_challenge())
         self._sasl_outcome(self._sasl.start(words[1] if len(words) == 2 else None), initial=True)
 
@@ -760,16 +773,23 @@ class SmtpServer:
         protocol = ("ESMTP" if self._esmtp else "SMTP") + ("S" if self._tls else "") + ("A" if self._authenticated else "")
         # Postfix names the recipient only when there is exactly one.
         recipient = f" for <{transaction.rcpt_to[0]}>" if len(transaction.rcpt_to) == 1 else ""
-        return self.persona.received_format.format(
+        return self._fill(
+            self.persona.received_format,
             helo=self._helo or self.client.ip,
             client_name=self.client.name or "unknown",
-            ip=self.client.ip,
-            host=self.settings.hostname,
             protocol=protocol,
             queue_id=queue_id,
             for_recipient=recipient,
-            date=self.env.date(),
+            mail_from=transaction.mail_from,
         )
+
+
+class _Blanks(dict):
+    """Template values; a placeholder this reply has no value for (an
+    operator's override, a persona's rarely used field) reads as empty."""
+
+    def __missing__(self, key: str) -> str:
+        return ""
 
 
 def _credential_fields(credentials: Credentials) -> dict[str, Any]:
@@ -803,6 +823,11 @@ def _split_path(path: str) -> tuple[str | None, list[str]]:
     if "\0" in address or (" " in address and '"' not in address):
         return None, params
     return address, params
+
+
+def _path_as_sent(path: str) -> str:
+    """The path with its brackets, as the client wrote it (sendmail echoes it)."""
+    return path[: path.find(">") + 1] if path.startswith("<") else path.split()[0]
 
 
 def _valid_recipient(address: str) -> bool:

@@ -67,7 +67,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import tests.record_postfix as rp  # noqa: E402
-from tests.record_postfix import C, QUIT, R, TLS, WAIT, Scenario  # noqa: E402
+from tests.record_postfix import C, QUIT, R, TLS, WAIT, Scenario, long_line  # noqa: E402
 
 HOST = "127.0.0.3"
 CLIENT = "127.0.0.5"          # no hosts entry: no reverse DNS
@@ -666,6 +666,10 @@ def build_extra(persona: str) -> list[Scenario]:
     for name, cmd in rcpt_singles.items():
         sc.append(S(name, f"EHLO, MAIL, then only `{cmd}`, then a good RCPT",
                     [EHLO, MAIL, C(cmd), RCPT, QUIT()]))
+    # Where the command length limit is (sendmail: 421 "Command too long").
+    for n in (1000, 2040, 2044, 2045, 2046, 2047):
+        sc.append(S(f"cmd_len_{n}", f"EHLO, a NOOP line of {n} bytes before CRLF, NOOP",
+                    [EHLO, R(long_line("NOOP ", n) + b"\r\n"), C("NOOP"), QUIT()]))
     if persona == "sendmail":
         sc += [
             S("starttls_tls_ehlo", "EHLO, STARTTLS, TLS, EHLO, a transaction in TLS",

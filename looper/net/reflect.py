@@ -12,6 +12,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
+from looper.config import Endpoint
 from looper.eventlog import SessionInfo, new_session_id
 from looper.net.dialback import DialFailed, dial_back, is_local_address
 from looper.net.fallback import HANGUP_REPLY, hang_up
@@ -54,7 +55,7 @@ class ReflectSession:
     async def _open(self) -> None:
         config, policy = self.trap.config, self.trap.policy
         info = self.info
-        target = f"[{info.src_ip}]:{config.dialback.port}" if ":" in info.src_ip else f"{info.src_ip}:{config.dialback.port}"
+        target = str(Endpoint(info.src_ip, config.dialback.port))
         refusal = policy.screen(info.src_ip, time.monotonic())
         if refusal is not None:
             # Blocked, or too many connections: not a word, not a dial-back.
@@ -67,7 +68,6 @@ class ReflectSession:
             # The emulated relay's Received: line names the client as Postfix
             # would: look it up while the dial-back is under way.
             self._client_name = asyncio.get_running_loop().create_task(self.trap.dns.name_of(info.src_ip))
-        denial = None
         if policy.is_own_dialback(info.src_ip, info.src_port):
             denial = Denial("self", "the client is one of the trap's own dial-backs")
         else:

@@ -34,6 +34,7 @@ test-tools:
 	bash tests/install-test-tools.sh
 
 bench: venv
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/splice.py
 	$(BIN)/python bench/smtp.py
 

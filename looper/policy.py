@@ -6,6 +6,7 @@ the answer is a reason the event log can carry (policy, limit, self).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import Counter
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ class Denial:
     detail: str
 
 
+@functools.lru_cache(maxsize=65536)  # every session asks several times about one address
 def plain_address(address: str | IPAddress) -> IPAddress:
     """The address, with an IPv4-mapped IPv6 address taken as the IPv4 one."""
     ip = ipaddress.ip_address(address)
@@ -113,6 +115,9 @@ class Policy:
         if not ip.is_global and not self._dialback.allow_private:
             return Denial("policy", f"{target} is not a global address (dialback.allow_private is false)")
         return None
+
+    def listens_on(self, port: int) -> bool:
+        return any(listener.port == port for listener in self._listeners)
 
     def add_listener(self, endpoint: Endpoint) -> None:
         self._listeners.append(endpoint)

@@ -7,10 +7,11 @@ public PTR record, and asking for one would only wait for a timeout.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 
 import aiodns
+
+from looper.policy import plain_address
 
 LOOKUP_TIMEOUT_S = 2.0
 
@@ -20,11 +21,13 @@ class ReverseDns:
         self.timeout_s = timeout_s
         self._resolver: aiodns.DNSResolver | None = None
 
+    @staticmethod
+    def worth_asking(ip: str) -> bool:
+        return plain_address(ip).is_global
+
     async def name_of(self, ip: str) -> str | None:
         """The PTR name of `ip`, or None (none, not global, or no answer in time)."""
-        address = ipaddress.ip_address(ip)
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
+        address = plain_address(ip)
         if not address.is_global:
             return None
         if self._resolver is None:

@@ -64,7 +64,7 @@ class ReflectSession:
             self.inbound.on_early_loss = lambda: self._finish(refusal.reason, len(self.inbound.early), 0)
             self.inbound.transport.abort()
             return
-        if self.trap.emulated is not None:
+        if self.trap.emulated is not None and self.trap.dns.worth_asking(info.src_ip):
             # The emulated relay's Received: line names the client as Postfix
             # would: look it up while the dial-back is under way.
             self._client_name = asyncio.get_running_loop().create_task(self.trap.dns.name_of(info.src_ip))
@@ -74,7 +74,10 @@ class ReflectSession:
             denial = policy.admit(info.src_ip)
             self.admitted = denial is None
         if denial is None:
-            denial = policy.dial_denial(info.src_ip, target_is_local=is_local_address(info.src_ip))
+            # Only a listener on the dial-back port can be dialed by mistake:
+            # otherwise there is no need to ask the kernel what is local.
+            target_is_local = policy.listens_on(config.dialback.port) and is_local_address(info.src_ip)
+            denial = policy.dial_denial(info.src_ip, target_is_local=target_is_local)
         if denial is not None:
             self.emit("looper.dialback.failed", target=target, reason=denial.reason, detail=denial.detail)
             return await self._fall_back(denial.reason)
@@ -122,6 +125,7 @@ class ReflectSession:
             on_closed=self._spliced_closed,
         )
         self.splice.start()
+        self._task = self.inbound.on_early_loss = None  # done: the splice owns the session now
 
     async def _fall_back(self, why: str) -> None:
         """The one fallback entry point: the emulated relay, or a hang-up.
@@ -143,6 +147,9 @@ class ReflectSession:
         if inbound.early_lost is not False:
             return self._finish("closed_by_client", len(inbound.early), 0)
         self.mode = "emulate"
+        # Nothing here is needed any more: 10,000 idle sessions should not
+        # each keep a finished task and its coroutine.
+        self._client_name = self._task = inbound.on_early_loss = None
         self.emulated = emulated.serve(
             inbound.transport,
             self.info,

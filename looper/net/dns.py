@@ -41,13 +41,17 @@ class ReverseDns:
 
     async def our_name(self, addresses: list[str]) -> str:
         """The host name a server here would announce: the PTR name of the
-        first listening address that has one, else this machine's FQDN."""
+        first listening address that has one, else this machine's FQDN (a
+        name like "localhost" would give the trap away: never that)."""
         for ip in addresses:
             if ip not in ("0.0.0.0", "::"):
                 name = await self.name_of(ip)
                 if name:
                     return name
-        return socket.getfqdn()
+        for name in (socket.getfqdn(), socket.gethostname()):
+            if name and not name.lower().startswith("localhost"):
+                return name
+        return socket.gethostname() or "mail"
 
     async def close(self) -> None:
         if self._resolver is not None:

@@ -4,6 +4,7 @@ every session kept in a set until it is done, a graceful stop, then aborts)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from looper.config import Config, Endpoint
@@ -13,6 +14,8 @@ from looper.net.emulate import EmulatedRelay
 from looper.net.reflect import ReflectSession
 from looper.net.splice import SpliceEnd
 from looper.policy import Policy
+
+log = logging.getLogger("looper")
 
 LISTEN_BACKLOG = 1024
 STOP_GRACE_SECONDS = 5.0
@@ -36,6 +39,11 @@ class Trap:
         config = self.config
         if config.dialback.on_failure == "emulate" or config.listen.submissions:
             hostname = config.smtp.hostname or await self.dns.our_name([e.host for e in config.listen.smtp])
+            if "." not in hostname:
+                log.warning(
+                    "the emulated relay calls itself %r: no reverse DNS name and no fully qualified host name;"
+                    " a real mail server has one, so set smtp.hostname", hostname,
+                )
             self.emulated = EmulatedRelay(config, self.eventlog, hostname)
         try:
             for endpoint in config.listen.smtp:

@@ -55,7 +55,6 @@ the parent kills and reaps whatever it started, on any error too.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import errno
 import json
 import math
@@ -71,12 +70,19 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+if str(Path(__file__).resolve().parent) not in sys.path:  # imported, not run as bench/smtp.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import (  # noqa: E402
+    NOISE, NOISY_RUN_RETRIES, NOISY_RUN_SHARE, REPO, BenchError, Child, LoadMeter, arm_signals, cpu_model,
+    die_with_parent, emit, end_run, merged_failures, note_noise, proc_cpu_s, proc_fds, proc_rss_kib, raise_nofile,
+    reap_quietly, release_idle_clients, report_abort, run_role, stdin_closed_event,
+)
+
 HERE = Path(__file__).resolve()
 
 SERVER_HOST = "127.0.0.1"
@@ -89,8 +95,6 @@ IDLE_INFLIGHT = 100  # connects in flight per idle-client process
 STEP_TIMEOUT_S = 10.0  # one reply awaited longer than this: the session is an error
 DRAIN_S = 10.0  # after the window, sessions in flight get this long to finish
 START_DELAY_S = 0.3  # clients are spawned, then all start together
-NOISY_RUN_SHARE = 0.05  # a run in which others used more of the CPUs is redone,
-NOISY_RUN_RETRIES = 2  # at most this many times (the last attempt counts regardless)
 MAX_ERRORS_PER_PROC = 2000  # a server that fails this often is broken: stop hammering
 SERVER_LISTEN_BACKLOG = 1024  # looper's own; given to aiosmtpd and smtp-sink too
 
@@ -126,27 +130,6 @@ TARGET_IDLE_BYTES = 5_000  # resident bytes per idle session (5 KB)
 # ---------------------------------------------------------------------------
 # Helpers shared by all roles
 # ---------------------------------------------------------------------------
-
-
-def raise_nofile() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
-
-
-def die_with_parent() -> None:
-    """preexec_fn: the child gets SIGKILL when the bench process dies."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-def emit(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 def free_port(avoid: set[int] = frozenset()) -> int:
@@ -481,13 +464,7 @@ def role_aiosmtpd(argv: list[str]) -> None:
             lambda: SMTP(handler, hostname="sink.bench.test"),
             SERVER_HOST, a.port, backlog=SERVER_LISTEN_BACKLOG, reuse_address=True,
         )
-        stop = asyncio.Event()
-
-        def watch_stdin() -> None:  # the parent closes our stdin to stop us
-            sys.stdin.buffer.read()
-            loop.call_soon_threadsafe(stop.set)
-
-        threading.Thread(target=watch_stdin, daemon=True).start()
+        stop = stdin_closed_event(loop)
         emit({"ready": True})
         await stop.wait()
         server.close()
@@ -547,13 +524,7 @@ def role_floor(argv: list[str]) -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(Floor, SERVER_HOST, a.port, backlog=SERVER_LISTEN_BACKLOG,
                                           reuse_address=True)
-        stop = asyncio.Event()
-
-        def watch_stdin() -> None:
-            sys.stdin.buffer.read()
-            loop.call_soon_threadsafe(stop.set)
-
-        threading.Thread(target=watch_stdin, daemon=True).start()
+        stop = stdin_closed_event(loop)
         emit({"ready": True})
         await stop.wait()
         server.close()
@@ -569,200 +540,8 @@ ROLES = {"load": role_load, "idle": role_idle, "aiosmtpd": role_aiosmtpd, "floor
 # ---------------------------------------------------------------------------
 
 
-class BenchError(Exception):
-    pass
-
-
-class Child:
-    """A child process whose stdout is JSON lines; reaped with wait4 so that
-    its CPU time is known. stderr goes to a file in the work folder."""
-
-    started: list["Child"] = []
-    workdir = Path(tempfile.gettempdir())
-    serial = 0
-
-    def __init__(self, name: str, argv: list[str], *, stdin_pipe: bool = False, preexec=die_with_parent,
-                 stdout_pipe: bool = True) -> None:
-        self.name = name
-        Child.serial += 1
-        self.err_path = Child.workdir / f"{Child.serial:04d}-{name.split('[')[0]}.stderr"
-        with open(self.err_path, "wb") as err:
-            self.proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
-                stdout=subprocess.PIPE if stdout_pipe else subprocess.DEVNULL,
-                stderr=err,
-                preexec_fn=preexec,
-                cwd=str(REPO),
-            )
-        self.cpu_s: float | None = None
-        self._out = b""
-        Child.started.append(self)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def read_json(self, deadline: float) -> dict:
-        while b"\n" not in self._out:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BenchError(f"{self.name}: no answer in time")
-            ready, _, _ = select.select([self.proc.stdout], [], [], remaining)
-            if not ready:
-                continue
-            chunk = os.read(self.proc.stdout.fileno(), 1 << 20)
-            if not chunk:
-                self.wait(deadline)
-                raise BenchError(f"{self.name} exited ({self.proc.returncode}) without an answer: {self.err_tail()}")
-            self._out += chunk
-        line, _, self._out = self._out.partition(b"\n")
-        return json.loads(line)
-
-    def err_tail(self) -> str:
-        try:
-            return self.err_path.read_bytes().decode("utf-8", "replace")[-2000:].strip()
-        except OSError:
-            return ""
-
-    def wait(self, deadline: float) -> int:
-        """Reap with wait4 (CPU time included), killing at the deadline."""
-        while self.proc.returncode is None:
-            pid, status, usage = os.wait4(self.pid, os.WNOHANG)
-            if pid:
-                self.proc.returncode = os.waitstatus_to_exitcode(status)
-                self.cpu_s = usage.ru_utime + usage.ru_stime
-                break
-            if time.monotonic() > deadline:
-                self.kill()
-                raise BenchError(f"{self.name}: did not finish in time")
-            time.sleep(0.005)
-        return self.proc.returncode
-
-    def close_stdin(self) -> None:
-        if self.proc.stdin and not self.proc.stdin.closed:
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
-
-    def signal(self, signum: int) -> None:
-        if self.proc.returncode is None:
-            try:
-                self.proc.send_signal(signum)
-            except ProcessLookupError:
-                pass
-
-    def kill(self) -> None:
-        if self.proc.returncode is None:
-            try:
-                self.proc.kill()
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(5)
-            except Exception:
-                pass
-
-    @classmethod
-    def cleanup(cls) -> None:
-        """Everything we started: a polite stop, then SIGKILL, then reap."""
-        for child in cls.started:
-            child.close_stdin()
-            child.signal(signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        for child in cls.started:
-            try:
-                child.proc.wait(max(0.01, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            child.kill()
-            for stream in (child.proc.stdout, child.proc.stdin):
-                try:
-                    if stream:
-                        stream.close()
-                except OSError:
-                    pass
-        cls.started.clear()
-
-
 def role_argv(role: str, *args: object) -> list[str]:
     return [sys.executable, str(HERE), "--role", role, *map(str, args)]
-
-
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU of the process, all its threads."""
-    fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields_[11]) + int(fields_[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise BenchError("no VmRSS")
-
-
-def proc_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-class LoadMeter:
-    """CPU used by processes that are not ours (nor kernel threads), plus
-    hypervisor steal, while something runs: other work on the machine skews
-    every figure, so say so (and redo a run that it disturbed)."""
-
-    def __init__(self) -> None:
-        self.start_cpu = self._foreign()
-        self.start_steal = self._steal()
-        self.start = time.monotonic()
-
-    @staticmethod
-    def _steal() -> float:
-        try:
-            fields_ = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-            return int(fields_[8]) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            return 0.0
-
-    @staticmethod
-    def _foreign() -> dict[int, float]:
-        tick = os.sysconf("SC_CLK_TCK")
-        parent, cpu = {}, {}
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                rest = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            parent[int(name)] = int(rest[1])
-            cpu[int(name)] = (int(rest[11]) + int(rest[12])) / tick
-        me, foreign = os.getpid(), {}
-        for pid in cpu:
-            walk, seen = pid, 0
-            while walk not in (0, 1, 2, me) and seen < 64:
-                walk, seen = parent.get(walk, 0), seen + 1
-            if walk != me and pid != 2 and parent.get(pid) != 2 and pid != me:
-                foreign[pid] = cpu[pid]
-        return foreign
-
-    def share(self) -> tuple[float, float]:
-        """(foreign CPU seconds, as a share of all CPUs over the wall time)."""
-        now = self._foreign()
-        used = sum(max(0.0, c - self.start_cpu.get(pid, 0.0)) for pid, c in now.items())
-        used += self._steal() - self.start_steal
-        wall = time.monotonic() - self.start
-        return used, used / max(1e-9, wall * (os.cpu_count() or 1))
-
-
-NOISE: list[str] = []  # one line per phase
-
-
-def note_noise(phase: str, meter: LoadMeter) -> None:
-    used, share = meter.share()
-    warn = "  <-- other work on the machine: figures are skewed" if share > NOISY_RUN_SHARE else ""
-    NOISE.append(f"    {phase:<12} other processes and steal: {used:6.1f} CPU-s ({share:5.1%} of all CPUs){warn}")
 
 
 def smtp_probe(port: int, deadline: float) -> None:
@@ -1247,20 +1026,11 @@ def phase_memory(args, names: list[str], workdir: Path, out) -> tuple[list[Memor
             reports = [w.read_json(deadline) for w in workers]
             setup_s = time.monotonic() - t0
             ok = sum(r["ok"] for r in reports)
-            failures: dict[str, int] = {}
-            for r in reports:
-                for k_, n in r["failures"].items():
-                    failures[k_] = failures.get(k_, 0) + n
+            failures = merged_failures(reports)
             time.sleep(1.0)  # the last sessions' events written, timers armed
             rss_with = server.rss_kib()
             fds_with = proc_fds(server.pid)
-            for w in workers:
-                w.close_stdin()
-            for w in workers:
-                w.wait(time.monotonic() + 30)
-            deadline = time.monotonic() + 30
-            while proc_fds(server.pid) > base_fds + 2 and time.monotonic() < deadline:
-                time.sleep(0.1)
+            release_idle_clients(workers, server.pid, base_fds)
             time.sleep(0.5)
             rss_after = server.rss_kib()
             row = MemoryRow(name, ok, rss_before, rss_with, rss_after, fds_with, setup_s, failures, nworkers)
@@ -1270,13 +1040,7 @@ def phase_memory(args, names: list[str], workdir: Path, out) -> tuple[list[Memor
                   f"after close {rss_after / 1024:.1f} MiB" + (f"; failures {failures}" if failures else ""),
                   file=out, flush=True)
         finally:
-            for w in workers:
-                w.close_stdin()
-            for w in workers:
-                try:
-                    w.wait(time.monotonic() + 10)
-                except BenchError:
-                    pass
+            reap_quietly(workers)
             server.stop()
     return rows, notes
 
@@ -1534,12 +1298,7 @@ def describe_machine(workdir: Path) -> list[str]:
                                    text=True, timeout=5).stdout.strip() or "?"
     except Exception:
         postfix_v = "?"
-    cpu = "?"
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                   if l.startswith("model name"))
-    except Exception:
-        pass
+    cpu = cpu_model()
     fs = "?"
     try:
         best = ""
@@ -1567,8 +1326,7 @@ def describe_machine(workdir: Path) -> list[str]:
 
 
 def main() -> int:
-    if len(sys.argv) > 2 and sys.argv[1] == "--role":
-        ROLES[sys.argv[2]](sys.argv[3:])
+    if run_role(ROLES):
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
@@ -1608,17 +1366,7 @@ def main() -> int:
         p.error(f"unknown server in --servers: {args.servers}")
     names, server_notes = available_servers(wanted)
     raise_nofile()
-
-    def on_signal(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    def on_alarm(_signum, _frame):
-        raise BenchError(f"the whole run exceeded --max-seconds {args.max_seconds:g}")
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(max(1, int(args.max_seconds)))
+    arm_signals(args.max_seconds)
 
     workdir = Path(tempfile.mkdtemp(prefix="looper-smtp-bench-", dir=args.workdir))
     Child.workdir = workdir
@@ -1669,16 +1417,10 @@ def main() -> int:
         print("\n".join(report), flush=True)
         return 0
     except (BenchError, KeyboardInterrupt) as err:
-        print(f"bench aborted: {err}", file=sys.stderr)
-        for child in Child.started:
-            tail = child.err_tail() if child.proc.poll() is not None else ""
-            if tail:
-                print(f"--- {child.name} stderr:\n{tail}", file=sys.stderr)
+        report_abort(err)
         return 1
     finally:
-        signal.alarm(0)
-        Child.cleanup()
-        shutil.rmtree(workdir, ignore_errors=True)
+        end_run(workdir)
 
 
 if __name__ == "__main__":

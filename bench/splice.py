@@ -47,26 +47,29 @@ timeouts, and the parent kills and reaps whatever it started on any error.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import math
 import os
 import platform
-import resource
-import selectors
-import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+if str(Path(__file__).resolve().parent) not in sys.path:  # imported, not run as bench/splice.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import (  # noqa: E402
+    NOISE, NOISY_RUN_RETRIES, NOISY_RUN_SHARE, REPO, BenchError, Child, LoadMeter, arm_signals, cpu_model, emit,
+    end_run, merged_failures, note_noise, proc_cpu_s, proc_fds, proc_rss_kib, raise_nofile, reap_quietly,
+    release_idle_clients, report_abort, run_role, stdin_closed_event,
+)
+
 HERE = Path(__file__).resolve()
 
 TRAP_HOST = "127.0.0.1"
@@ -77,8 +80,6 @@ GiB = 1 << 30
 CHUNK_BYTES = 1 * MiB  # sendall / recv_into buffer of the sender and receiver
 SOCKET_TIMEOUT_S = 60.0  # every child socket: a stuck peer ends the child
 RUN_TIMEOUT_S = 180.0  # one transfer, one ping series, one memory step
-NOISY_RUN_SHARE = 0.05  # a transfer during which others used more of the CPUs is repeated,
-NOISY_RUN_RETRIES = 2  # at most this many times (the last attempt counts regardless)
 
 GREETING = b"220 relay.bench.invalid ESMTP bench\r\n"
 EHLO_REPLY = b"250-relay.bench.invalid\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 0\r\n"
@@ -91,27 +92,6 @@ DATA_END = b"\r\n.\r\n"
 # ---------------------------------------------------------------------------
 # Small helpers shared by all roles
 # ---------------------------------------------------------------------------
-
-
-def raise_nofile() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
-
-
-def die_with_parent() -> None:
-    """preexec_fn: the child gets SIGKILL when the bench process dies."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-def emit(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 def connect_from(src: str, host: str, port: int, retry_s: float = 5.0) -> socket.socket:
@@ -552,15 +532,9 @@ def role_trap(argv: list[str]) -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
+        stop = stdin_closed_event(loop)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-
-        def watch_stdin() -> None:  # the parent closes our stdin to stop us
-            sys.stdin.buffer.read()
-            loop.call_soon_threadsafe(stop.set)
-
-        threading.Thread(target=watch_stdin, daemon=True).start()
         eventlog = open_event_log(config.sensor, config.log.dir, max_bytes=config.log.max_bytes, backups=1)
         trap = Trap(config, eventlog)
         await trap.start()
@@ -678,13 +652,7 @@ def role_pump(argv: list[str]) -> None:
                         dst.transport.write_eof()
 
         server = await loop.create_server(Inbound, TRAP_HOST, a.port, reuse_address=True)
-        stop = asyncio.Event()
-
-        def watch_stdin() -> None:  # the parent closes our stdin to stop us
-            sys.stdin.buffer.read()
-            loop.call_soon_threadsafe(stop.set)
-
-        threading.Thread(target=watch_stdin, daemon=True).start()
+        stop = stdin_closed_event(loop)
         emit({"ready": True})
         await stop.wait()
         server.close()
@@ -715,199 +683,8 @@ ROLES = {
 # ---------------------------------------------------------------------------
 
 
-class BenchError(Exception):
-    pass
-
-
-class Child:
-    """A child process whose stdout is JSON lines; reaped with wait4 so that
-    its CPU time is known."""
-
-    def __init__(self, name: str, argv: list[str], stdin_pipe: bool = False) -> None:
-        self.name = name
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._err_file(name),
-            preexec_fn=die_with_parent,
-            cwd=str(REPO),
-        )
-        self.cpu_s: float | None = None
-        self._out = b""
-        Processes.started.append(self)
-
-    def _err_file(self, name: str):
-        """stderr goes to a file: a chatty child never blocks on a full pipe."""
-        Processes.serial += 1
-        self.err_path = Processes.workdir / f"{Processes.serial:04d}-{name.split('[')[0]}.stderr"
-        return open(self.err_path, "wb")
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def read_json(self, deadline: float) -> dict:
-        """The next JSON line of stdout, waiting until the deadline."""
-        while b"\n" not in self._out:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BenchError(f"{self.name}: no answer in time")
-            sel = selectors.DefaultSelector()
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            ready = sel.select(remaining)
-            sel.close()
-            if not ready:
-                continue
-            chunk = os.read(self.proc.stdout.fileno(), 65536)
-            if not chunk:
-                self.wait(deadline)
-                raise BenchError(f"{self.name} exited ({self.proc.returncode}) without an answer: {self.err_tail()}")
-            self._out += chunk
-        line, _, self._out = self._out.partition(b"\n")
-        return json.loads(line)
-
-    def err_tail(self) -> str:
-        try:
-            return self.err_path.read_bytes().decode("utf-8", "replace")[-2000:].strip()
-        except OSError:
-            return ""
-
-    def wait(self, deadline: float) -> int:
-        """Reap with wait4 (CPU time included), killing at the deadline."""
-        while self.proc.returncode is None:
-            pid, status, usage = os.wait4(self.pid, os.WNOHANG)
-            if pid:
-                self.proc.returncode = os.waitstatus_to_exitcode(status)
-                self.cpu_s = usage.ru_utime + usage.ru_stime
-                break
-            if time.monotonic() > deadline:
-                self.kill()
-                raise BenchError(f"{self.name}: did not finish in time")
-            time.sleep(0.002)
-        return self.proc.returncode
-
-    def close_stdin(self) -> None:
-        if self.proc.stdin and not self.proc.stdin.closed:
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
-
-    def kill(self) -> None:
-        if self.proc.returncode is None:
-            try:
-                self.proc.kill()
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(5)
-            except Exception:
-                pass
-
-
-class Processes:
-    started: list[Child] = []
-    workdir = Path(tempfile.gettempdir())
-    serial = 0
-
-    @classmethod
-    def cleanup(cls) -> None:
-        for child in cls.started:
-            child.close_stdin()
-        deadline = time.monotonic() + 3
-        for child in cls.started:
-            try:
-                child.proc.wait(max(0.01, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            child.kill()
-            for stream in (child.proc.stdout, child.proc.stdin):
-                try:
-                    if stream:
-                        stream.close()
-                except OSError:
-                    pass
-        cls.started.clear()
-
-
 def role_argv(role: str, *args: object) -> list[str]:
     return [sys.executable, str(HERE), "--role", role, *map(str, args)]
-
-
-def proc_cpu_s(pid: int) -> float:
-    fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields_[11]) + int(fields_[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise BenchError("no VmRSS")
-
-
-def proc_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-class LoadMeter:
-    """CPU used by processes that are not ours (nor kernel threads), plus
-    hypervisor steal, while something runs: other work on the machine skews
-    every figure, so say so (and rerun a transfer that it disturbed)."""
-
-    def __init__(self) -> None:
-        self.start_cpu = self._foreign()
-        self.start_steal = self._steal()
-        self.start = time.monotonic()
-
-    @staticmethod
-    def _steal() -> float:
-        """CPU time the hypervisor gave to someone else (steal), all CPUs."""
-        try:
-            fields_ = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-            return int(fields_[8]) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            return 0.0
-
-    @staticmethod
-    def _foreign() -> dict[int, float]:
-        tick = os.sysconf("SC_CLK_TCK")
-        parent, cpu = {}, {}
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                rest = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            parent[int(name)] = int(rest[1])
-            cpu[int(name)] = (int(rest[11]) + int(rest[12])) / tick
-        me, foreign = os.getpid(), {}
-        for pid in cpu:
-            walk, seen = pid, 0
-            while walk not in (0, 1, 2, me) and seen < 64:
-                walk, seen = parent.get(walk, 0), seen + 1
-            if walk != me and pid != 2 and parent.get(pid) != 2 and pid != me:
-                foreign[pid] = cpu[pid]
-        return foreign
-
-    def share(self) -> tuple[float, float]:
-        """(foreign CPU seconds, as a share of all CPUs over the wall time)."""
-        now = self._foreign()
-        used = sum(max(0.0, c - self.start_cpu.get(pid, 0.0)) for pid, c in now.items())
-        used += self._steal() - self.start_steal
-        wall = time.monotonic() - self.start
-        return used, used / max(1e-9, wall * (os.cpu_count() or 1))
-
-
-NOISE: list[str] = []  # one line per phase
-
-
-def note_noise(phase: str, meter: LoadMeter) -> None:
-    used, share = meter.share()
-    warn = "  <-- other work on the machine: figures are skewed" if share > 0.05 else ""
-    NOISE.append(f"    {phase:<11} other processes and steal: {used:6.1f} CPU-s ({share:5.1%} of all CPUs){warn}")
 
 
 OBSERVER_KINDS: set[str] = set()  # what the traps with the observer on really ran
@@ -1248,20 +1025,11 @@ def phase_memory(args, loops: list[str], workdir: Path, out) -> tuple[list[Memor
             reports = [w.read_json(deadline) for w in workers]
             setup_s = time.monotonic() - t0
             ok = sum(r["ok"] for r in reports)
-            failures: dict[str, int] = {}
-            for r in reports:
-                for k_, n in r["failures"].items():
-                    failures[k_] = failures.get(k_, 0) + n
+            failures = merged_failures(reports)
             time.sleep(0.5)  # let the last sessions' events be written
             rss_with = proc_rss_kib(trap.child.pid)
             fds_with = proc_fds(trap.child.pid)
-            for w in workers:
-                w.close_stdin()
-            for w in workers:
-                w.wait(time.monotonic() + 30)
-            deadline = time.monotonic() + 30
-            while proc_fds(trap.child.pid) > base_fds + 2 and time.monotonic() < deadline:
-                time.sleep(0.1)
+            release_idle_clients(workers, trap.child.pid, base_fds)
             time.sleep(0.3)
             rss_after = proc_rss_kib(trap.child.pid)
             row = MemoryRow(loop, ok, rss_before, rss_with, rss_after, fds_with, setup_s, failures, nworkers)
@@ -1270,13 +1038,7 @@ def phase_memory(args, loops: list[str], workdir: Path, out) -> tuple[list[Memor
                   f"{rss_with / 1024:.1f} MiB, {fds_with:,} fds; after close {rss_after / 1024:.1f} MiB"
                   + (f"; failures {failures}" if failures else ""), file=out, flush=True)
         finally:
-            for w in workers:
-                w.close_stdin()
-            for w in workers:
-                try:
-                    w.wait(time.monotonic() + 10)
-                except BenchError:
-                    pass
+            reap_quietly(workers)
             trap.stop()
     return rows, notes
 
@@ -1349,19 +1111,12 @@ def describe_machine() -> str:
         socat = next((l.split()[2] for l in socat.splitlines() if l.startswith("socat version")), "?")
     except Exception:
         socat = "not found"
-    cpu = "?"
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                   if l.startswith("model name"))
-    except Exception:
-        pass
-    return (f"{os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, Python {platform.python_version()}, "
+    return (f"{os.cpu_count()} CPUs ({cpu_model()}), Linux {platform.release()}, Python {platform.python_version()}, "
             f"uvloop {uv}, socat {socat}")
 
 
 def main() -> int:
-    if len(sys.argv) > 2 and sys.argv[1] == "--role":
-        ROLES[sys.argv[2]](sys.argv[3:])
+    if run_role(ROLES):
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1393,20 +1148,10 @@ def main() -> int:
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
     raise_nofile()
-
-    def on_signal(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    def on_alarm(_signum, _frame):
-        raise BenchError(f"the whole run exceeded --max-seconds {args.max_seconds:g}")
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)  # also when started with SIGINT ignored (a background job)
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(max(1, int(args.max_seconds)))
+    arm_signals(args.max_seconds)
 
     workdir = Path(tempfile.mkdtemp(prefix="looper-bench-"))
-    Processes.workdir = workdir
+    Child.workdir = workdir
     out = sys.stderr  # progress; the report goes to stdout
     started = time.monotonic()
     report: list[str] = []
@@ -1417,17 +1162,17 @@ def main() -> int:
             print("throughput ...", file=out, flush=True)
             meter = LoadMeter()
             variants = phase_throughput(args, loops, workdir, out)
-            note_noise("throughput", meter)
+            note_noise("throughput", meter, phase_width=11)
         if "latency" in phases:
             print("latency ...", file=out, flush=True)
             meter = LoadMeter()
             lat_rows = phase_latency(args, loops, workdir, out)
-            note_noise("latency", meter)
+            note_noise("latency", meter, phase_width=11)
         if "memory" in phases:
             print("memory ...", file=out, flush=True)
             meter = LoadMeter()
             mem_rows, mem_notes = phase_memory(args, loops, workdir, out)
-            note_noise("memory", meter)
+            note_noise("memory", meter, phase_width=11)
         report.append(f"looper splice bench: {describe_machine()}")
         report.append(f"trap event loops: {', '.join(loops)}; observer: {', '.join(sorted(OBSERVER_KINDS)) or '?'}")
         if variants:
@@ -1442,16 +1187,10 @@ def main() -> int:
         print("\n".join(report), flush=True)
         return 0
     except (BenchError, KeyboardInterrupt) as err:
-        print(f"bench aborted: {err}", file=sys.stderr)
-        for child in Processes.started:
-            tail = child.err_tail() if child.proc.poll() is not None else ""
-            if tail:
-                print(f"--- {child.name} stderr:\n{tail}", file=sys.stderr)
+        report_abort(err)
         return 1
     finally:
-        signal.alarm(0)
-        Processes.cleanup()
-        shutil.rmtree(workdir, ignore_errors=True)
+        end_run(workdir, terminate=False, grace_s=3.0)  # closing stdin stops splice's children
 
 
 if __name__ == "__main__":

@@ -870,10 +870,12 @@ def postfix_version() -> str:
                           text=True, timeout=30).stdout.strip()
 
 
-def nmap(label: str) -> str:
+def nmap(label: str, host: str = HOST, options: tuple[str, ...] = ()) -> str:
+    """nmap's three views of host:25 (-sV, -sC, --version-trace), `options`
+    before each; the dated lines dropped, so that the text is stable."""
     out = [f"==== {label}"]
-    for argv in (["nmap", "-sV", "-p", "25", HOST], ["nmap", "-sV", "-sC", "-p", "25", HOST],
-                 ["nmap", "-sV", "--version-trace", "-p", "25", HOST]):
+    for views in (["-sV"], ["-sV", "-sC"], ["-sV", "--version-trace"]):
+        argv = ["nmap", *options, *views, "-p", "25", host]
         out.append(f"$ {' '.join(argv)}")
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=300,

@@ -18,8 +18,6 @@ import yaml
 
 from looper.proto.personas import PERSONAS, REPLY_KEYS
 
-DEFAULT_CONFIG_PATH = "config/looper.yaml"
-
 DEFAULT_CREDENTIALS = (
     ("admin", "admin"),
     ("admin", "password"),

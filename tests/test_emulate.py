@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import smtplib
-import socket
 import ssl
 from dataclasses import replace
 from pathlib import Path

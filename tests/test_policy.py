@@ -1,6 +1,6 @@
 """The policy decides who may be dialed back; nothing else does."""
 
-from looper.config import Dialback, Endpoint, Limits, parse_config
+from looper.config import Endpoint, parse_config
 from looper.policy import Policy
 
 
@@ -10,7 +10,7 @@ def policy(dialback: str = "{}", listeners=(Endpoint("0.0.0.0", 25),), per_ip=2,
 
 
 def test_global_addresses_are_dialed():
-    assert policy().dial_denial("198.51.100.7".replace("198.51.100", "8.8.8"), target_is_local=False) is None
+    assert policy().dial_denial("8.8.8.8", target_is_local=False) is None
     assert policy().dial_denial("2a00:1450:4001:80b::200e", target_is_local=False) is None
 
 

@@ -333,3 +333,27 @@ async def test_a_dialback_arriving_back_as_a_client_is_refused(start_trap):
     assert relay.connections == 0
     failed = trap.events.of("looper.dialback.failed")
     assert failed[0]["reason"] == "self" and "own dial-backs" in failed[0]["detail"]
+
+
+async def test_a_client_that_never_reads_is_aborted_after_the_grace(start_trap, monkeypatch):
+    """A graceful close waits for buffered bytes to drain; a peer that never
+    reads would hold the session forever, so the close becomes an abort."""
+    import looper.net.splice
+
+    monkeypatch.setattr(looper.net.splice, "CLOSE_GRACE_SECONDS", 0.3)
+
+    async def flood(reader, writer):
+        writer.write(b"220 relay.sim ESMTP\r\n")
+        chunk = b"x" * 65536
+        while True:  # until the trap stops reading from us (backpressure) and closes
+            writer.write(chunk)
+            await writer.drain()
+
+    async with ScriptedServer(flood) as relay:
+        trap = await start_trap(relay.port, splice={"max_seconds": 0.3, "idle_seconds": 10})
+        reader, writer = await connect_from(RELAY, trap.host, trap.port)
+        writer.transport.pause_reading()  # never read: the trap's buffer towards us stays full
+        closed = await trap.events.wait_for("looper.session.closed", timeout=5)
+        writer.close()
+    assert closed and closed[0]["reason"] == "max_seconds"
+    assert closed[0]["duration"] < 3  # aborted after the grace, not held open

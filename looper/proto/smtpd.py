@@ -31,6 +31,7 @@ from looper.events import Event
 from looper.proto.actions import Action, Close, Send, StartTLS, Store
 from looper.proto.message import DotDecoder, MessageScanner
 from looper.proto.personas import Persona
+from looper.proto.reply import Reply
 from looper.proto.sasl import Challenge, Credentials, Failure, SaslExchange, cram_md5_digest
 
 # Names a client should not claim in HELO (RFC 2606, RFC 6761).
@@ -454,9 +455,8 @@ class SmtpServer:
                     continue
                 extension = extension.replace("{mechanisms}", " ".join(self.settings.auth_mechanisms))
             lines.append(extension.replace("{max_size}", str(self.settings.max_message_bytes)))
-        self._send_lines(
-            [f"250{'-' if i < len(lines) - 1 else ' '}{line}\r\n".encode() for i, line in enumerate(lines)]
-        )
+        # Line by line: from the soft error limit on, each line waits its own sleep.
+        self._send_lines(Reply(250, tuple(lines)).to_bytes().splitlines(keepends=True))
 
     def _mail_cmd(self, verb: str, argument: str) -> None:
         if self._transaction is not None:

@@ -47,10 +47,18 @@ class Inspector(Protocol):
 
 # Every read lands in one buffer shared by all connections: the event loop
 # handles one read at a time, and each chunk is forwarded (or copied) before
-# the next read, so 10,000 idle sessions hold no read buffers at all. A
-# transport that keeps a view of it instead of copying (a write it could not
-# finish at once) gets it to itself: the next read goes to a fresh buffer.
-READ_BUFFER_BYTES = 1 << 20
+# the next read, so 10,000 idle sessions hold no read buffers at all.
+#
+# From Python 3.12 a transport keeps what write() is given, without copying,
+# whenever the kernel does not take it all at once; 3.11 copies it. So the
+# shared buffer is handed to a transport only when its write buffer is empty
+# (the common case: the kernel takes it all). Behind a backlog the transport
+# gets bytes of its own, exactly the chunk's size: a stalled peer then holds
+# the data it has not read, bounded by the water marks, and never a whole
+# read buffer per small read. If a write of the shared buffer is left
+# unfinished, that transport keeps the buffer and the next read gets a
+# fresh one: at most one pinned buffer per direction, until it drains.
+READ_BUFFER_BYTES = 256 * 1024
 _read_buffer = [memoryview(bytearray(READ_BUFFER_BYTES))]
 
 
@@ -83,9 +91,13 @@ class SpliceEnd(asyncio.BufferedProtocol):
             if len(self.early) >= WRITE_HIGH_WATER_BYTES:
                 self.transport.pause_reading()
             return
-        splice.received(self, data)
-        if splice.other(self).transport.get_write_buffer_size():
-            _read_buffer[0] = memoryview(bytearray(READ_BUFFER_BYTES))
+        destination = splice.other(self).transport
+        if destination.get_write_buffer_size():
+            splice.received(self, bytes(data))
+        else:
+            splice.received(self, data)
+            if destination.get_write_buffer_size():
+                _read_buffer[0] = memoryview(bytearray(READ_BUFFER_BYTES))
 
     def eof_received(self) -> bool:
         if self.splice is not None:

@@ -1,0 +1,83 @@
+"""Memory a client can make the trap hold, read from the trap process's own
+/proc status: whatever a client does, the trap's memory stays bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+
+from tests.netutil import connect_from
+from tests.trapproc import TrapProcess
+
+RELAY = "127.0.0.2"
+MIB = 1024
+
+
+class StalledRelay:
+    """A relay's server that greets, then reads nothing until told to, with
+    the smallest receive buffer the kernel allows: what the trap forwards
+    to it piles up in the trap almost at once."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.received = hashlib.sha256()
+        self.received_bytes = 0
+        self.done = asyncio.Event()
+
+    async def __aenter__(self) -> "StalledRelay":
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # accepted sockets inherit it
+        listener.bind((RELAY, 0))
+        self.port = listener.getsockname()[1]
+        self.server = await asyncio.start_server(self._handle, sock=listener)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+
+    async def _handle(self, reader, writer) -> None:
+        writer.write(b"220 stalled.relay ESMTP\r\n")
+        await self.release.wait()
+        while chunk := await reader.read(1 << 16):
+            self.received.update(chunk)
+            self.received_bytes += len(chunk)
+        writer.close()
+        self.done.set()
+
+
+async def test_a_stalled_relay_and_small_paced_writes_do_not_pin_memory(tmp_path):
+    """From Python 3.12 a transport keeps what write() gets: a view of a
+    shared read buffer would pin the whole buffer for a few bytes of data.
+    2,000 paced 1 KB writes toward a relay that reads nothing: the trap holds
+    the backlog (bounded by flow control), not a read buffer per write."""
+    async with StalledRelay() as relay:
+        with TrapProcess(tmp_path, dialback={"port": relay.port}, splice={"idle_seconds": 60}) as trap:
+            reader, writer = await connect_from(RELAY, trap.host, trap.port)
+            assert await reader.readline() == b"220 stalled.relay ESMTP\r\n"
+            rss_before = trap.status_kib("VmRSS")
+            sent = hashlib.sha256()
+            sent_bytes = 0
+            chunk_size = 1000
+            try:
+                # Enough to fill the kernel's buffers (a few MB on loopback),
+                # then the trap's own backlog, a write at a time.
+                for index in range(6000):
+                    chunk = index.to_bytes(4, "big") * (chunk_size // 4)
+                    writer.write(chunk)
+                    sent.update(chunk)
+                    sent_bytes += len(chunk)
+                    async with asyncio.timeout(2):
+                        await writer.drain()
+                    await asyncio.sleep(0.0002)
+            except TimeoutError:
+                pass  # the trap stopped reading: flow control, as it should
+            grown_kib = trap.status_kib("VmHWM") - rss_before
+            relay.release.set()
+            await writer.drain()
+            writer.close()
+            async with asyncio.timeout(20):
+                await relay.done.wait()
+            assert relay.received_bytes == sent_bytes and relay.received.digest() == sent.digest()
+            assert sent_bytes > 4_000_000, sent_bytes
+            assert grown_kib < 48 * MIB, f"the trap grew by {grown_kib / MIB:.0f} MiB for {sent_bytes / 1e6:.1f} MB sent"

@@ -1,0 +1,92 @@
+"""`looper run` as a real process, for what only a process can show: its
+resident memory, its signals, its exit. Listens on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.conftest import TRAP_HOST, EventFile, free_port
+
+
+class TrapProcess:
+    def __init__(self, tmp_path: Path, **settings: Any) -> None:
+        self.port = settings.pop("listen_port", None) or free_port()
+        self.host = TRAP_HOST
+        self.log_dir = tmp_path / "logs"
+        config = {
+            "sensor": "proc.looper.test",
+            "listen": {"smtp": [f"{TRAP_HOST}:{self.port}"]},
+            "dialback": {"port": 1, "allow_private": True, "timeout": 2},
+            "smtp": {"hostname": "mx.proc.test"},
+            "log": {"dir": str(self.log_dir)},
+        }
+        for section, values in settings.items():
+            if isinstance(values, dict):
+                config.setdefault(section, {}).update(values)
+            else:
+                config[section] = values
+        self.config_path = tmp_path / "looper.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.events = EventFile(self.log_dir / "events.jsonl")
+        self.child: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 15.0) -> "TrapProcess":
+        self.child = subprocess.Popen(
+            [sys.executable, "-m", "looper", "run", "-c", str(self.config_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        # Ready when it says so: a probe connection would be a session of its own.
+        self.startup_lines = []
+        deadline = time.monotonic() + timeout_s
+        while not any("listening on" in line for line in self.startup_lines):
+            ready, _, _ = select.select([self.child.stderr], [], [], max(0.0, deadline - time.monotonic()))
+            line = self.child.stderr.readline() if ready else ""
+            if not line:
+                self.kill()
+                raise AssertionError(f"the trap did not start: {''.join(self.startup_lines)}{self.child.stderr.read()}")
+            self.startup_lines.append(line)
+        return self
+
+    def stderr(self) -> str:
+        if self.child is None or self.child.poll() is None:
+            return ""
+        return self.child.stderr.read()
+
+    def status_kib(self, field: str) -> int:
+        """A line of /proc/PID/status in KiB: VmRSS (now), VmHWM (peak)."""
+        for line in Path(f"/proc/{self.child.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise AssertionError(f"no {field} in /proc/{self.child.pid}/status")
+
+    def stop(self, timeout_s: float = 20.0) -> int:
+        """SIGTERM, as an operator stops it; the exit status."""
+        self.child.send_signal(signal.SIGTERM)
+        return self.child.wait(timeout_s)
+
+    def kill(self) -> None:
+        if self.child is not None and self.child.poll() is None:
+            self.child.kill()
+            self.child.wait()
+
+    def __enter__(self) -> "TrapProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+        if self.child is not None:
+            for stream in (self.child.stdout, self.child.stderr):
+                stream.close()
+
+
+def event_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]

@@ -9,6 +9,7 @@ the file, the key and the problem: a trap that silently ignores a typo in
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -139,16 +140,47 @@ def _endpoint(value: Any) -> Endpoint:
         address = ipaddress.ip_address(host)
     except ValueError:
         raise _Invalid(problem) from None
-    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not sep or not _ASCII_DIGITS.fullmatch(port):  # str.isdigit() takes '²', which int() does not
         raise _Invalid(problem)
-    return Endpoint(str(address), int(port))
+    return Endpoint(str(address), _reachable_port(int(port)))
+
+
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+
+
+def _reachable_port(port: int) -> int:
+    # The address was right: say what is wrong with the port, not "expected host:port".
+    if port == 0:  # bind() takes 0 as "any free port", which no client could find
+        raise _Invalid("port 0 is not a port a client can reach: use 1-65535")
+    if port > 65535:
+        raise _Invalid(f"port {port} is out of range: use 1-65535")
+    return port
+
+
+def _dialback_port(value: Any) -> int:
+    if value == 0 and not isinstance(value, bool):
+        raise _Invalid("expected an integer 1-65535, got 0: port 0 cannot be dialed (a relay's SMTP port is 25)")
+    return _int(1, 65535)(value)
 
 
 def _network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    problem = f"expected an address or CIDR (e.g. 192.0.2.0/24), got {_show(value)}"
+    if not isinstance(value, str):  # ipaddress would take 10 for 0.0.0.10
+        raise _Invalid(problem)
     try:
-        return ipaddress.ip_network(value, strict=False)
-    except (TypeError, ValueError):
-        raise _Invalid(f"expected an address or CIDR (e.g. 192.0.2.0/24), got {_show(value)}") from None
+        return ipaddress.ip_network(value)
+    except ValueError:
+        pass
+    try:
+        interface = ipaddress.ip_interface(value)
+    except ValueError:
+        raise _Invalid(problem) from None
+    # 192.168.1.1/24 means either the /24 or the one address: a deny or block
+    # list must not guess which (ipaddress's strict=False quietly takes the /24).
+    raise _Invalid(
+        f"{value} has host bits set: did you mean {interface.network},"
+        f" or {interface.ip}/{interface.network.max_prefixlen}?"
+    )
 
 
 def _setting(default: Any, parse: Callable[[Any], Any], **kw: Any) -> Any:
@@ -171,7 +203,7 @@ class Listen:
 
 @dataclass(frozen=True)
 class Dialback:
-    port: int = _setting(25, _int(1, 65535))
+    port: int = _setting(25, _dialback_port)
     timeout: float = _setting(5.0, _seconds)
     allow_private: bool = _setting(False, _bool)
     deny: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _setting(tuple, _list_of(_network))
@@ -363,10 +395,59 @@ def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
     return cls(**values)
 
 
+class _KeyGivenTwice(Exception):
+    def __init__(self, key: str, first_line: int, second_line: int) -> None:
+        super().__init__(key)
+        self.key, self.first_line, self.second_line = key, first_line, second_line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader, except that a key given twice in one mapping is an error.
+
+    PyYAML keeps the last value silently, so a forgotten second
+    `allow_private: true` below the first would quietly win. The check walks
+    the composed document, where the dotted path and the line of each key are
+    still known, before anything is constructed.
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _refuse_keys_given_twice(node, "", set())
+        return super().construct_document(node)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _refuse_keys_given_twice(node: yaml.Node, path: str, visited: set[int]) -> None:
+    if id(node) in visited:  # an alias: checked where its anchor is (and may be recursive)
+        return
+    visited.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first_lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            child = path
+            # A `<<` merge brings in keys the mapping may then set: YAML's own rule, not a repeat.
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
+                child = f"{path}.{key_node.value}" if path else key_node.value
+                line = key_node.start_mark.line + 1
+                if key_node.value in first_lines:
+                    raise _KeyGivenTwice(child, first_lines[key_node.value], line)
+                first_lines[key_node.value] = line
+            _refuse_keys_given_twice(value_node, child, visited)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_keys_given_twice(item, f"{path} item {index + 1}", visited)
+
+
 def parse_config(text: str, source: str = "<config>") -> Config:
     """Parse and validate YAML text; raises ConfigError."""
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
+    except _KeyGivenTwice as twice:
+        raise ConfigError(
+            source, twice.key,
+            f"given twice, on line {twice.first_line} and line {twice.second_line} (YAML would keep only the last)",
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""

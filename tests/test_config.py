@@ -41,7 +41,7 @@ def test_overrides_are_typed():
     "text, message",
     [
         ("dialback: {port: abc}", "f.yaml: dialback.port: expected an integer 1-65535, got 'abc'"),
-        ("dialback: {port: 0}", "f.yaml: dialback.port: expected an integer 1-65535, got 0"),
+        ("dialback: {port: 0}", "f.yaml: dialback.port: expected an integer 1-65535, got 0: port 0 cannot be dialed (a relay's SMTP port is 25)"),
         ("dialback: {allow_private: 'yes'}", "f.yaml: dialback.allow_private: expected true or false, got 'yes'"),
         ("dialback: {deny: [10.0.0.0/33]}", "f.yaml: dialback.deny: item 1: expected an address or CIDR (e.g. 192.0.2.0/24), got '10.0.0.0/33'"),
         ("dialback: {on_failure: relay}", "f.yaml: dialback.on_failure: expected one of emulate, hangup, got 'relay'"),
@@ -55,7 +55,13 @@ def test_overrides_are_typed():
         ("dialback: {timeout: -1}", "f.yaml: dialback.timeout: expected a positive number of seconds, got -1"),
         ("listen: {smtp: ['localhost:25']}", "f.yaml: listen.smtp: item 1: expected host:port with an IP address (IPv6 as [addr]:port), got 'localhost:25'"),
         ("listen: {smtp: '127.0.0.1:25'}", "f.yaml: listen.smtp: expected a list, got '127.0.0.1:25'"),
-        ("listen: {smtp: ['127.0.0.1:99999']}", "f.yaml: listen.smtp: item 1: expected host:port with an IP address (IPv6 as [addr]:port), got '127.0.0.1:99999'"),
+        ("listen: {smtp: ['127.0.0.1:99999']}", "f.yaml: listen.smtp: item 1: port 99999 is out of range: use 1-65535"),
+        ("listen: {smtp: ['127.0.0.1:0']}", "f.yaml: listen.smtp: item 1: port 0 is not a port a client can reach: use 1-65535"),
+        ("listen: {submissions: ['[::1]:0']}", "f.yaml: listen.submissions: item 1: port 0 is not a port a client can reach: use 1-65535"),
+        ("listen: {smtp: ['127.0.0.1:\u00b2']}", "f.yaml: listen.smtp: item 1: expected host:port with an IP address (IPv6 as [addr]:port), got '127.0.0.1:\u00b2'"),
+        ("dialback: {deny: [192.168.1.1/24]}", "f.yaml: dialback.deny: item 1: 192.168.1.1/24 has host bits set: did you mean 192.168.1.0/24, or 192.168.1.1/32?"),
+        ("limits: {block: [10.0.0.0/8, '2001:db8::1/32']}", "f.yaml: limits.block: item 2: 2001:db8::1/32 has host bits set: did you mean 2001:db8::/32, or 2001:db8::1/128?"),
+        ("limits: {block: [10]}", "f.yaml: limits.block: item 1: expected an address or CIDR (e.g. 192.0.2.0/24), got 10"),
         ("splice: {max_bytes: 1.5}", "f.yaml: splice.max_bytes: expected an integer 1-4611686018427387904, got 1.5"),
         ("splice: {ehlo_nam: mask}", "f.yaml: splice.ehlo_nam: unknown key (known: max_bytes, max_seconds, idle_seconds, strip_starttls, ehlo_name, mask_name)"),
         ("dialbak: {}", "f.yaml: dialbak: unknown key (known: sensor, listen, dialback, splice, smtp, credentials, limits, log)"),
@@ -69,6 +75,27 @@ def test_mistakes_are_named(text, message):
     with pytest.raises(ConfigError) as caught:
         parse_config(text, "f.yaml")
     assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("dialback:\n  port: 25\n  timeout: 1\n  port: 2525\n", "f.yaml: dialback.port: given twice, on line 2 and line 4 (YAML would keep only the last)"),
+        ("sensor: a\nlog: {dir: x}\nsensor: b\n", "f.yaml: sensor: given twice, on line 1 and line 3 (YAML would keep only the last)"),
+        ("smtp:\n  replies:\n    quit: 221 a\n    'quit': 221 b\n", "f.yaml: smtp.replies.quit: given twice, on line 3 and line 4 (YAML would keep only the last)"),
+    ],
+)
+def test_a_key_given_twice_is_named_with_both_lines(text, message):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "f.yaml")
+    assert str(caught.value) == message
+
+
+def test_a_merge_key_may_be_overridden_once():
+    # `<<` brings in keys that the mapping itself may then set: that is YAML's
+    # meaning of a merge, not a key given twice.
+    config = parse_config("dialback:\n  <<: {port: 2525, timeout: 2}\n  timeout: 3\n", "f.yaml")
+    assert (config.dialback.port, config.dialback.timeout) == (2525, 3.0)
 
 
 def test_missing_file(tmp_path):

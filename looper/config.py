@@ -210,6 +210,10 @@ class Dialback:
     # emulate: the emulated relay (see smtp); hangup: 421 and close, as the
     # original smtplooper did.
     on_failure: str = _setting("emulate", _choice("emulate", "hangup"))
+    # Dial-backs to one address per hour (null: no limit); beyond it the
+    # client is served by the emulated relay without one, so that a client
+    # cannot make the trap knock on its (or a spoofed victim's) door at will.
+    per_ip_hourly: int | None = _setting(60, _optional(_int(1, 1_000_000)))
 
 
 @dataclass(frozen=True)
@@ -217,6 +221,9 @@ class Splice:
     max_bytes: int = _setting(50_000_000, _int(1, 2**62))
     max_seconds: float = _setting(1800.0, _seconds)
     idle_seconds: float = _setting(300.0, _seconds)
+    # Bytes forwarded through all splices together per minute (null: no
+    # limit): the trap must never be a bandwidth amplifier.
+    bytes_per_minute: int | None = _setting(1_000_000_000, _optional(_int(1, 2**62)))
     strip_starttls: bool = _setting(True, _bool)
     ehlo_name: str = _setting("pass", _choice("pass", "mask"))
     # The name put in place of the relay's own when ehlo_name is mask; the
@@ -256,6 +263,10 @@ class Limits:
     rate: Rate | None = _setting(None, _optional(_rate))
     # Addresses and CIDRs whose connections are closed at once.
     block: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _setting(tuple, _list_of(_network))
+    # Bytes of messages the emulated relay holds in memory at once, over all
+    # sessions; beyond it a new DATA gets the persona's 452 4.3.1, as a real
+    # server short of room answers.
+    message_memory_bytes: int = _setting(256 * 1024 * 1024, _int(0, 2**62))
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +343,9 @@ class Log:
 @dataclass(frozen=True)
 class Config:
     sensor: str = _setting(socket.gethostname, _name)
+    # On SIGTERM, how long sessions may go on before each protocol says its
+    # goodbye (SMTP's 421) and the connection is closed.
+    shutdown_grace_s: float = _setting(10.0, _non_negative_seconds)
     listen: Listen = field(default_factory=Listen)
     dialback: Dialback = field(default_factory=Dialback)
     splice: Splice = field(default_factory=Splice)

@@ -3,7 +3,10 @@
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from looper.config import Config, ConfigError, Endpoint, load_config, parse_config
 
@@ -20,8 +23,49 @@ def test_defaults_need_no_file():
     assert config.ehlo_mask_name is None
 
 
+def test_defaults_of_the_budgets():
+    config = load_config(None)
+    assert config.shutdown_grace_s == 10.0
+    assert config.limits.message_memory_bytes == 256 * 1024 * 1024
+    assert config.dialback.per_ip_hourly == 60
+    assert config.splice.bytes_per_minute == 1_000_000_000
+
+
+def test_budgets_are_typed_and_may_be_lifted():
+    config = parse_config(
+        "shutdown_grace_s: 0\nlimits: {message_memory_bytes: 0}\n"
+        "dialback: {per_ip_hourly: null}\nsplice: {bytes_per_minute: null}\n"
+    )
+    assert config.shutdown_grace_s == 0.0 and isinstance(config.shutdown_grace_s, float)
+    assert config.limits.message_memory_bytes == 0
+    assert config.dialback.per_ip_hourly is None
+    assert config.splice.bytes_per_minute is None
+
+
+def test_check_config_shows_the_budgets():
+    shown = load_config(None).to_dict()
+    assert shown["shutdown_grace_s"] == 10.0
+    assert shown["limits"]["message_memory_bytes"] == 268435456
+    assert shown["dialback"]["per_ip_hourly"] == 60
+    assert shown["splice"]["bytes_per_minute"] == 1000000000
+
+
 def test_the_shipped_config_is_the_defaults():
     assert load_config("config/looper.yaml").to_dict() == {**Config().to_dict()}
+
+
+def dotted_keys(mapping, prefix=""):
+    for key, value in mapping.items():
+        if isinstance(value, dict) and key != "replies":
+            yield from dotted_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def test_the_shipped_config_shows_every_key():
+    # Only these two are commented out: their defaults depend on the host.
+    shipped = yaml.safe_load(Path("config/looper.yaml").read_text())
+    assert set(dotted_keys(Config().to_dict())) - set(dotted_keys(shipped)) == {"sensor", "splice.mask_name"}
 
 
 def test_overrides_are_typed():
@@ -63,8 +107,15 @@ def test_overrides_are_typed():
         ("limits: {block: [10.0.0.0/8, '2001:db8::1/32']}", "f.yaml: limits.block: item 2: 2001:db8::1/32 has host bits set: did you mean 2001:db8::/32, or 2001:db8::1/128?"),
         ("limits: {block: [10]}", "f.yaml: limits.block: item 1: expected an address or CIDR (e.g. 192.0.2.0/24), got 10"),
         ("splice: {max_bytes: 1.5}", "f.yaml: splice.max_bytes: expected an integer 1-4611686018427387904, got 1.5"),
-        ("splice: {ehlo_nam: mask}", "f.yaml: splice.ehlo_nam: unknown key (known: max_bytes, max_seconds, idle_seconds, strip_starttls, ehlo_name, mask_name)"),
-        ("dialbak: {}", "f.yaml: dialbak: unknown key (known: sensor, listen, dialback, splice, smtp, credentials, limits, log)"),
+        ("splice: {ehlo_nam: mask}", "f.yaml: splice.ehlo_nam: unknown key (known: max_bytes, max_seconds, idle_seconds, bytes_per_minute, strip_starttls, ehlo_name, mask_name)"),
+        ("dialbak: {}", "f.yaml: dialbak: unknown key (known: sensor, shutdown_grace_s, listen, dialback, splice, smtp, credentials, limits, log)"),
+        ("shutdown_grace_s: -1", "f.yaml: shutdown_grace_s: expected a number of seconds, 0 or more, got -1"),
+        ("shutdown_grace_s: soon", "f.yaml: shutdown_grace_s: expected a number of seconds, 0 or more, got 'soon'"),
+        ("limits: {message_memory_bytes: -1}", "f.yaml: limits.message_memory_bytes: expected an integer 0-4611686018427387904, got -1"),
+        ("limits: {message_memory_bytes: 256MiB}", "f.yaml: limits.message_memory_bytes: expected an integer 0-4611686018427387904, got '256MiB'"),
+        ("dialback: {per_ip_hourly: 0}", "f.yaml: dialback.per_ip_hourly: expected an integer 1-1000000, got 0"),
+        ("splice: {bytes_per_minute: 0}", "f.yaml: splice.bytes_per_minute: expected an integer 1-4611686018427387904, got 0"),
+        ("splice: {bytes_per_minute: 1e9}", "f.yaml: splice.bytes_per_minute: expected an integer 1-4611686018427387904, got '1e9'"),
         ("dialback: 25", "f.yaml: dialback: expected a mapping, got 25"),
         ("- a\n- b", "f.yaml: expected a mapping, got ['a', 'b']"),
         ("limits: {per_ip: 20, total: 10}", "f.yaml: limits.per_ip: cannot exceed limits.total (10)"),

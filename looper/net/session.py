@@ -103,6 +103,7 @@ class ServerSession(asyncio.Protocol):
         "_reading_paused",
         "_writing_paused",
         "_handshaking",
+        "_tls",  # the transport is TLS (implicit, or after STARTTLS)
         "_held",  # what arrives between the handshake and tls_started()
         "_eof",
         "_close_cause",  # the reason a Close from the machine will get
@@ -139,6 +140,7 @@ class ServerSession(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._handshaking = False
+        self._tls = False
         self._held: list[bytes] | None = None
         self._eof = False
         self._close_cause: str | None = None
@@ -155,6 +157,7 @@ class ServerSession(asyncio.Protocol):
         self.transport = transport
         self._last_read_at = self._loop.time()
         try:
+            self._tls = transport.get_extra_info("ssl_object") is not None
             transport.set_write_buffer_limits(WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES)
             self._reading_paused = not transport.is_reading()
             if transport.get_protocol() is not self:
@@ -204,8 +207,8 @@ class ServerSession(asyncio.Protocol):
             self._fail(err)
         # Keep our writing half open for the machine's last replies (a client
         # may pipeline QUIT and half-close); TLS transports cannot do that.
-        transport = self.transport
-        return transport is not None and transport.get_extra_info("ssl_object") is None
+        # (Asking a closed TLS transport anything can raise: hence the flag.)
+        return self.transport is not None and not self._tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._done:
@@ -365,6 +368,7 @@ class ServerSession(asyncio.Protocol):
             if self._reason is not None:  # lost right after the handshake
                 return self._finish()
             self.transport = secure
+            self._tls = True
             self._reading_paused = self._writing_paused = False
             secure.set_write_buffer_limits(WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES)
             ssl_object = secure.get_extra_info("ssl_object")
@@ -498,7 +502,12 @@ class ServerSession(asyncio.Protocol):
         elif abort:
             transport.abort()
         else:
-            transport.close()
+            # A TLS transport that asyncio already closes (the client's
+            # close_notify came with its last commands) must not be closed
+            # again: a second close() unhooks it from its TLS layer, and every
+            # later call on it raises AttributeError. abort() stays safe.
+            if not transport.is_closing():
+                transport.close()
             self._timer = self._loop.call_later(CLOSE_GRACE_SECONDS, self._abort)
 
     def _abort(self) -> None:

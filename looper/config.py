@@ -8,9 +8,12 @@ the file, the key and the problem: a trap that silently ignores a typo in
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 import re
 import socket
+import ssl
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -81,6 +84,16 @@ def _non_negative_seconds(value: Any) -> float:
 def _name(value: Any) -> str:
     if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
         raise _Invalid(f"expected a name without spaces, got {_show(value)}")
+    return value
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
+
+
+def _host_name(value: Any) -> str:
+    # It names the self-signed certificate's file too: no '/' or '..' there.
+    if not isinstance(value, str) or not _HOST_NAME.fullmatch(value):
+        raise _Invalid(f"expected a host name (letters, digits, '-', '_' and dots), got {_show(value)}")
     return value
 
 
@@ -312,7 +325,7 @@ class Smtp:
     persona: str = _setting("postfix", _choice(*PERSONAS))
     # Our name in the greeting and replies: by default the reverse DNS name
     # of the listening address, else this machine's fully qualified name.
-    hostname: str | None = _setting(None, _optional(_name))
+    hostname: str | None = _setting(None, _optional(_host_name))
     mode: str = _setting("open_relay", _choice("open_relay", "harvester"))
     relay: str = _setting("open", _choice("open", "authenticated"))
     # Accept any user:password once an address has failed this often
@@ -470,6 +483,8 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     config = _build(Config, raw, source, "")
     if config.limits.per_ip > config.limits.total:
         raise ConfigError(source, "limits.per_ip", f"cannot exceed limits.total ({config.limits.total})")
+    if config.smtp.tls_key is not None and config.smtp.tls_cert is None:
+        raise ConfigError(source, "smtp.tls_key", "set without smtp.tls_cert: a key is of no use without its certificate")
     return config
 
 
@@ -485,3 +500,130 @@ def load_config(path: str | None) -> Config:
         raise ConfigError(path, "", "cannot read: not UTF-8 text") from None
     return parse_config(text, path)
 
+
+
+# -- what `looper run` needs before it listens -------------------------------
+
+# What `run` writes in log.dir, under the names their owners give them
+# (eventlog.EVENTS_FILE; net/capture.MESSAGES_FOLDER, net/tls.TLS_FOLDER).
+# config sits below those modules and may not import them: a test keeps
+# these copies equal.
+LOG_DIR_FILES = ("events.jsonl",)
+LOG_DIR_FOLDERS = ("messages", "tls")
+
+
+def check_runtime(config: Config, source: str) -> None:
+    """Raise ConfigError for anything on disk that `looper run` would trip
+    over before it listens: the TLS certificate and key, and log.dir.
+
+    `check-config` and `run` both call this, so that OK means `run` starts
+    (whether its addresses can be bound is only known by binding them). It
+    creates and changes nothing.
+    """
+    _check_tls_files(config.smtp, source)
+    problem = _log_dir_problem(Path(config.log.dir))
+    if problem is not None:
+        raise ConfigError(source, "log.dir", problem)
+
+
+class _KeyNeedsPassphrase(Exception):
+    pass
+
+
+def _refuse_passphrase() -> bytes:
+    # Without a callback OpenSSL would prompt on a terminal a service has not.
+    raise _KeyNeedsPassphrase
+
+
+def _check_tls_files(smtp: Smtp, source: str) -> None:
+    cert, key = smtp.tls_cert, smtp.tls_key
+    if cert is None:  # a self-signed pair is made in log.dir (a key alone is refused by parse_config)
+        return
+    for name, path in (("smtp.tls_cert", cert), ("smtp.tls_key", key)):
+        if path is not None:
+            try:  # ssl's own errors do not say which file
+                with open(path, "rb"):
+                    pass
+            except OSError as err:
+                raise ConfigError(source, name, f"cannot read {path}: {err.strerror or err}") from None
+    # The stdlib's way to check a pair is to load it: a plain server context
+    # accepts what the server's own context (net/tls.py) accepts.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_verify_locations(cafile=cert)  # the certificate file first, so a failure below is the key's
+    except ssl.SSLError:
+        raise ConfigError(source, "smtp.tls_cert", f"{cert} holds no PEM certificate") from None
+    key_name, key_file = ("smtp.tls_key", key) if key is not None else ("smtp.tls_cert", cert)
+    try:
+        context.load_cert_chain(cert, key, password=_refuse_passphrase)
+    except _KeyNeedsPassphrase:
+        raise ConfigError(
+            source, key_name,
+            f"the key in {key_file} needs a passphrase, which looper cannot ask for:"
+            f" store it without one (openssl pkey -in {key_file} -out NEW.key)",
+        ) from None
+    except ssl.SSLError as err:
+        raise ConfigError(source, key_name, _key_problem(err, cert, key)) from None
+
+
+def _key_problem(err: ssl.SSLError, cert: str, key: str | None) -> str:
+    if err.reason == "KEY_VALUES_MISMATCH":
+        if key is None:
+            return f"the key in {cert} is not the key of its certificate"
+        return f"{key} is not the key of the certificate in {cert}"
+    if err.reason is None:  # OpenSSL's "PEM lib": no key it could read
+        if key is None:
+            return f"{cert} holds a certificate but no private key: set smtp.tls_key to the key's file"
+        return f"{key} holds no PEM private key"
+    reason = err.reason.lower().replace("_", " ")  # e.g. EE_KEY_TOO_SMALL at OpenSSL's security level
+    return f"cannot use {cert} with the key in {key or cert}: {reason}"
+
+
+def _log_dir_problem(folder: Path) -> str | None:
+    if not os.path.lexists(folder):
+        return _cannot_create_problem(folder)
+    problem = _folder_problem(folder)
+    if problem is not None:
+        return problem
+    inside = [(folder / name, _folder_problem) for name in LOG_DIR_FOLDERS]
+    inside += [(folder / name, _file_problem) for name in LOG_DIR_FILES]
+    for path, problem_of in inside:  # what is not there yet, run makes in folder
+        if os.path.lexists(path) and (problem := problem_of(path)) is not None:
+            return problem
+    return None
+
+
+def _cannot_create_problem(folder: Path) -> str | None:
+    ancestor = Path(os.path.abspath(folder)).parent
+    while not os.path.lexists(ancestor):
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"cannot create {folder}: {ancestor} is not a folder"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"cannot create {folder}: cannot write to {ancestor}: {_why_not_writable(ancestor)}"
+    return None
+
+
+def _folder_problem(folder: Path) -> str | None:
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot write to {folder}: {_why_not_writable(folder)}"
+    return None
+
+
+def _file_problem(path: Path) -> str | None:
+    if path.is_dir():
+        return f"cannot write {path}: it is a folder"
+    if not os.access(path, os.W_OK):
+        return f"cannot write {path}: {_why_not_writable(path)}"
+    return None
+
+
+def _why_not_writable(path: Path) -> str:
+    """os.access only says no; say whether it is the mount or the permissions."""
+    try:
+        read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    return os.strerror(errno.EROFS if read_only else errno.EACCES)

@@ -2,13 +2,21 @@
 
 import subprocess
 import sys
-
 from pathlib import Path
 
 import pytest
 import yaml
 
-from looper.config import Config, ConfigError, Endpoint, load_config, parse_config
+from looper.config import (
+    LOG_DIR_FILES,
+    LOG_DIR_FOLDERS,
+    Config,
+    ConfigError,
+    Endpoint,
+    check_runtime,
+    load_config,
+    parse_config,
+)
 
 
 def test_defaults_need_no_file():
@@ -173,3 +181,140 @@ def test_check_config_command_prints_effective_settings():
     assert result.returncode == 0, result.stderr
     assert "port: 25" in result.stdout
     assert "- 0.0.0.0:25" in result.stdout and "- '[::]:25'" in result.stdout
+
+
+# -- what `run` needs before it listens: check_runtime ------------------------
+
+
+@pytest.fixture(scope="module")
+def pem(tmp_path_factory):
+    """Certificate and key files: a pair, a second key, both in one file, junk."""
+    from looper.net.tls import make_self_signed
+
+    folder = tmp_path_factory.mktemp("pem")
+    cert, key = make_self_signed("mx.example.test")
+    _, other_key = make_self_signed("other.example.test")
+    files = {"cert": cert, "key": key, "other_key": other_key, "both": cert + key, "junk": b"not PEM\n"}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return {name: str(folder / name) for name in files}
+
+
+def runtime_problem(tmp_path, text):
+    config = parse_config(f"log: {{dir: '{tmp_path / 'logs'}'}}\n{text}", "f.yaml")
+    with pytest.raises(ConfigError) as caught:
+        check_runtime(config, "f.yaml")
+    return str(caught.value)
+
+
+def test_runtime_check_passes_a_good_pair_and_a_single_file(tmp_path, pem):
+    for smtp in (f"{{tls_cert: {pem['cert']}, tls_key: {pem['key']}}}", f"{{tls_cert: {pem['both']}}}", "{}"):
+        check_runtime(parse_config(f"log: {{dir: '{tmp_path / 'logs'}'}}\nsmtp: {smtp}\n", "f.yaml"), "f.yaml")
+    assert not (tmp_path / "logs").exists(), "a check creates nothing"
+
+
+def test_runtime_check_names_a_missing_certificate(tmp_path):
+    missing = tmp_path / "nope.pem"
+    assert runtime_problem(tmp_path, f"smtp: {{tls_cert: {missing}}}") == (
+        f"f.yaml: smtp.tls_cert: cannot read {missing}: No such file or directory"
+    )
+
+
+def test_runtime_check_names_a_missing_key(tmp_path, pem):
+    missing = tmp_path / "nope.key"
+    assert runtime_problem(tmp_path, f"smtp: {{tls_cert: {pem['cert']}, tls_key: {missing}}}") == (
+        f"f.yaml: smtp.tls_key: cannot read {missing}: No such file or directory"
+    )
+
+
+def test_runtime_check_names_a_folder_given_as_certificate(tmp_path):
+    assert runtime_problem(tmp_path, f"smtp: {{tls_cert: {tmp_path}}}") == (
+        f"f.yaml: smtp.tls_cert: cannot read {tmp_path}: Is a directory"
+    )
+
+
+def test_runtime_check_names_a_certificate_without_its_key(tmp_path, pem):
+    assert runtime_problem(tmp_path, f"smtp: {{tls_cert: {pem['cert']}}}") == (
+        f"f.yaml: smtp.tls_cert: {pem['cert']} holds a certificate but no private key:"
+        " set smtp.tls_key to the key's file"
+    )
+
+
+def test_a_key_without_its_certificate_is_a_config_error():
+    with pytest.raises(ConfigError) as caught:
+        parse_config("smtp: {tls_key: /etc/ssl/private/mx.key}", "f.yaml")
+    assert str(caught.value) == (
+        "f.yaml: smtp.tls_key: set without smtp.tls_cert: a key is of no use without its certificate"
+    )
+
+
+def test_runtime_check_names_a_key_of_another_certificate(tmp_path, pem):
+    assert runtime_problem(tmp_path, f"smtp: {{tls_cert: {pem['cert']}, tls_key: {pem['other_key']}}}") == (
+        f"f.yaml: smtp.tls_key: {pem['other_key']} is not the key of the certificate in {pem['cert']}"
+    )
+
+
+def test_runtime_check_names_files_that_are_not_what_they_should_be(tmp_path, pem):
+    assert runtime_problem(tmp_path, f"smtp: {{tls_cert: {pem['junk']}, tls_key: {pem['key']}}}") == (
+        f"f.yaml: smtp.tls_cert: {pem['junk']} holds no PEM certificate"
+    )
+    assert runtime_problem(tmp_path, f"smtp: {{tls_cert: {pem['key']}, tls_key: {pem['cert']}}}") == (
+        f"f.yaml: smtp.tls_cert: {pem['key']} holds no PEM certificate"
+    )
+    assert runtime_problem(tmp_path, f"smtp: {{tls_cert: {pem['cert']}, tls_key: {pem['junk']}}}") == (
+        f"f.yaml: smtp.tls_key: {pem['junk']} holds no PEM private key"
+    )
+
+
+def test_runtime_check_refuses_a_key_with_a_passphrase(tmp_path, pem):
+    # load_cert_chain would otherwise ask on the terminal, which a service has not.
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(Path(pem["key"]).read_bytes(), None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    ))
+    assert runtime_problem(tmp_path, f"smtp: {{tls_cert: {pem['cert']}, tls_key: {encrypted}}}") == (
+        f"f.yaml: smtp.tls_key: the key in {encrypted} needs a passphrase, which looper cannot ask for:"
+        f" store it without one (openssl pkey -in {encrypted} -out NEW.key)"
+    )
+
+
+def test_runtime_check_names_a_log_dir_that_cannot_be_created(tmp_path):
+    (tmp_path / "file").write_text("")
+    config = parse_config(f"log: {{dir: '{tmp_path / 'file' / 'logs'}'}}", "f.yaml")
+    with pytest.raises(ConfigError) as caught:
+        check_runtime(config, "f.yaml")
+    assert str(caught.value) == f"f.yaml: log.dir: cannot create {tmp_path / 'file' / 'logs'}: {tmp_path / 'file'} is not a folder"
+
+
+def test_runtime_check_names_a_log_dir_that_is_a_file(tmp_path):
+    (tmp_path / "logs").write_text("")
+    assert runtime_problem(tmp_path, "") == f"f.yaml: log.dir: {tmp_path / 'logs'} is not a folder"
+
+
+def test_runtime_check_looks_at_what_run_writes_in_log_dir(tmp_path):
+    (tmp_path / "logs" / "events.jsonl").mkdir(parents=True)
+    assert runtime_problem(tmp_path, "") == f"f.yaml: log.dir: cannot write {tmp_path / 'logs' / 'events.jsonl'}: it is a folder"
+    (tmp_path / "logs" / "events.jsonl").rmdir()
+    (tmp_path / "logs" / "messages").write_text("")
+    assert runtime_problem(tmp_path, "") == f"f.yaml: log.dir: {tmp_path / 'logs' / 'messages'} is not a folder"
+
+
+def test_runtime_check_knows_the_names_run_writes_in_log_dir():
+    # config.py sits below the modules that own these names: it keeps copies.
+    from looper.eventlog import EVENTS_FILE
+    from looper.net.capture import MESSAGES_FOLDER
+    from looper.net.tls import TLS_FOLDER
+
+    assert (LOG_DIR_FILES, LOG_DIR_FOLDERS) == ((EVENTS_FILE,), (MESSAGES_FOLDER, TLS_FOLDER))
+
+
+def test_a_host_name_that_cannot_name_a_certificate_file_is_refused():
+    with pytest.raises(ConfigError) as caught:
+        parse_config("smtp: {hostname: mx/evil}", "f.yaml")
+    assert str(caught.value) == (
+        "f.yaml: smtp.hostname: expected a host name (letters, digits, '-', '_' and dots), got 'mx/evil'"
+    )

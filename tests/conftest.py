@@ -87,6 +87,8 @@ async def start_trap(tmp_path):
         settings = _merge(
             {
                 "sensor": "trap.looper.test",
+                # A test's end stops the trap: its sessions get no grace.
+                "shutdown_grace_s": 0,
                 "listen": {"smtp": [f"{TRAP_HOST}:{port}"]},
                 # The reflect path's tests expect the plain hang-up; those of
                 # the emulated relay ask for it.

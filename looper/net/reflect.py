@@ -177,11 +177,22 @@ class ReflectSession:
         for event in self.observer.events():
             self.trap.eventlog.emit_event(self.info, event)
 
+    def say_goodbye(self) -> None:
+        """The trap is stopping. A splice has nothing of ours to say: it is
+        closed after what is in flight."""
+        if self.emulated is not None:
+            self.emulated.say_goodbye()
+        elif self.splice is not None:
+            self.splice.close(SHUTDOWN)
+        else:
+            self.shutdown()
+
     def shutdown(self) -> None:
+        """Close now."""
         if self.emulated is not None:
             self.emulated.shutdown()
         elif self.splice is not None:
-            self.splice.close(SHUTDOWN)
+            self.splice.close(SHUTDOWN, abort=True)
         elif self._task is not None and not self._task.done():
             self._task.cancel()
             self.inbound.transport.abort()

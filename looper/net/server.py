@@ -18,7 +18,8 @@ from looper.policy import Policy
 log = logging.getLogger("looper")
 
 LISTEN_BACKLOG = 1024
-STOP_GRACE_SECONDS = 5.0
+# After the goodbyes: time for them to be written before what is left is aborted.
+GOODBYE_GRACE_SECONDS = 5.0
 
 
 class Trap:
@@ -85,21 +86,31 @@ class Trap:
             self._idle.set()
 
     async def stop(self) -> None:
+        """Stop accepting; let the sessions finish within shutdown_grace_s;
+        then each says its protocol's goodbye (SMTP 421 4.3.2, a cut message
+        logged); what still hangs on after that is aborted."""
         for server in self._servers:
             server.close()
+        await self._wait_idle(self.config.shutdown_grace_s)
+        for session in list(self.sessions):
+            session.say_goodbye()
+        await self._wait_idle(GOODBYE_GRACE_SECONDS)
         for session in list(self.sessions):
             session.shutdown()
-        try:
-            async with asyncio.timeout(STOP_GRACE_SECONDS):
-                await self._idle.wait()
-        except TimeoutError:
-            pass
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
         if self.emulated is not None:
             self.emulated.close()
         await self.dns.close()
+
+
+    async def _wait_idle(self, timeout_s: float) -> None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            pass
 
 
 class _InboundEnd(SpliceEnd):
@@ -156,6 +167,10 @@ class _SubmissionsSession:
             self.transport, info, implicit_tls=True,
             on_closed=lambda reason, bytes_in, bytes_out: self._finish("emulate", reason, bytes_in, bytes_out),
         )
+
+    def say_goodbye(self) -> None:
+        if self.server_session is not None:
+            self.server_session.say_goodbye()
 
     def shutdown(self) -> None:
         if self.server_session is not None:

@@ -74,6 +74,7 @@ class ServerMachine(Protocol):
 
     def receive_data(self, data: bytes) -> None: ...
     def timed_out(self) -> None: ...
+    def shutting_down(self) -> None: ...
     def tls_started(self, version: str, cipher: str) -> None: ...
     def stored(self, path: str) -> None: ...
     def store_failed(self, reason: str) -> None: ...
@@ -107,6 +108,7 @@ class ServerSession(asyncio.Protocol):
         "_held",  # what arrives between the handshake and tls_started()
         "_eof",
         "_close_cause",  # the reason a Close from the machine will get
+        "_goodbye_due",  # the trap is stopping: the machine says goodbye when it can
         "_reason",  # set once the session is closing
         "_done",  # on_closed has been called
     )
@@ -144,6 +146,7 @@ class ServerSession(asyncio.Protocol):
         self._held: list[bytes] | None = None
         self._eof = False
         self._close_cause: str | None = None
+        self._goodbye_due = False
         self._reason: str | None = None
         self._done = False
 
@@ -247,6 +250,21 @@ class ServerSession(asyncio.Protocol):
 
     # -- the trap's stop ------------------------------------------------------
 
+    def say_goodbye(self) -> None:
+        """The trap is stopping: once what it is doing now is done (a store,
+        a paced reply), the machine says its goodbye (SMTP's 421) and closes.
+        Half a TLS handshake has no one to say it to: that is aborted."""
+        if self._done or self._reason is not None:
+            return
+        if self._handshaking:
+            return self.shutdown()
+        self._goodbye_due = True
+        if self._pending is None:
+            try:
+                self._pump()
+            except Exception as err:
+                self._fail(err)
+
     def shutdown(self) -> None:
         """Close now: what is buffered is dropped, nothing pending finishes."""
         if self._done:
@@ -269,6 +287,11 @@ class ServerSession(asyncio.Protocol):
                 self._queue.extend(actions)
         if self._pending is None and self._queue is not None:
             self._run_queue()
+        if self._goodbye_due and self._pending is None and self._reason is None:
+            self._goodbye_due = False
+            self._close_cause = SHUTDOWN
+            machine.shutting_down()
+            return self._pump()
         self._update_reading()
         self._arm_idle()
 

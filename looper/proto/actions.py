@@ -12,6 +12,7 @@ reports back the outcome of those that need one (`tls_started`, `stored`,
         paused: bool                      # waiting for the outcome of StartTLS or Store
         def receive_data(self, data: bytes) -> None
         def timed_out(self) -> None
+        def shutting_down(self) -> None  # the trap stops: say goodbye (SMTP 421), then Close
         def tls_started(self, version: str, cipher: str) -> None
         def stored(self, path: str) -> None
         def store_failed(self, reason: str) -> None

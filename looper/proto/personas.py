@@ -1,7 +1,9 @@
 """Personas: what a real mail server says, byte for byte, as data.
 
 Each persona is the greeting, the EHLO reply and every reply text of one
-real server, recorded from the software itself (tests/data/<persona>/). The
+real server, recorded from the software itself (tests/data/<persona>/),
+except `shutdown` (the trap's own stop: RFC 5321's 421, in the server's
+style; a real one stopping mostly just drops the connection). The
 SMTP machine decides *which* reply a situation gets; the persona decides
 *what it says*. Placeholders: {host} our host name, {date} an RFC 5322 date,
 {queue_id}, {address}, {argument}, {param}, {size}, {helo}, {ip}.
@@ -21,7 +23,7 @@ REPLY_KEYS = frozenset(
     too_many_hops message_too_big bdat_ok bdat_queued bdat_syntax bdat_null
     bdat_discarded data_after_bdat chunk_too_big vrfy vrfy_syntax unknown bad_syntax
     etrn etrn_syntax xclient xclient_syntax auth_not_enabled forbidden bad_utf8
-    starttls_ready starttls_syntax tls_active timeout too_many_errors auth_ok
+    starttls_ready starttls_syntax tls_active timeout too_many_errors shutdown auth_ok
     auth_failed auth_bad_base64_initial auth_bad_base64_continued auth_bad_mechanism
     auth_syntax auth_aborted auth_already auth_in_transaction storage_failed
     """.split()
@@ -141,6 +143,7 @@ POSTFIX = Persona(
         "tls_active": "554 5.5.1 Error: TLS already active",
         "timeout": "421 4.4.2 {host} Error: timeout exceeded",
         "too_many_errors": "421 4.7.0 {host} Error: too many errors",
+        "shutdown": "421 4.3.2 Service not available, closing transmission channel",
         "auth_ok": "235 2.7.0 Authentication successful",
         "auth_failed": "535 5.7.8 Error: authentication failed: (reason unavailable)",
         "auth_bad_base64_initial": "535 5.7.8 Error: authentication failed: Invalid base64 data in initial response",
@@ -239,6 +242,7 @@ EXIM = Persona(
         "tls_active": "503 STARTTLS command used when not advertised",
         "timeout": "421 {host}: SMTP command timeout - closing connection",
         "too_many_errors": "500 Too many unrecognized commands",
+        "shutdown": "421 {host} Service not available - closing connection",
         "auth_ok": "235 Authentication succeeded",
         "auth_failed": "535 Incorrect authentication data",
         "auth_bad_base64_initial": "501 Invalid base64 data",
@@ -337,6 +341,7 @@ SENDMAIL = Persona(
         "tls_active": '500 5.5.1 Command unrecognized: "STARTTLS"',
         "timeout": "421 4.4.1 {host} Lost input channel from {client_name_ip} to MTA after rcpt",
         "too_many_errors": "421 4.7.0 {host} Too many errors",
+        "shutdown": "421 4.3.2 {host} Shutting down",
         "auth_ok": "235 2.0.0 OK Authenticated",
         "auth_failed": "535 5.7.0 authentication failed",
         "auth_bad_base64_initial": "501 5.5.4 cannot decode AUTH parameter {argument}",
@@ -437,6 +442,7 @@ EXCHANGE = Persona(
         "tls_active": "503 5.5.1 Bad sequence of commands",
         "timeout": "451 4.7.0 Timeout waiting for client input",
         "too_many_errors": "421 4.7.0 Too many errors on this connection, closing transmission channel",
+        "shutdown": "421 4.3.2 Service not available, closing transmission channel",
         "auth_ok": "235 2.7.0 Authentication successful",
         "auth_failed": "535 5.7.3 Authentication unsuccessful",
         "auth_bad_base64_initial": "501 5.5.2 Cannot Base64-decode Client responses",

@@ -232,6 +232,15 @@ class SmtpServer:
         self._reply("timeout", count_error=False)
         self._close()
 
+    def shutting_down(self) -> None:
+        """The trap is stopping: a message under way is cut, the client
+        hears 421 (RFC 5321 3.8), and the connection closes."""
+        if self._mode is Mode.CLOSED:
+            return
+        self._cut_message("shutdown")
+        self._reply("shutdown", count_error=False)
+        self._close()
+
     def tls_started(self, version: str = "", cipher: str = "") -> None:
         self._tls = True
         # RFC 3207 4.2: everything known before the handshake is forgotten.
@@ -326,11 +335,17 @@ class SmtpServer:
         return None
 
     def _client_closed(self) -> None:
-        if self._transaction is not None and self._mode in (Mode.DATA, Mode.BDAT):
-            self._emit("looper.smtp.message_cut", mail_from=self._transaction.mail_from, size=self._content_size())
+        self._cut_message("client_closed")
         self._flush()
         self._actions.append(Close())
         self._move(Step.CLOSE)
+
+    def _cut_message(self, reason: str) -> None:
+        if self._transaction is not None and self._mode in (Mode.DATA, Mode.BDAT):
+            self._emit(
+                "looper.smtp.message_cut", mail_from=self._transaction.mail_from,
+                rcpt_to=list(self._transaction.rcpt_to), size=self._content_size(), reason=reason,
+            )
 
     # -- output -----------------------------------------------------------------
 

@@ -1,22 +1,40 @@
-"""Command line: `looper run`, `looper check-config`."""
+"""Command line: `looper run`, `looper check-config`.
+
+A trap that cannot start says why in one line on stderr, naming the file,
+the key and the problem, never in a traceback: exit status 2 for the
+configuration and what it names on disk (check-config finds the same with
+the same check), 1 for an address that cannot be bound.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
+import os
 import resource
 import signal
 import sys
 
 from looper import __version__
-from looper.config import ConfigError, load_config
+from looper.config import Config, ConfigError, check_runtime, load_config
 from looper.eventlog import open_event_log
 
 log = logging.getLogger("looper")
 
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
+EXIT_STDOUT_CLOSED = 1  # what Python's docs do (signal module, "Note on SIGPIPE")
+
+DEFAULTS_SOURCE = "built-in defaults"  # the "file" named in errors when there is no -c
+
+# What to do when bind() fails, by errno; {key} is the listen key.
+LISTEN_HINTS = {
+    errno.EACCES: "run as root or grant CAP_NET_BIND_SERVICE",
+    errno.EADDRINUSE: "stop the program that listens there, or change {key}",
+    errno.EADDRNOTAVAIL: "no interface of this machine has that address: change {key}",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,18 +51,59 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        try:
+            return _command(_parser().parse_args(argv))
+        finally:
+            sys.stdout.flush()  # here, where a closed pipe can be caught, not at exit
+    except BrokenPipeError:
+        # The reader has gone (`looper check-config | head -1`): stop quietly.
+        # stdout now leads nowhere, so that the flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_STDOUT_CLOSED
+
+
+def _command(args: argparse.Namespace) -> int:
+    source = args.config or DEFAULTS_SOURCE
     try:
         config = load_config(args.config)
+        check_runtime(config, source)  # the same check for both commands: OK means run starts
     except ConfigError as err:
-        print(err, file=sys.stderr)
-        return EXIT_CONFIG
+        return _cannot_start(err)
     if args.command == "check-config":
-        print(f"# {args.config or 'built-in defaults'}: OK")
+        print(f"# {source}: OK")
         print(config.to_yaml(), end="")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s looper: %(message)s", stream=sys.stderr)
-    return _run(config)
+    return _run(config, source)
+
+
+def _cannot_start(err: ConfigError) -> int:
+    print(err, file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def cannot_listen_line(source: str, key: str, address: str, error_number: int | None) -> str:
+    """The one line for a listener that cannot be bound: where, why, what to do."""
+    problem = os.strerror(error_number) if error_number else "cannot bind"
+    line = f"{source}: {key}: cannot listen on {address}: {problem}"
+    hint = LISTEN_HINTS.get(error_number)
+    return f"{line}; {hint.format(key=key)}" if hint else line
+
+
+def _listener_that_failed(config: Config, err: OSError) -> tuple[str, str]:
+    """(key, address) of the listener in asyncio's bind error ("... bind on
+    address ('127.0.0.1', 25): ..."); every listener when none is found."""
+    for key in ("smtp", "submissions"):
+        for endpoint in getattr(config.listen, key):
+            address = f"({endpoint.host!r}, {endpoint.port}"  # IPv6 adds flowinfo and scope id
+            if f"{address})" in str(err) or f"{address}," in str(err):
+                return f"listen.{key}", str(endpoint)
+    return "listen", ", ".join(map(str, config.listen.smtp + config.listen.submissions))
+
+
+def _os_problem(err: OSError) -> str:
+    return f"cannot write {err.filename}: {err.strerror}" if err.filename else str(err.strerror or err)
 
 
 def _raise_file_limit() -> None:
@@ -54,26 +113,39 @@ def _raise_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _run(config) -> int:
+def _run(config: Config, source: str) -> int:
     from looper.net.server import Trap  # the CLI's only path into net/
+    from looper.net.tls import TLSSetupError
 
     _raise_file_limit()
-    eventlog = open_event_log(
-        config.sensor,
-        config.log.dir,
-        max_bytes=config.log.max_bytes,
-        backups=config.log.backups,
-        stdout=config.log.stdout,
-        syslog=config.log.syslog,
-    )
+    # check_runtime has passed, but os.access can say yes where open() says
+    # no (NFS, ACLs), and the disk may change meanwhile: still one line.
+    try:
+        eventlog = open_event_log(
+            config.sensor,
+            config.log.dir,
+            max_bytes=config.log.max_bytes,
+            backups=config.log.backups,
+            stdout=config.log.stdout,
+            syslog=config.log.syslog,
+        )
+    except OSError as err:
+        return _cannot_start(ConfigError(source, "log.dir", _os_problem(err)))
 
     async def serve() -> int:
         trap = Trap(config, eventlog)
         try:
             await trap.start()
+        except TLSSetupError as err:
+            await trap.stop()
+            # Without smtp.tls_cert the trap makes its own in log.dir.
+            return _cannot_start(ConfigError(source, "smtp.tls_cert" if config.smtp.tls_cert else "log.dir", str(err)))
         except OSError as err:
-            hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)" if err.errno == 13 else ""
-            log.error("cannot listen on %s: %s%s", ", ".join(map(str, config.listen.smtp)), err.strerror or err, hint)
+            if err.filename is not None:  # a file (the message store's folder), not an address
+                await trap.stop()
+                return _cannot_start(ConfigError(source, "log.dir", _os_problem(err)))
+            key, address = _listener_that_failed(config, err)
+            print(cannot_listen_line(source, key, address, err.errno), file=sys.stderr)
             return EXIT_RUNTIME
         shutdown = asyncio.Event()
         loop = asyncio.get_running_loop()

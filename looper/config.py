@@ -8,12 +8,13 @@ the file, the key and the problem: a trap that silently ignores a typo in
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import ipaddress
 import os
 import re
 import socket
 import ssl
+import tempfile
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -518,7 +519,7 @@ def check_runtime(config: Config, source: str) -> None:
 
     `check-config` and `run` both call this, so that OK means `run` starts
     (whether its addresses can be bound is only known by binding them). It
-    creates and changes nothing.
+    leaves nothing behind.
     """
     _check_tls_files(config.smtp, source)
     problem = _log_dir_problem(Path(config.log.dir))
@@ -580,50 +581,53 @@ def _key_problem(err: ssl.SSLError, cert: str, key: str | None) -> str:
 
 
 def _log_dir_problem(folder: Path) -> str | None:
-    if not os.path.lexists(folder):
-        return _cannot_create_problem(folder)
-    problem = _folder_problem(folder)
-    if problem is not None:
-        return problem
-    inside = [(folder / name, _folder_problem) for name in LOG_DIR_FOLDERS]
-    inside += [(folder / name, _file_problem) for name in LOG_DIR_FILES]
-    for path, problem_of in inside:  # what is not there yet, run makes in folder
-        if os.path.lexists(path) and (problem := problem_of(path)) is not None:
-            return problem
-    return None
-
-
-def _cannot_create_problem(folder: Path) -> str | None:
-    ancestor = Path(os.path.abspath(folder)).parent
-    while not os.path.lexists(ancestor):
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        return f"cannot create {folder}: {ancestor} is not a folder"
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        return f"cannot create {folder}: cannot write to {ancestor}: {_why_not_writable(ancestor)}"
-    return None
-
-
-def _folder_problem(folder: Path) -> str | None:
-    if not folder.is_dir():
+    """Do in log.dir what run will do, on a small scale, and undo it:
+    os.access cannot tell (to root it says yes even where mkdir fails)."""
+    missing = _missing_folders(folder)
+    if missing and not missing[0].parent.is_dir():
+        return f"cannot create {folder}: {missing[0].parent} is not a folder"
+    if not missing and not folder.is_dir():
         return f"{folder} is not a folder"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"cannot write to {folder}: {_why_not_writable(folder)}"
-    return None
-
-
-def _file_problem(path: Path) -> str | None:
-    if path.is_dir():
-        return f"cannot write {path}: it is a folder"
-    if not os.access(path, os.W_OK):
-        return f"cannot write {path}: {_why_not_writable(path)}"
-    return None
-
-
-def _why_not_writable(path: Path) -> str:
-    """os.access only says no; say whether it is the mount or the permissions."""
+    made: list[Path] = []
     try:
-        read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except OSError:
-        read_only = False
-    return os.strerror(errno.EROFS if read_only else errno.EACCES)
+        for path in missing:
+            try:
+                path.mkdir()
+            except OSError as err:
+                return f"cannot create {folder}: {err.strerror or err}"
+            made.append(path)
+        return _write_problem(folder)
+    finally:
+        for path in reversed(made):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders that make `folder`, outermost first, that do not exist yet."""
+    missing = []
+    path = Path(os.path.abspath(folder))
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = path.parent
+    return missing[::-1]
+
+
+def _write_problem(folder: Path) -> str | None:
+    folders = [folder, *(folder / name for name in LOG_DIR_FOLDERS if os.path.lexists(folder / name))]
+    for path in folders:  # what is not there yet, run makes where it could write
+        if not path.is_dir():
+            return f"{path} is not a folder"
+        try:
+            descriptor, probe = tempfile.mkstemp(dir=path, prefix=".looper-check-")
+            os.close(descriptor)
+            os.unlink(probe)
+        except OSError as err:
+            return f"cannot write to {path}: {err.strerror or err}"
+    for path in (folder / name for name in LOG_DIR_FILES if os.path.lexists(folder / name)):
+        try:
+            with open(path, "ab"):  # appending nothing changes nothing
+                pass
+        except OSError as err:
+            return f"cannot write {path}: {err.strerror or err}"
+    return None

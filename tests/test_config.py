@@ -290,6 +290,25 @@ def test_runtime_check_names_a_log_dir_that_cannot_be_created(tmp_path):
     assert str(caught.value) == f"f.yaml: log.dir: cannot create {tmp_path / 'file' / 'logs'}: {tmp_path / 'file'} is not a folder"
 
 
+def test_runtime_check_tries_what_root_may_not_do_either():
+    # os.access says yes to root here; mkdir says no.
+    config = parse_config("log: {dir: /proc/looper-logs}", "f.yaml")
+    with pytest.raises(ConfigError) as caught:
+        check_runtime(config, "f.yaml")
+    assert str(caught.value) == "f.yaml: log.dir: cannot create /proc/looper-logs: No such file or directory"
+
+
+def test_runtime_check_leaves_nothing_behind(tmp_path):
+    (tmp_path / "kept" / "messages").mkdir(parents=True)
+    (tmp_path / "kept" / "events.jsonl").write_text("{}\n")
+    for folder in ("kept", "new/deeper"):
+        check_runtime(parse_config(f"log: {{dir: '{tmp_path / folder}'}}", "f.yaml"), "f.yaml")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "kept", "kept/events.jsonl", "kept/messages",
+    ]
+    assert (tmp_path / "kept" / "events.jsonl").read_text() == "{}\n"
+
+
 def test_runtime_check_names_a_log_dir_that_is_a_file(tmp_path):
     (tmp_path / "logs").write_text("")
     assert runtime_problem(tmp_path, "") == f"f.yaml: log.dir: {tmp_path / 'logs'} is not a folder"
@@ -297,7 +316,7 @@ def test_runtime_check_names_a_log_dir_that_is_a_file(tmp_path):
 
 def test_runtime_check_looks_at_what_run_writes_in_log_dir(tmp_path):
     (tmp_path / "logs" / "events.jsonl").mkdir(parents=True)
-    assert runtime_problem(tmp_path, "") == f"f.yaml: log.dir: cannot write {tmp_path / 'logs' / 'events.jsonl'}: it is a folder"
+    assert runtime_problem(tmp_path, "") == f"f.yaml: log.dir: cannot write {tmp_path / 'logs' / 'events.jsonl'}: Is a directory"
     (tmp_path / "logs" / "events.jsonl").rmdir()
     (tmp_path / "logs" / "messages").write_text("")
     assert runtime_problem(tmp_path, "") == f"f.yaml: log.dir: {tmp_path / 'logs' / 'messages'} is not a folder"

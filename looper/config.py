@@ -502,7 +502,6 @@ def load_config(path: str | None) -> Config:
     return parse_config(text, path)
 
 
-
 # -- what `looper run` needs before it listens -------------------------------
 
 # What `run` writes in log.dir, under the names their owners give them

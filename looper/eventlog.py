@@ -1,26 +1,56 @@
 """The one event emitter: JSON Lines to every configured sink.
 
 Events are Cowrie-style flat objects. The emitter adds what a protocol core
-cannot know (when, which sensor, which connection); the sinks are stdlib
-logging handlers, so rotation, syslog and stdout are not ours to get wrong.
+cannot know (when, which sensor, which connection).
+
+The write contract: the log is written once per turn of the event loop.
+emit() only formats the line and adds it to a pending batch; the first line
+of a batch schedules one flush at the end of the loop's turn, which hands the
+whole batch to every sink: one write() of whole lines to events.jsonl, one
+to stdout, one syslog message per event. flush() does it at once: the session
+calls it before the 250 that acknowledges a stored message, so the message's
+events reach the OS first. Without a running loop every event is written at
+once.
+
+A sink that cannot write (disk full, read-only, EIO) never raises into the
+caller: what it could not take is counted and dropped (a batch is not kept
+in memory while the disk is full), the file is cut back to its last whole
+line, and its first successful write afterwards starts with one
+`looper.log.dropped` event. `healthy` is False meanwhile, so that the
+emulated relay can refuse a message whose events could not be logged.
+
+A kill -9 can still cut the line being written: the kernel stops a write()
+that spans a page boundary at that boundary when a fatal signal arrives. The
+next open of the log cuts such a fragment off, so that every line of the file
+is whole again before anything is appended.
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
 import logging
 import logging.handlers
 import os
 import secrets
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from looper.events import Event
 
 EVENTS_FILE = "events.jsonl"
+
+LOG_DROPPED = "looper.log.dropped"
+
+log = logging.getLogger("looper.eventlog")
+
+# One encoder for every line: json.dumps with options builds one per call.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,14 +83,61 @@ def rfc3339_now() -> str:
     return f"{_second_formatted[1]}.{int((now - second) * 1_000_000):06d}Z"
 
 
-class EventLog:
-    """Formats each event as one JSON line and hands it to every sink."""
+class LinesLost(Exception):
+    """A sink could not write a batch: the first `written` lines are out, no
+    part of the others is (a sink that wrote part of a line cuts it off)."""
 
-    def __init__(self, sensor: str, handlers: list[logging.Handler]) -> None:
+    def __init__(self, written: int, cause: OSError) -> None:
+        super().__init__(written, cause)
+        self.written = written
+        self.cause = cause
+
+
+class Sink:
+    """Where the lines go. write() takes a batch of lines (without their
+    line ends) and either writes them all or raises LinesLost."""
+
+    # A durable sink's failures make EventLog.healthy False.
+    durable = False
+
+    def write(self, lines: list[str]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class _Outage:
+    """Lines one sink could not take since its last good write."""
+
+    dropped: int = 0
+    error: str = ""
+    since: str = ""
+
+
+class EventLog:
+    """Formats each event as one JSON line; writes them a loop turn at a time."""
+
+    def __init__(self, sensor: str, sinks: list[Union[Sink, logging.Handler]]) -> None:
         self.sensor = sensor
-        self._handlers = handlers
-        for handler in handlers:
-            handler.setFormatter(logging.Formatter("%(message)s"))
+        self._sinks: list[Sink] = [s if isinstance(s, Sink) else _HandlerSink(s) for s in sinks]
+        self._outages = [_Outage() for _ in self._sinks]
+        self._pending: list[str] = []
+        self._flush_loop: asyncio.AbstractEventLoop | None = None  # a flush is scheduled on it
+        self._lock = threading.Lock()  # one batch at a time into the sinks
+
+    @property
+    def healthy(self) -> bool:
+        """False while the last write to a durable sink (events.jsonl)
+        failed. It is as fresh as the last write: flush() first."""
+        return not any(o.dropped for s, o in zip(self._sinks, self._outages) if s.durable)
+
+    @property
+    def dropped(self) -> int:
+        """Events not yet accounted for by a looper.log.dropped line, over
+        all sinks (each sink counts its own)."""
+        return sum(o.dropped for o in self._outages)
 
     def emit(self, who: SessionInfo, eventid: str, **fields: Any) -> None:
         record = {
@@ -75,18 +152,230 @@ class EventLog:
             "dst_port": who.dst_port,
         }
         record.update(fields)
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
-        # Straight to the handlers: a Logger would look up its caller's frame.
-        entry = _EventLine(line)
-        for handler in self._handlers:
-            handler.handle(entry)
+        self._pending.append(_encode(record))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        if loop is not self._flush_loop:
+            self._flush_loop = loop
+            loop.call_soon(self._end_of_turn)
 
     def emit_event(self, who: SessionInfo, event: Event) -> None:
         self.emit(who, event.eventid, **event.fields)
 
+    def flush(self) -> bool:
+        """Write what is pending now, whole lines, one write per sink.
+        Returns `healthy`: True if it all reached the OS."""
+        with self._lock:
+            lines, self._pending = self._pending, []
+            if lines:
+                for sink, outage in zip(self._sinks, self._outages):
+                    self._write(sink, outage, lines)
+        return self.healthy
+
     def close(self) -> None:
-        for handler in self._handlers:
-            handler.close()
+        self.flush()
+        for sink in self._sinks:
+            sink.close()
+
+    def _end_of_turn(self) -> None:
+        self._flush_loop = None
+        self.flush()
+
+    def _write(self, sink: Sink, outage: _Outage, lines: list[str]) -> None:
+        recovering = outage.dropped > 0
+        batch = [self._dropped_line(outage), *lines] if recovering else lines
+        try:
+            sink.write(batch)
+        except LinesLost as lost:
+            unwritten = len(batch) - lost.written
+            if recovering:
+                if lost.written:  # the looper.log.dropped line is out: a new outage
+                    self._recovered(sink, outage)
+                else:
+                    unwritten -= 1  # not an event: it is made again next time
+            if not outage.dropped:
+                outage.error, outage.since = _describe(lost.cause), rfc3339_now()
+                log.warning("cannot write events to %s (%s): counting the events dropped", sink, outage.error)
+            outage.dropped += unwritten
+        except Exception as err:  # a sink's bug must not reach the caller either
+            if not outage.dropped:
+                outage.error, outage.since = f"{type(err).__name__}: {err}", rfc3339_now()
+                log.exception("the event sink %s failed: counting the events dropped", sink)
+            outage.dropped += len(lines)
+        else:
+            if recovering:
+                self._recovered(sink, outage)
+
+    def _recovered(self, sink: Sink, outage: _Outage) -> None:
+        log.warning("writing events to %s again; %d dropped since %s (%s)", sink, outage.dropped, outage.since, outage.error)
+        outage.dropped, outage.error, outage.since = 0, "", ""
+
+    def _dropped_line(self, outage: _Outage) -> str:
+        """looper.log.dropped: an event of the trap itself, no connection's."""
+        record = {
+            "timestamp": rfc3339_now(),
+            "eventid": LOG_DROPPED,
+            "session": None,
+            "sensor": self.sensor,
+            "protocol": None,
+            "src_ip": None,
+            "src_port": None,
+            "dst_ip": None,
+            "dst_port": None,
+            "dropped": outage.dropped,
+            "error": outage.error,
+            "since": outage.since,
+        }
+        return _encode(record)
+
+
+def _describe(err: OSError) -> str:
+    """`ENOSPC: No space left on device`, say."""
+    name = errno.errorcode.get(err.errno or 0)
+    text = err.strerror or str(err) or type(err).__name__
+    return f"{name}: {text}" if name else text
+
+
+class LogFile(Sink):
+    """events.jsonl, rotated by line at max_bytes into .1, .2, ... (backups).
+
+    A raw descriptor opened for appending: a batch is one os.write() (two or
+    more only where it rotates). A write that fails after part of a batch is
+    cut back to the batch's start; the descriptor is then closed, and the
+    next batch opens the file again (and mends it, should the cut fail)."""
+
+    durable = True
+
+    def __init__(self, path: str, *, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._fd: int | None = None
+        self._size = 0
+        self._open()  # a log that cannot be opened at start is the operator's to fix: it raises
+
+    def __str__(self) -> str:
+        return self.path
+
+    def write(self, lines: list[str]) -> None:
+        pieces = [f"{line}\n".encode("utf-8") for line in lines]
+        done = 0
+        try:
+            if self._fd is None:
+                self._open()
+            while done < len(pieces):
+                # As many lines as fit before the rotation; one at least, in a fresh file.
+                size, end = self._size, done
+                while end < len(pieces) and (size == 0 or size + len(pieces[end]) <= self.max_bytes):
+                    size += len(pieces[end])
+                    end += 1
+                if end == done:
+                    self._rotate()
+                    continue
+                self._append(pieces[done] if end == done + 1 else b"".join(pieces[done:end]))
+                self._size = size
+                done = end
+        except OSError as err:
+            raise LinesLost(done, err) from err
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def _open(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            self._size = _cut_partial_line(fd, self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def _append(self, data: bytes) -> None:
+        fd = self._fd
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError:
+            sent = len(data) - len(view)
+            try:
+                if sent:
+                    os.ftruncate(fd, os.fstat(fd).st_size - sent)
+            except OSError:
+                pass  # the next open cuts it off
+            finally:
+                self.close()
+            raise
+
+    def _rotate(self) -> None:
+        self.close()
+        for number in range(self.backups - 1, 0, -1):
+            older = f"{self.path}.{number}"
+            if os.path.exists(older):
+                os.replace(older, f"{self.path}.{number + 1}")
+        os.replace(self.path, f"{self.path}.1")
+        self._open()
+
+
+def _cut_partial_line(fd: int, path: str) -> int:
+    """The file's size once a trailing part of a line (left by a crash in
+    the middle of a write) is cut off."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    keep, end = 0, size
+    while end > 0:
+        start = max(0, end - (1 << 16))
+        newline = os.pread(fd, end - start, start).rfind(b"\n")
+        if newline >= 0:
+            keep = start + newline + 1
+            break
+        end = start
+    os.ftruncate(fd, keep)
+    log.warning("%s: cut off %d bytes of a line left unfinished (by a crash?)", path, size - keep)
+    return keep
+
+
+class _Stream(Sink):
+    """Standard output: one write and one flush per batch."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def __str__(self) -> str:
+        return getattr(self.stream, "name", "a stream")
+
+    def write(self, lines: list[str]) -> None:
+        try:
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+        except OSError as err:
+            raise LinesLost(0, err) from err
+
+
+class _HandlerSink(Sink):
+    """A logging handler (syslog, or a test's collector): one record per line.
+    Handlers report their own failures (logging's handleError)."""
+
+    def __init__(self, handler: logging.Handler) -> None:
+        self.handler = handler
+        handler.setFormatter(logging.Formatter("%(message)s"))
+
+    def __str__(self) -> str:
+        return type(self.handler).__name__
+
+    def write(self, lines: list[str]) -> None:
+        handle = self.handler.handle
+        for line in lines:
+            handle(_EventLine(line))
+
+    def close(self) -> None:
+        self.handler.close()
 
 
 class _EventLine(logging.LogRecord):
@@ -101,31 +390,16 @@ class _EventLine(logging.LogRecord):
         self.exc_info = self.exc_text = self.stack_info = None
 
 
-class _JsonLinesFile(logging.handlers.RotatingFileHandler):
-    """Rotation by a byte count kept in memory: the stdlib handler stats,
-    seeks and formats twice for every record to decide."""
-
-    def __init__(self, path: str, *, max_bytes: int, backups: int) -> None:
-        super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
-        self._size = os.path.getsize(path) if os.path.exists(path) else 0
-
-    def shouldRollover(self, record: logging.LogRecord) -> bool:
-        size = len(record.msg.encode("utf-8")) + 1
-        roll = self._size > 0 and self._size + size > self.maxBytes
-        self._size = size if roll else self._size + size
-        return roll
-
-
 def open_event_log(sensor: str, log_dir: str, *, max_bytes: int, backups: int,
                    stdout: bool = False, syslog: bool = False) -> EventLog:
     """The event log of a running trap: <log_dir>/events.jsonl plus extras."""
     Path(log_dir).mkdir(parents=True, exist_ok=True)
-    handlers: list[logging.Handler] = [
-        _JsonLinesFile(os.path.join(log_dir, EVENTS_FILE), max_bytes=max_bytes, backups=backups)
+    sinks: list[Union[Sink, logging.Handler]] = [
+        LogFile(os.path.join(log_dir, EVENTS_FILE), max_bytes=max_bytes, backups=backups)
     ]
     if stdout:
-        handlers.append(logging.StreamHandler(sys.stdout))
+        sinks.append(_Stream(sys.stdout))
     if syslog:
         address = "/dev/log" if os.path.exists("/dev/log") else ("localhost", 514)
-        handlers.append(logging.handlers.SysLogHandler(address=address, facility="mail"))
-    return EventLog(sensor, handlers)
+        sinks.append(logging.handlers.SysLogHandler(address=address, facility="mail"))
+    return EventLog(sensor, sinks)

@@ -1,7 +1,9 @@
 """The event log: whole JSON lines, common fields, bounded by rotation."""
 
+import asyncio
 import json
 import logging
+import os
 import re
 
 from looper.eventlog import EventLog, SessionInfo, open_event_log
@@ -51,3 +53,126 @@ def test_other_sinks_get_the_same_lines():
     log = EventLog("s", [Collect()])
     log.emit(WHO, "looper.test.event", value=1)
     assert json.loads(seen[0])["value"] == 1
+
+
+# -- the write contract: once per loop turn, whole lines ----------------------
+
+
+def lines_of(path):
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    assert text == "" or text.endswith("\n"), "a partial line"
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_without_a_running_loop_each_event_is_written_at_once(tmp_path):
+    log = open_event_log("s", str(tmp_path), max_bytes=1 << 20, backups=1)
+    log.emit(WHO, "looper.test.event", number=1)
+    assert [e["number"] for e in lines_of(tmp_path / "events.jsonl")] == [1]
+    log.close()
+
+
+async def test_one_loop_turn_is_one_write(tmp_path, monkeypatch):
+    log = open_event_log("s", str(tmp_path), max_bytes=1 << 20, backups=1)
+    path = tmp_path / "events.jsonl"
+    writes = []
+    real_write = os.write
+
+    def counting_write(fd, data):
+        if os.path.samestat(os.fstat(fd), path.stat()):
+            writes.append(bytes(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", counting_write)
+    for number in range(3):
+        log.emit(WHO, "looper.test.event", number=number)
+    assert lines_of(path) == [] and writes == []  # nothing before the turn ends
+    await asyncio.sleep(0)
+    assert [e["number"] for e in lines_of(path)] == [0, 1, 2]
+    assert len(writes) == 1 and writes[0].count(b"\n") == 3
+    log.emit(WHO, "looper.test.event", number=3)  # the next turn: the next write
+    await asyncio.sleep(0)
+    assert len(writes) == 2 and [e["number"] for e in lines_of(path)] == [0, 1, 2, 3]
+    log.close()
+
+
+async def test_flush_writes_what_is_pending_now(tmp_path):
+    log = open_event_log("s", str(tmp_path), max_bytes=1 << 20, backups=1)
+    log.emit(WHO, "looper.smtp.message", sha256="ab")
+    assert log.flush() is True  # as the session does right before its 250
+    assert [e["eventid"] for e in lines_of(tmp_path / "events.jsonl")] == ["looper.smtp.message"]
+    log.emit(WHO, "looper.session.closed")  # the same turn, after the flush: still written at its end
+    await asyncio.sleep(0)
+    assert [e["eventid"] for e in lines_of(tmp_path / "events.jsonl")] == ["looper.smtp.message", "looper.session.closed"]
+    log.close()
+
+
+async def test_close_writes_what_is_pending(tmp_path):
+    log = open_event_log("s", str(tmp_path), max_bytes=1 << 20, backups=1)
+    log.emit(WHO, "looper.test.event", number=1)
+    log.close()
+    assert [e["number"] for e in lines_of(tmp_path / "events.jsonl")] == [1]
+    await asyncio.sleep(0)  # the flush that was scheduled finds nothing left to write
+    assert len(lines_of(tmp_path / "events.jsonl")) == 1
+
+
+async def test_a_batch_rotates_between_lines(tmp_path):
+    max_bytes = 1 << 16
+    log = open_event_log("s", str(tmp_path), max_bytes=max_bytes, backups=10)
+    for number in range(1200):  # about 300 KiB in one turn: rotations inside one batch
+        log.emit(WHO, "looper.test.event", number=number, padding="x" * 40)
+    await asyncio.sleep(0)
+    log.close()
+    rotated = sorted(tmp_path.glob("events.jsonl.*"), key=lambda p: -int(p.suffix[1:]))
+    files = [*rotated, tmp_path / "events.jsonl"]
+    assert len(rotated) >= 3 and sorted(tmp_path.iterdir()) == sorted(files)
+    numbers = []
+    for path in files:
+        assert 0 < path.stat().st_size <= max_bytes
+        numbers += [e["number"] for e in lines_of(path)]
+    assert numbers == list(range(1200))
+    # Each full file was filled as far as the next line allowed.
+    line_bytes = len((tmp_path / "events.jsonl").read_text().splitlines()[0]) + 1
+    assert all(p.stat().st_size > max_bytes - 2 * line_bytes for p in rotated)
+
+
+async def test_stdout_gets_the_same_lines_a_turn_at_a_time(tmp_path, capsys):
+    log = open_event_log("s", str(tmp_path), max_bytes=1 << 20, backups=1, stdout=True)
+    log.emit(WHO, "looper.test.event", number=1)
+    log.emit(WHO, "looper.test.event", number=2)
+    assert capsys.readouterr().out == ""
+    await asyncio.sleep(0)
+    out = capsys.readouterr().out
+    assert out.endswith("\n") and out.splitlines() == (tmp_path / "events.jsonl").read_text().splitlines()
+    assert [json.loads(line)["number"] for line in out.splitlines()] == [1, 2]
+    log.close()
+
+
+def test_opening_cuts_off_a_line_left_unfinished_by_a_crash(tmp_path):
+    # A kill -9 during a write() that spans a page boundary leaves the part
+    # before the boundary: the next open cuts it off before appending.
+    path = tmp_path / "events.jsonl"
+    whole = '{"eventid":"looper.test.event","number":1}\n'
+    path.write_text(whole + '{"eventid":"looper.test.ev')
+    log = open_event_log("s", str(tmp_path), max_bytes=1 << 20, backups=1)
+    log.emit(WHO, "looper.test.event", number=2)
+    log.close()
+    assert [e["number"] for e in lines_of(path)] == [1, 2]
+    path.write_text('{"eventid":"looper.test.ev')  # no line end at all: nothing was whole
+    log = open_event_log("s", str(tmp_path), max_bytes=1 << 20, backups=1)
+    log.emit(WHO, "looper.test.event", number=3)
+    log.close()
+    assert [e["number"] for e in lines_of(path)] == [3]
+
+
+def test_a_restart_appends_to_the_log_and_keeps_its_size(tmp_path):
+    log = open_event_log("s", str(tmp_path), max_bytes=1 << 16, backups=1)
+    for number in range(300):
+        log.emit(WHO, "looper.test.event", number=number)
+    log.close()
+    log = open_event_log("s", str(tmp_path), max_bytes=1 << 16, backups=1)  # counts what is there
+    for number in range(300, 600):
+        log.emit(WHO, "looper.test.event", number=number)
+    log.close()
+    old, new = (lines_of(tmp_path / name) for name in ("events.jsonl.1", "events.jsonl"))
+    assert [e["number"] for e in old + new] == list(range(old[0]["number"], 600))
+    assert (tmp_path / "events.jsonl.1").stat().st_size <= 1 << 16

@@ -81,3 +81,42 @@ async def test_a_stalled_relay_and_small_paced_writes_do_not_pin_memory(tmp_path
             assert relay.received_bytes == sent_bytes and relay.received.digest() == sent.digest()
             assert sent_bytes > 4_000_000, sent_bytes
             assert grown_kib < 48 * MIB, f"the trap grew by {grown_kib / MIB:.0f} MiB for {sent_bytes / 1e6:.1f} MB sent"
+
+
+async def test_hundreds_of_slow_messages_at_once_stay_within_the_memory_budget(tmp_path):
+    """300 clients each hold a 512 KB message open (150 MB in all) before
+    any sends its final dot. The budget (8 MiB here) is what the trap may
+    hold: the messages that fit are stored, the rest get 452 4.3.1."""
+    sessions, message_bytes = 300, 512 * 1024
+    budget = 8 * 1024 * 1024
+    line = b"x" * 998 + b"\r\n"
+    with TrapProcess(tmp_path, limits={"message_memory_bytes": budget, "per_ip": 50, "total": 1000}) as trap:
+        rss_before = trap.status_kib("VmRSS")
+
+        async def open_message(index: int):
+            reader, writer = await connect_from(f"127.0.1.{index % 250 + 1}", trap.host, trap.port)
+            await reader.readline()
+            writer.write(b"EHLO slow.example\r\nMAIL FROM:<a@slow.example>\r\nRCPT TO:<v@far.example>\r\nDATA\r\n")
+            while not (await reader.readline()).startswith(b"354 "):
+                pass
+            for _ in range(message_bytes // len(line)):
+                writer.write(line)
+                await writer.drain()
+            return reader, writer
+
+        async with asyncio.timeout(120):
+            clients = []
+            for first in range(0, sessions, 50):  # in waves: the listen backlog is finite
+                clients += await asyncio.gather(*(open_message(i) for i in range(first, min(first + 50, sessions))))
+            await asyncio.sleep(0.5)  # every message is inside the trap now
+            grown_kib = trap.status_kib("VmRSS") - rss_before
+            for _, writer in clients:
+                writer.write(b".\r\nQUIT\r\n")
+            replies = [await reader.read() for reader, _ in clients]
+        for _, writer in clients:
+            writer.close()
+        stored = sum(r.startswith(b"250 2.0.0 Ok: queued as ") for r in replies)
+        refused = sum(r.startswith(b"452 4.3.1 Insufficient system storage\r\n") for r in replies)
+    assert stored + refused == sessions and 0 < stored <= budget // message_bytes
+    assert grown_kib < 64 * MIB, f"the trap grew by {grown_kib / MIB:.0f} MiB holding {sessions} messages"
+    assert len(trap.events.of("looper.smtp.message")) == stored

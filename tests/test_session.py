@@ -43,6 +43,7 @@ class ToyMachine:
         self.idle_timeout_s = idle_timeout_s
         self.paused = False
         self.calls: list[tuple] = []  # what the adapter told it, in order
+        self.connections_closed = 0
         self._buffer = bytearray()
         self._actions: list = [Send(GREETING)]
         self._events: list[Event] = []
@@ -83,6 +84,13 @@ class ToyMachine:
     def timed_out(self) -> None:
         self.calls.append(("timed_out",))
         self._actions += [Send(b"421 timeout\r\n"), Close()]
+
+    def shutting_down(self) -> None:
+        self.calls.append(("shutting_down",))
+        self._actions += [Send(b"421 going down\r\n"), Close()]
+
+    def connection_closed(self) -> None:
+        self.connections_closed += 1  # not in calls: those are the conversation
 
     def tls_started(self, version: str, cipher: str) -> None:
         self.calls.append(("tls_started", version, cipher))

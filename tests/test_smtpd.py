@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from looper.proto.actions import Close, Send, StartTLS, Store
+from looper.proto.budget import MessageMemory
 from looper.proto.personas import POSTFIX
 from looper.proto.sasl import cram_md5_digest
 from looper.proto.smtpd import MAX_WAITING_INPUT_BYTES, ClientInfo, Mode, SmtpServer, SmtpSettings
@@ -257,3 +258,66 @@ def test_replies_are_the_same_however_the_input_is_split(commands, step):
     # where it is, and commands pipelined after STARTTLS are dropped
     if b"STARTTLS" not in stream:
         assert pieces_out == whole_out
+
+
+# -- the message memory shared by every session (limits.message_memory_bytes) --
+
+def _budgeted(memory: MessageMemory, **kw) -> Client:
+    return Client(replace(SETTINGS, message_memory=memory), **kw)
+
+
+def _into_data(client: Client) -> None:
+    client.say(b"EHLO a.example\r\nMAIL FROM:<a@spam.example>\r\nRCPT TO:<v@far.example>\r\nDATA\r\n")
+
+
+def test_messages_in_flight_share_one_memory_budget():
+    memory = MessageMemory(limit_bytes=10_000)
+    first, second = _budgeted(memory), _budgeted(memory)
+    _into_data(first)
+    _into_data(second)
+    first.say(b"x" * 6000 + b"\r\n")
+    assert memory.held_bytes >= 6000
+    # The second message does not fit beside the first: read to its end, kept
+    # nowhere, answered as Postfix answers when its queue has no room.
+    assert second.say(b"y" * 6000 + b"\r\n.\r\n") == b"452 4.3.1 Insufficient system storage\r\n"
+    assert second.stored == [] and second.of("looper.smtp.limit") == [{"limit": "message memory", "bytes": 10_000}]
+    assert first.say(b".\r\n").startswith(b"250 2.0.0 Ok: queued as ")
+    assert len(first.stored) == 1 and memory.held_bytes == 0  # stored: let go
+    assert second.say(b"MAIL FROM:<b@spam.example>\r\n") == b"250 2.1.0 Ok\r\n"
+
+
+def test_no_new_transaction_while_the_budget_is_used_up():
+    memory = MessageMemory(limit_bytes=1000)
+    holder, late = _budgeted(memory), _budgeted(memory)
+    _into_data(holder)
+    holder.say(b"z" * 999 + b"\r\n")
+    assert memory.exhausted
+    late.say(b"EHLO b.example\r\n")
+    assert late.say(b"MAIL FROM:<c@spam.example>\r\n") == b"452 4.3.1 Insufficient system storage\r\n"
+    holder.machine.connection_closed()  # a reset: the adapter says so
+    assert memory.held_bytes == 0
+    assert late.say(b"MAIL FROM:<c@spam.example>\r\n") == b"250 2.1.0 Ok\r\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(COMMANDS, st.binary(max_size=64), st.just(b"q" * 700 + b"\r\n")), max_size=40),
+       st.integers(1, 64), st.booleans(), st.booleans())
+def test_the_message_memory_never_leaks(pieces, step, store_ok, reset):
+    """However a session goes (stored, refused, cut, reset, RSET, too big,
+    over the budget), once it is over it holds nothing of the budget, and
+    while it runs it never holds more than the budget allows."""
+    memory = MessageMemory(limit_bytes=1500)
+    client = _budgeted(memory, store_ok=store_ok)
+    stream = b"".join(pieces)
+    for position in range(0, len(stream), step):
+        if client.closed:
+            break
+        client.say(stream[position : position + step])
+        assert 0 <= memory.held_bytes <= memory.limit_bytes
+    if reset:
+        client.machine.connection_closed()
+    else:
+        if not client.closed:
+            client.say(b"")
+        client.machine.connection_closed()
+    assert memory.held_bytes == 0

@@ -20,6 +20,7 @@ from looper.eventlog import EventLog, SessionInfo
 from looper.net.capture import MessageStore
 from looper.net.session import ServerSession
 from looper.net.tls import server_context
+from looper.proto.budget import MessageMemory
 from looper.proto.personas import PERSONAS
 from looper.proto.smtpd import ClientInfo, SmtpServer, SmtpSettings
 
@@ -87,6 +88,7 @@ class EmulatedRelay:
             idle_timeout_s=smtp.idle_timeout,
             greet_delay_s=smtp.greet_delay,
             reply_overrides=dict(smtp.replies),
+            message_memory=MessageMemory(config.limits.message_memory_bytes),
         )
         self.store = MessageStore(config.log.dir)
         self.tls_context = server_context(smtp.tls_cert, smtp.tls_key, hostname=hostname, folder=config.log.dir)

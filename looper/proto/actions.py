@@ -13,6 +13,7 @@ reports back the outcome of those that need one (`tls_started`, `stored`,
         def receive_data(self, data: bytes) -> None
         def timed_out(self) -> None
         def shutting_down(self) -> None  # the trap stops: say goodbye (SMTP 421), then Close
+        def connection_closed(self) -> None  # gone, however it ended: let go of what it holds
         def tls_started(self, version: str, cipher: str) -> None
         def stored(self, path: str) -> None
         def store_failed(self, reason: str) -> None

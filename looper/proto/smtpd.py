@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from looper.events import Event
 from looper.proto.actions import Action, Close, Send, StartTLS, Store
+from looper.proto.budget import MessageMemory
 from looper.proto.message import DotDecoder, MessageScanner
 from looper.proto.personas import Persona
 from looper.proto.reply import Reply
@@ -110,6 +111,8 @@ class SmtpSettings:
     # and localhost, as Debian's postfix package sets it up.
     local_domains: tuple[str, ...] | None = None
     reply_overrides: dict[str, str] = field(default_factory=dict)
+    # Shared by every session of the trap (None: unbounded, as in unit tests).
+    message_memory: MessageMemory | None = field(default=None, compare=False)
 
     @property
     def local_domain_set(self) -> frozenset[str]:
@@ -132,7 +135,10 @@ class ClientInfo:
 
 
 class _Transaction:
-    __slots__ = ("mail_from", "rcpt_to", "bdat_size", "bdat_failed", "scanner", "decoder", "chunks", "too_big")
+    __slots__ = (
+        "mail_from", "rcpt_to", "bdat_size", "bdat_failed", "scanner", "decoder", "chunks", "chunk_bytes",
+        "too_big", "over_budget",
+    )
 
     def __init__(self, mail_from: str) -> None:
         self.mail_from = mail_from
@@ -142,7 +148,13 @@ class _Transaction:
         self.scanner: MessageScanner | None = None
         self.decoder: DotDecoder | None = None
         self.chunks: list[bytes] = []
+        self.chunk_bytes = 0  # what chunks hold, until the message is stored
         self.too_big = False
+        self.over_budget = False  # MessageMemory ran out: read to the end, keep nothing
+
+    def drop_content(self) -> None:
+        self.chunks.clear()
+        self.chunk_bytes = 0
 
 
 class SmtpServer:
@@ -153,7 +165,7 @@ class SmtpServer:
         "settings", "persona", "client", "env", "idle_timeout_s", "_mode", "_inbuf", "_skipping_long_line",
         "_out", "_actions", "_events", "_errors", "_junk", "_helo", "_esmtp", "_tls", "_authenticated",
         "_auth_failures", "_sasl", "_transaction", "_chunk_left", "_chunk_size", "_chunk_keep", "_chunk_last",
-        "_pending_store",
+        "_pending_store", "_held_bytes",
     )
 
     def __init__(self, settings: SmtpSettings, client: ClientInfo, environment: Environment) -> None:
@@ -182,6 +194,7 @@ class SmtpServer:
         self._chunk_keep = False
         self._chunk_last = False
         self._pending_store: tuple[str, _Transaction, str] | None = None
+        self._held_bytes = 0  # this session's part of settings.message_memory
         if client.pregreet_bytes:
             self._emit("looper.smtp.pregreet", bytes=client.pregreet_bytes)
         self._flush()
@@ -224,6 +237,11 @@ class SmtpServer:
             return
         self._inbuf += data
         self._resume()
+
+    def connection_closed(self) -> None:
+        """The connection is gone, however it ended: let go of the message."""
+        self._transaction = self._pending_store = None
+        self._account_memory()
 
     def timed_out(self) -> None:
         if self._mode is Mode.CLOSED:
@@ -290,6 +308,23 @@ class SmtpServer:
         """Read what arrived while we waited."""
         self._process()
         self._flush()
+        self._account_memory()
+
+    def _account_memory(self) -> None:
+        """Bring the shared count up to date with what this session holds:
+        the content of its transaction and of a message being stored. Each
+        byte is counted when kept (see _keep_content); every way a message
+        can be dropped is caught here, so none can leak from the budget."""
+        memory = self.settings.message_memory
+        if memory is None:
+            return
+        held = 0
+        if self._transaction is not None:
+            held = self._transaction.chunk_bytes
+        if self._pending_store is not None and self._pending_store[1] is not self._transaction:
+            held += self._pending_store[1].chunk_bytes
+        memory.held_bytes += held - self._held_bytes
+        self._held_bytes = held
 
     # -- input ------------------------------------------------------------------
 
@@ -336,6 +371,8 @@ class SmtpServer:
 
     def _client_closed(self) -> None:
         self._cut_message("client_closed")
+        self._transaction = None
+        self._account_memory()
         self._flush()
         self._actions.append(Close())
         self._move(Step.CLOSE)
@@ -400,6 +437,9 @@ class SmtpServer:
         self._actions.append(Close())
         self._move(Step.CLOSE)
         self._inbuf.clear()
+        if self._pending_store is None:
+            self._transaction = None
+            self._account_memory()
 
     def _emit(self, eventid: str, **fields: Any) -> None:
         self._events.append(Event(eventid, fields))
@@ -500,6 +540,11 @@ class SmtpServer:
                     return self._reply("ret_syntax")
             elif key not in ("SMTPUTF8", "ENVID", "AUTH"):
                 return self._reply("unsupported_option", param=param, address=address)
+        memory = self.settings.message_memory
+        if memory is not None and memory.exhausted:
+            # Postfix says this at MAIL when its queue is short of space.
+            self._emit("looper.smtp.limit", limit="message memory", bytes=memory.limit_bytes)
+            return self._reply("storage_failed")
         self._transaction = _Transaction(address)
         self._reply("mail_ok", path=_path_as_sent(path))
 
@@ -571,13 +616,22 @@ class SmtpServer:
         if not content:
             return
         transaction.scanner.feed(content)
-        if transaction.too_big:
+        if transaction.too_big or transaction.over_budget:
             return
+        memory = self.settings.message_memory
         if self._content_size() > self.settings.max_message_bytes:
             transaction.too_big = True
-            transaction.chunks.clear()  # kept no longer: only its facts are
+            transaction.drop_content()  # kept no longer: only its facts are
+        elif memory is not None and not memory.fits(len(content)):
+            transaction.over_budget = True
+            transaction.drop_content()
+            self._emit("looper.smtp.limit", limit="message memory", bytes=memory.limit_bytes)
         else:
             transaction.chunks.append(content)
+            transaction.chunk_bytes += len(content)
+            if memory is not None:
+                memory.held_bytes += len(content)
+                self._held_bytes += len(content)
 
     def _content_size(self) -> int:
         transaction = self._transaction
@@ -591,11 +645,14 @@ class SmtpServer:
         if transaction.too_big:
             self._transaction = None
             return self._reply("message_too_big")
+        if transaction.over_budget:
+            self._transaction = None
+            return self._reply("storage_failed")
         if facts.received_hops + 1 >= self.persona.hop_limit:
             self._transaction = None
             return self._reply("too_many_hops")
         content = b"".join(transaction.chunks)
-        transaction.chunks = []
+        transaction.chunks = []  # chunk_bytes still counts it: the Store action holds it
         self._pending_store = (reply_key, transaction, facts.sha256)
         # Replies not yet written stay unwritten while the message is
         # stored: like Postfix, a pipelining client gets them all at once.

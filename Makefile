@@ -1,12 +1,22 @@
 # `make run` and `make test` set up everything they need, then run.
+# Another Python gets its own virtualenv, e.g. (as .ci/run does):
+#   make test PYTHON=python3.13 VENV=.venv-3.13
 PYTHON ?= python3
 VENV   ?= .venv
 CONFIG ?= config/looper.yaml
 BIN    := $(VENV)/bin
+# Seconds per fuzz target (fuzz/README.md).
+FUZZ_SECONDS      ?= 20
+FUZZ_LONG_SECONDS ?= 600
 
-.PHONY: run test check-config bench clean venv test-tools
+.PHONY: run test check-config bench clean venv test-tools fuzz fuzz-long
 
+# A virtualenv belongs to one Python: refuse to use it with another.
 venv: $(VENV)/.installed
+	@want=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])') && \
+	have=$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])') && \
+	[ "$$want" = "$$have" ] || { \
+	  echo "$(VENV) is Python $$have but PYTHON=$(PYTHON) is $$want: give VENV=.venv-$$want, or make clean" >&2; exit 1; }
 
 # A fresh Debian has python3 but not always venv/ensurepip (package python3-venv).
 $(VENV)/.installed: pyproject.toml
@@ -33,10 +43,23 @@ test: venv
 test-tools:
 	bash tests/install-test-tools.sh
 
+# atheris (libFuzzer for Python) and coverage, for fuzz/.
+$(VENV)/.fuzz-installed: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[fuzz]'
+	touch $@
+
+# Coverage-guided fuzzing of the sans-IO machines and the config loader:
+# FUZZ_SECONDS per target (fuzz-long: FUZZ_LONG_SECONDS), one after another.
+fuzz: venv $(VENV)/.fuzz-installed
+	$(BIN)/python fuzz/run.py --seconds $(FUZZ_SECONDS)
+
+fuzz-long: venv $(VENV)/.fuzz-installed
+	$(BIN)/python fuzz/run.py --seconds $(FUZZ_LONG_SECONDS)
+
 bench: venv
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/splice.py
 	$(BIN)/python bench/smtp.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-3.13 .pytest_cache .hypothesis fuzz/logs

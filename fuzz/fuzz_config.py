@@ -1,0 +1,75 @@
+"""Fuzz target: the configuration loader (looper.config.parse_config).
+
+Input: YAML text (UTF-8; invalid bytes become U+FFFD, as a file read as
+UTF-8 never holds them).
+
+Checks:
+- parse_config raises ConfigError or nothing: `looper check-config` and
+  `looper run` turn a ConfigError into one line naming the file and key;
+  anything else is a traceback;
+- a configuration it accepts can be printed (to_yaml, what check-config
+  shows) and reads back as the same configuration;
+- what it accepts, the machines accept: the reflect path's Observer takes
+  the EHLO mask name, and the emulated relay renders every reply text the
+  operator overrode (as looper/net/emulate.py builds its settings).
+"""
+
+from __future__ import annotations
+
+from _harness import check, instrumented, main
+
+with instrumented(__name__ == "__main__", "looper", "yaml"):
+    from looper.config import Config, ConfigError, parse_config
+    from looper.proto.observer import Observer
+    from looper.proto.personas import PERSONAS
+    from looper.proto.smtpd import ClientInfo, SmtpServer, SmtpSettings
+
+
+class Environment:
+    def queue_id(self, style: str) -> str:
+        return "4Tq1x2"
+
+    def cram_challenge(self) -> str:
+        return "<1@mx.trap.example.net>"
+
+    def date(self) -> str:
+        return "Sun, 22 Nov 2026 10:00:00 +0000"
+
+
+def check_machines_accept(config: Config) -> None:
+    if config.ehlo_mask_name is not None:
+        Observer(relay_ip="192.0.2.25", mask_name=config.ehlo_mask_name)
+    smtp = config.smtp
+    persona = PERSONAS[smtp.persona]
+    settings = SmtpSettings(
+        hostname=smtp.hostname or "mx.trap.example.net",
+        persona=persona,
+        mode=smtp.mode,
+        relay=smtp.relay,
+        credentials=frozenset((c.user, c.password) for c in config.credentials),
+        accept_after=smtp.accept_after,
+        auth_mechanisms=smtp.auth_mechanisms,
+        max_message_bytes=smtp.max_message_bytes or persona.default_max_message_bytes,
+        idle_timeout_s=smtp.idle_timeout,
+        greet_delay_s=smtp.greet_delay,
+        reply_overrides=dict(smtp.replies),
+    )
+    machine = SmtpServer(settings, ClientInfo("192.0.2.7", name="spam.example.org"), Environment())
+    for key in smtp.replies:
+        machine._text(key)  # what every reply goes through
+
+
+def test_one_input(data: bytes) -> None:
+    text = data.decode("utf-8", "replace")
+    try:
+        config = parse_config(text, "fuzz.yaml")
+    except ConfigError as err:
+        check(str(err).startswith("fuzz.yaml: "), f"a ConfigError that does not name the file: {err}")
+        return
+    printed = config.to_yaml()
+    check(parse_config(printed, "printed.yaml") == config, "the printed configuration reads back differently")
+    check_machines_accept(config)
+
+
+if __name__ == "__main__":
+    main("config", test_one_input, dictionary="config.dict")

@@ -16,14 +16,75 @@ from looper.config import Dialback, Endpoint, Limits
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-# Addresses whose connection rate is tracked at once; the oldest go first.
+# Addresses whose connection rate (or dial-back count) is tracked at once;
+# the oldest go first.
 MAX_RATE_ADDRESSES = 100_000
 
 
 @dataclass(frozen=True, slots=True)
 class Denial:
-    reason: str  # policy | limit | self (a failed dial-back); blocked | rate (a refused session)
+    # policy | limit | self | budget (a dial-back not made); blocked | rate (a refused session)
+    reason: str
     detail: str
+
+
+class _WindowCounts:
+    """How often each key was seen in its current fixed window of
+    `per_seconds`; bounded in keys (a flood of fresh addresses evicts)."""
+
+    def __init__(self, per_seconds: float) -> None:
+        self.per_seconds = per_seconds
+        self._windows: dict[str, list[float]] = {}  # key: [window start, count]
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+    def count(self, key: str, now_s: float) -> int:
+        """Count one more for `key`; the count in its window so far."""
+        window = self._windows.get(key)
+        if window is None or now_s - window[0] >= self.per_seconds:
+            if len(self._windows) >= MAX_RATE_ADDRESSES:
+                self._forget_old_windows(now_s)
+            self._windows[key] = [now_s, 1]
+            return 1
+        window[1] += 1
+        return int(window[1])
+
+    def _forget_old_windows(self, now_s: float) -> None:
+        for key in [k for k, w in self._windows.items() if now_s - w[0] >= self.per_seconds]:
+            del self._windows[key]
+        while len(self._windows) >= MAX_RATE_ADDRESSES:
+            del self._windows[next(iter(self._windows))]
+
+
+class ByteBudget:
+    """Bytes per fixed window of `per_seconds`, for all splices together:
+    the trap forwards at most this much a minute, so it can never be turned
+    into a bandwidth amplifier."""
+
+    def __init__(self, limit_bytes: int, per_seconds: float = 60.0) -> None:
+        self.limit_bytes = limit_bytes
+        self.per_seconds = per_seconds
+        self.window_start_s = float("-inf")
+        self.used_bytes = 0
+
+    def _roll(self, now_s: float) -> None:
+        if now_s - self.window_start_s >= self.per_seconds:
+            self.window_start_s, self.used_bytes = now_s, 0
+
+    def spend(self, nbytes: int, now_s: float) -> bool:
+        """Count bytes already forwarded; False once the window's budget is spent."""
+        self._roll(now_s)
+        self.used_bytes += nbytes
+        return self.used_bytes < self.limit_bytes
+
+    def spent(self, now_s: float) -> bool:
+        self._roll(now_s)
+        return self.used_bytes >= self.limit_bytes
+
+    @property
+    def next_window_s(self) -> float:
+        return self.window_start_s + self.per_seconds
 
 
 @functools.lru_cache(maxsize=65536)  # every session asks several times about one address
@@ -36,7 +97,14 @@ def plain_address(address: str | IPAddress) -> IPAddress:
 
 
 class Policy:
-    def __init__(self, dialback: Dialback, limits: Limits, listeners: Iterable[Endpoint]) -> None:
+    def __init__(
+        self,
+        dialback: Dialback,
+        limits: Limits,
+        listeners: Iterable[Endpoint],
+        *,
+        splice_bytes_per_minute: int | None = None,
+    ) -> None:
         self._dialback = dialback
         self._limits = limits
         self._listeners = list(listeners)
@@ -45,8 +113,9 @@ class Policy:
         # Local ends (address, port) of our dial-backs in flight: a client
         # arriving from one of them is the trap talking to itself.
         self._own_dialbacks: set[tuple[str, int]] = set()
-        # Connections per address in the current rate window: [start_s, count].
-        self._rate_windows: dict[str, list[float]] = {}
+        self._rate_windows = _WindowCounts(limits.rate.per_seconds if limits.rate else 1)
+        self._dialbacks_per_hour = _WindowCounts(3600)
+        self.splice_bytes = None if splice_bytes_per_minute is None else ByteBudget(splice_bytes_per_minute)
 
     # -- who is served at all ------------------------------------------------
 
@@ -59,23 +128,10 @@ class Policy:
         rate = self._limits.rate
         if rate is None:
             return None
-        window = self._rate_windows.get(src_ip)
-        if window is None or now_s - window[0] >= rate.per_seconds:
-            if len(self._rate_windows) >= MAX_RATE_ADDRESSES:
-                self._forget_old_windows(now_s)
-            self._rate_windows[src_ip] = [now_s, 1]
-            return None
-        window[1] += 1
-        if window[1] > rate.count:
-            return Denial("rate", f"{int(window[1])} connections from {src_ip} within {rate} (limits.rate)")
+        seen = self._rate_windows.count(src_ip, now_s)
+        if seen > rate.count:
+            return Denial("rate", f"{seen} connections from {src_ip} within {rate} (limits.rate)")
         return None
-
-    def _forget_old_windows(self, now_s: float) -> None:
-        per_seconds = self._limits.rate.per_seconds
-        for address in [a for a, w in self._rate_windows.items() if now_s - w[0] >= per_seconds]:
-            del self._rate_windows[address]
-        while len(self._rate_windows) >= MAX_RATE_ADDRESSES:  # a flood of fresh addresses
-            del self._rate_windows[next(iter(self._rate_windows))]
 
     # -- concurrency ---------------------------------------------------------
 
@@ -114,6 +170,21 @@ class Policy:
                 return Denial("policy", f"{target} is in dialback.deny {network}")
         if not ip.is_global and not self._dialback.allow_private:
             return Denial("policy", f"{target} is not a global address (dialback.allow_private is false)")
+        return None
+
+    def budget_denial(self, target: str, now_s: float) -> Denial | None:
+        """The dial-back budgets: per address per hour (dialback.per_ip_hourly),
+        and none at all while this minute's splice bytes are spent. A
+        dial-back they allow is counted. The client is then served as if
+        the dial-back had failed: by the emulated relay."""
+        splice_bytes = self.splice_bytes
+        if splice_bytes is not None and splice_bytes.spent(now_s):
+            return Denial("budget", f"{splice_bytes.limit_bytes} bytes spliced this minute (splice.bytes_per_minute)")
+        per_hour = self._dialback.per_ip_hourly
+        if per_hour is not None:
+            dialed = self._dialbacks_per_hour.count(str(plain_address(target)), now_s)
+            if dialed > per_hour:
+                return Denial("budget", f"{dialed} dial-backs to {target} within an hour (dialback.per_ip_hourly {per_hour})")
         return None
 
     def listens_on(self, port: int) -> bool:

@@ -78,6 +78,8 @@ class ReflectSession:
             # otherwise there is no need to ask the kernel what is local.
             target_is_local = policy.listens_on(config.dialback.port) and is_local_address(info.src_ip)
             denial = policy.dial_denial(info.src_ip, target_is_local=target_is_local)
+        if denial is None:
+            denial = policy.budget_denial(info.src_ip, time.monotonic())
         if denial is not None:
             self.emit("looper.dialback.failed", target=target, reason=denial.reason, detail=denial.detail)
             return await self._fall_back(denial.reason)
@@ -122,6 +124,7 @@ class ReflectSession:
             max_bytes=config.splice.max_bytes,
             max_seconds=config.splice.max_seconds,
             idle_seconds=config.splice.idle_seconds,
+            throttle=self.trap.splice_throttle,
             on_closed=self._spliced_closed,
         )
         self.splice.start()

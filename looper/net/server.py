@@ -12,7 +12,7 @@ from looper.eventlog import EventLog, SessionInfo, new_session_id
 from looper.net.dns import ReverseDns
 from looper.net.emulate import EmulatedRelay
 from looper.net.reflect import ReflectSession
-from looper.net.splice import SpliceEnd
+from looper.net.splice import SpliceEnd, SpliceThrottle
 from looper.policy import Policy
 
 log = logging.getLogger("looper")
@@ -26,7 +26,10 @@ class Trap:
     def __init__(self, config: Config, eventlog: EventLog) -> None:
         self.config = config
         self.eventlog = eventlog
-        self.policy = Policy(config.dialback, config.limits, ())
+        self.policy = Policy(
+            config.dialback, config.limits, (), splice_bytes_per_minute=config.splice.bytes_per_minute
+        )
+        self.splice_throttle = None if self.policy.splice_bytes is None else SpliceThrottle(self.policy.splice_bytes)
         self.dns = ReverseDns()
         self.emulated: EmulatedRelay | None = None
         self.sessions: set = set()

@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 from typing import Callable, Protocol
 
+from looper.policy import ByteBudget
+
 # Enough in flight to keep a 2 GB/s pipe busy between event-loop turns, small
 # enough that 10,000 idle sessions cost nothing (buffers are empty when idle).
 WRITE_HIGH_WATER_BYTES = 256 * 1024
@@ -66,10 +68,12 @@ class SpliceEnd(asyncio.BufferedProtocol):
     """One connection of a splice. Before the splice starts (while the trap
     dials back, or while it connects the two ends) what arrives is kept."""
 
-    __slots__ = ("transport", "splice", "early", "early_eof", "early_lost", "on_early_loss")
+    __slots__ = ("transport", "splice", "early", "early_eof", "early_lost", "on_early_loss", "held_back", "reading")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self.held_back = False  # the other end's write buffer is over its high water mark
+        self.reading = True
         self.splice: Splice | None = None
         self.early = bytearray()
         self.early_eof = False
@@ -116,11 +120,46 @@ class SpliceEnd(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         if self.splice is not None:
-            self.splice.other(self).transport.pause_reading()
+            other = self.splice.other(self)
+            other.held_back = True
+            self.splice.update_reading(other)
 
     def resume_writing(self) -> None:
         if self.splice is not None:
-            self.splice.other(self).transport.resume_reading()
+            other = self.splice.other(self)
+            other.held_back = False
+            self.splice.update_reading(other)
+
+
+class SpliceThrottle:
+    """The global byte budget of all splices (splice.bytes_per_minute):
+    once it is spent, every splice that forwards stops reading until the
+    next window begins. Nothing is dropped: the peers wait, as they would
+    for a slow link."""
+
+    def __init__(self, budget: ByteBudget) -> None:
+        self.budget = budget
+        self._held: set[Splice] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def spend(self, splice: "Splice", nbytes: int) -> None:
+        loop = asyncio.get_running_loop()
+        if self.budget.spend(nbytes, loop.time()):
+            return
+        splice.throttled = True
+        splice.update_reading(splice.inbound)
+        splice.update_reading(splice.reflected)
+        self._held.add(splice)
+        if self._timer is None:
+            self._timer = loop.call_at(self.budget.next_window_s, self._release)
+
+    def _release(self) -> None:
+        self._timer = None
+        held, self._held = self._held, set()
+        for splice in held:
+            splice.throttled = False
+            splice.update_reading(splice.inbound)
+            splice.update_reading(splice.reflected)
 
 
 class Splice:
@@ -137,6 +176,7 @@ class Splice:
         max_seconds: float,
         idle_seconds: float,
         on_closed: Callable[[str], None],
+        throttle: SpliceThrottle | None = None,
     ) -> None:
         self.inbound = inbound
         self.reflected = reflected
@@ -146,6 +186,8 @@ class Splice:
         self.bytes_from_client = 0
         self.bytes_from_server = 0
         self.reason: str | None = None
+        self.throttle = throttle
+        self.throttled = False
         self._on_closed = on_closed
         self._eof_from = set()
         self._lost = set()
@@ -174,10 +216,22 @@ class Splice:
                 self.eof(end)
         if self.reason is None:
             for end in ends:
-                end.transport.resume_reading()
+                end.reading = end.transport.is_reading()
+                self.update_reading(end)
 
     def other(self, end: SpliceEnd) -> SpliceEnd:
         return self.reflected if end is self.inbound else self.inbound
+
+    def update_reading(self, end: SpliceEnd) -> None:
+        """Read from `end` unless the other side is backed up, the byte
+        budget is spent, or the splice is over."""
+        reading = not (end.held_back or self.throttled or self.reason is not None)
+        if reading != end.reading and end not in self._lost:
+            end.reading = reading
+            if reading:
+                end.transport.resume_reading()
+            else:
+                end.transport.pause_reading()
 
     # -- events from the two ends -------------------------------------------
 
@@ -191,6 +245,8 @@ class Splice:
             if self.bytes_from_client > self.max_bytes:
                 return self.close(MAX_BYTES)
             self.reflected.transport.write(data)
+            if self.throttle is not None:
+                self.throttle.spend(self, len(data))
             if inspector is not None:
                 inspector.client_data(data)
                 inspector.forwarded()
@@ -200,11 +256,13 @@ class Splice:
                 return self.close(MAX_BYTES)
             if inspector is None:
                 self.inbound.transport.write(data)
-                return
-            data = inspector.server_data(data)
-            if data:
-                self.inbound.transport.write(data)
-            inspector.forwarded()
+            else:
+                data = inspector.server_data(data)
+                if data:
+                    self.inbound.transport.write(data)
+                inspector.forwarded()
+            if self.throttle is not None:
+                self.throttle.spend(self, len(data))
 
     def eof(self, end: SpliceEnd) -> None:
         if self.reason is not None:

@@ -46,6 +46,7 @@ from looper.proto.actions import Action, Close, Send, StartTLS, Store
 # looper.session.closed field means the same thing on both paths).
 TIMEOUT = "timeout"
 TLS_FAILED = "tls_failed"
+LOG_FAILED = "log_failed"  # a stored message's events could not be logged: no 250
 ERROR = "error"
 
 # Replies are short: 64 KiB of unread replies means a client that does not
@@ -428,7 +429,7 @@ class ServerSession(asyncio.Protocol):
                 self.machine.store_failed(str(err))
             else:
                 self._pending = None
-                self.machine.stored(stored.path)
+                self._acknowledge(stored.path)
             self._resume()
             if self.transport is None:  # the client left while we stored
                 self._finish()
@@ -437,6 +438,19 @@ class ServerSession(asyncio.Protocol):
         except Exception as err:
             self._pending = None
             self._fail(err)
+
+    def _acknowledge(self, path: str) -> None:
+        """The message is on disk. Its events reach the OS before the 250
+        that acknowledges it; a message the log cannot record gets 452
+        instead, and if its own events fail to reach the log, the client
+        gets no 250 at all (it will send the message again later)."""
+        if not self.eventlog.flush():
+            return self.machine.store_failed("the event log cannot be written")
+        self.machine.stored(path)
+        for event in self.machine.events():
+            self.eventlog.emit_event(self.info, event)
+        if not self.eventlog.flush():
+            self._close(LOG_FAILED, abort=True)
 
     # -- reading, timers ------------------------------------------------------
 

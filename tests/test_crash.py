@@ -177,7 +177,6 @@ def test_every_acknowledged_message_is_on_disk_intact(crash):
         assert hashlib.sha256(stored.read_bytes()).hexdigest() + ".eml" == stored.name
 
 
-@pytest.mark.xfail(strict=False, reason="until the session calls eventlog.flush() before the 250 of a stored message")
 def test_every_acknowledged_message_has_its_event(crash):
     data = crash.log_after_kill
     logged = {e["sha256"] for e in whole_lines(data[: data.rfind(b"\n") + 1]) if e["eventid"] == "looper.smtp.message"}

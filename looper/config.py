@@ -338,6 +338,8 @@ class Smtp:
     max_message_bytes: int | None = _setting(None, _optional(_int(1024, 1 << 31)))
     greet_delay: float = _setting(0.0, _non_negative_seconds)
     idle_timeout: float = _setting(300.0, _seconds)
+    # A session's whole life, however busy it is; then the persona's 421.
+    max_session_seconds: float = _setting(1800.0, _seconds)
     tls_cert: str | None = _setting(None, _optional(_name))
     tls_key: str | None = _setting(None, _optional(_name))
     replies: dict[str, str] = _setting(dict, _replies)

@@ -11,6 +11,7 @@ import struct
 import pytest
 
 from tests.conftest import free_port
+from tests.netutil import connect_from
 
 CLIENT = "127.0.0.3"  # nothing listens there: every session meets the emulated relay
 HOST = "mx.trap.example.net"
@@ -108,3 +109,29 @@ async def test_handshake_commands_and_close_notify_in_one_read(relay):
     # Each client was served over TLS: its EHLO was read and answered.
     assert len(trap.events.of("looper.tls.established")) == 3
     assert [e["input"] for e in trap.events.of("looper.command.input")].count("EHLO x.example") == 3
+
+
+async def test_a_busy_session_still_ends_at_max_session_seconds(relay):
+    """Never idle, never an error, never a junk-command limit: a client
+    that trickles a message forever is still cut at the session's length."""
+    trap = await relay(smtp={"max_session_seconds": 1, "idle_timeout": 0.4})
+    reader, writer = await connect_from(CLIENT, trap.host, trap.port)
+    await reader.readline()
+    writer.write(b"EHLO slow.example\r\nMAIL FROM:<a@slow.example>\r\nRCPT TO:<v@far.example>\r\nDATA\r\n")
+    while not (await reader.readline()).startswith(b"354 "):
+        pass
+    started = asyncio.get_running_loop().time()
+    goodbye = asyncio.ensure_future(reader.read())  # all the trap says, to its close
+    async with asyncio.timeout(5):
+        while not goodbye.done():
+            writer.write(b"a line of a message that never ends\r\n")
+            await asyncio.sleep(0.1)  # busy: well inside the idle timeout
+        goodbye = goodbye.result()
+    elapsed = asyncio.get_running_loop().time() - started
+    assert goodbye == b"421 4.3.2 Service not available, closing transmission channel\r\n"
+    assert 0.8 < elapsed < 2.0
+    writer.close()
+    (closed,) = await trap.events.wait_for("looper.session.closed")
+    assert closed["reason"] == "max_seconds"
+    (cut,) = trap.events.of("looper.smtp.message_cut")
+    assert cut["reason"] == "max_seconds" and cut["size"] > 0

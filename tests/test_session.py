@@ -85,8 +85,8 @@ class ToyMachine:
         self.calls.append(("timed_out",))
         self._actions += [Send(b"421 timeout\r\n"), Close()]
 
-    def shutting_down(self) -> None:
-        self.calls.append(("shutting_down",))
+    def shutting_down(self, reason: str) -> None:
+        self.calls.append(("shutting_down", reason))
         self._actions += [Send(b"421 going down\r\n"), Close()]
 
     def connection_closed(self) -> None:

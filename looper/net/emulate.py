@@ -93,6 +93,7 @@ class EmulatedRelay:
         self.store = MessageStore(config.log.dir)
         self.tls_context = server_context(smtp.tls_cert, smtp.tls_key, hostname=hostname, folder=config.log.dir)
         self.environment = SystemEnvironment(hostname)
+        self.max_session_s = smtp.max_session_seconds
         self._auth_failures: OrderedDict[str, int] = OrderedDict()
 
     def serve(
@@ -129,6 +130,7 @@ class EmulatedRelay:
             store=self.store,
             tls_context=None if implicit_tls else self.tls_context,
             on_closed=closed,
+            max_session_s=self.max_session_s,
         )
         session.attach(transport, early_bytes, early_eof=early_eof)
         return session

@@ -37,6 +37,7 @@ from looper.net.splice import (
     CLOSE_GRACE_SECONDS,
     CLOSED_BY_CLIENT,
     CLOSED_BY_SERVER,
+    MAX_SECONDS,
     RESET_BY_CLIENT,
     SHUTDOWN,
 )
@@ -75,7 +76,7 @@ class ServerMachine(Protocol):
 
     def receive_data(self, data: bytes) -> None: ...
     def timed_out(self) -> None: ...
-    def shutting_down(self) -> None: ...
+    def shutting_down(self, reason: str) -> None: ...
     def connection_closed(self) -> None: ...
     def tls_started(self, version: str, cipher: str) -> None: ...
     def stored(self, path: str) -> None: ...
@@ -110,7 +111,8 @@ class ServerSession(asyncio.Protocol):
         "_held",  # what arrives between the handshake and tls_started()
         "_eof",
         "_close_cause",  # the reason a Close from the machine will get
-        "_goodbye_due",  # the trap is stopping: the machine says goodbye when it can
+        "_goodbye_due",  # why the machine is to say goodbye when it can (shutdown, max_seconds), or None
+        "_deadline",  # loop time when the session has lasted long enough, or None
         "_reason",  # set once the session is closing
         "_done",  # on_closed has been called
     )
@@ -125,6 +127,7 @@ class ServerSession(asyncio.Protocol):
         tls_context: ssl.SSLContext | None,
         on_closed: OnClosed,
         tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S,
+        max_session_s: float | None = None,
     ) -> None:
         self.machine = machine
         self.info = info
@@ -148,7 +151,8 @@ class ServerSession(asyncio.Protocol):
         self._held: list[bytes] | None = None
         self._eof = False
         self._close_cause: str | None = None
-        self._goodbye_due = False
+        self._goodbye_due: str | None = None
+        self._deadline = None if max_session_s is None else self._loop.time() + max_session_s
         self._reason: str | None = None
         self._done = False
 
@@ -252,15 +256,16 @@ class ServerSession(asyncio.Protocol):
 
     # -- the trap's stop ------------------------------------------------------
 
-    def say_goodbye(self) -> None:
-        """The trap is stopping: once what it is doing now is done (a store,
-        a paced reply), the machine says its goodbye (SMTP's 421) and closes.
+    def say_goodbye(self, reason: str = SHUTDOWN) -> None:
+        """The trap is stopping (or the session has lasted long enough):
+        once what it is doing now is done (a store, a paced reply), the
+        machine says its goodbye (SMTP's 421) and closes for `reason`.
         Half a TLS handshake has no one to say it to: that is aborted."""
         if self._done or self._reason is not None:
             return
         if self._handshaking:
             return self.shutdown()
-        self._goodbye_due = True
+        self._goodbye_due = reason
         if self._pending is None:
             try:
                 self._pump()
@@ -290,9 +295,8 @@ class ServerSession(asyncio.Protocol):
         if self._pending is None and self._queue is not None:
             self._run_queue()
         if self._goodbye_due and self._pending is None and self._reason is None:
-            self._goodbye_due = False
-            self._close_cause = SHUTDOWN
-            machine.shutting_down()
+            self._close_cause, self._goodbye_due = self._goodbye_due, None
+            machine.shutting_down(self._close_cause)
             return self._pump()
         self._update_reading()
         self._arm_idle()
@@ -473,9 +477,11 @@ class ServerSession(asyncio.Protocol):
         if self._reason is not None:
             return
         timeout_s = self.machine.idle_timeout_s
-        if not timeout_s:
+        due = self._last_read_at + timeout_s if timeout_s else None
+        if self._deadline is not None and (due is None or self._deadline < due):
+            due = self._deadline
+        if due is None:
             return
-        due = self._last_read_at + timeout_s
         timer = self._timer
         if timer is None:
             self._timer = self._loop.call_at(due, self._idle_check)
@@ -488,18 +494,20 @@ class ServerSession(asyncio.Protocol):
         if self._reason is not None:
             return
         try:
+            now = self._loop.time()
+            if self._deadline is not None and now + TIMER_SLACK_S >= self._deadline:
+                self._deadline = None
+                return self.say_goodbye(MAX_SECONDS)
             timeout_s = self.machine.idle_timeout_s
             if not timeout_s:
-                return
-            now = self._loop.time()
+                return self._arm_idle()
             if self._pending is not None:
                 # Our own action, not the client, is what we are waiting for.
                 self._timer = self._loop.call_at(now + timeout_s, self._idle_check)
                 return
             due = self._last_read_at + timeout_s
             if now + TIMER_SLACK_S < due:
-                self._timer = self._loop.call_at(due, self._idle_check)
-                return
+                return self._arm_idle()
             self._last_read_at = now  # a machine that does not close gets another period
             cause, self._close_cause = self._close_cause, TIMEOUT
             self.machine.timed_out()

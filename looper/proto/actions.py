@@ -12,7 +12,7 @@ reports back the outcome of those that need one (`tls_started`, `stored`,
         paused: bool                      # waiting for the outcome of StartTLS or Store
         def receive_data(self, data: bytes) -> None
         def timed_out(self) -> None
-        def shutting_down(self) -> None  # the trap stops: say goodbye (SMTP 421), then Close
+        def shutting_down(self, reason: str) -> None  # trap stopping, or session too long: goodbye (SMTP 421), Close
         def connection_closed(self) -> None  # gone, however it ended: let go of what it holds
         def tls_started(self, version: str, cipher: str) -> None
         def stored(self, path: str) -> None

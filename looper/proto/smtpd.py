@@ -250,12 +250,13 @@ class SmtpServer:
         self._reply("timeout", count_error=False)
         self._close()
 
-    def shutting_down(self) -> None:
-        """The trap is stopping: a message under way is cut, the client
-        hears 421 (RFC 5321 3.8), and the connection closes."""
+    def shutting_down(self, reason: str = "shutdown") -> None:
+        """The trap is stopping, or the session has lasted long enough
+        (reason max_seconds): a message under way is cut, the client hears
+        421 (RFC 5321 3.8), and the connection closes."""
         if self._mode is Mode.CLOSED:
             return
-        self._cut_message("shutdown")
+        self._cut_message(reason)
         self._reply("shutdown", count_error=False)
         self._close()
 

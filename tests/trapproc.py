@@ -17,8 +17,24 @@ import yaml
 from tests.conftest import TRAP_HOST, EventFile, free_port
 
 
+# Run as `python -c AUDITED CONFIG CONNECTS_FILE`: looper run, with every
+# socket connect the process makes written down by Python's own audit hook
+# (PEP 578), before it happens: the record cannot miss one.
+AUDITED = """
+import json, sys
+record = open(sys.argv[2], "a", buffering=1)
+def audit(event, args):
+    if event == "socket.connect":
+        sock, address = args
+        record.write(json.dumps([sock.family.name, list(address)[:2]]) + "\\n")
+sys.addaudithook(audit)
+from looper.cli import main
+sys.exit(main(["run", "-c", sys.argv[1]]))
+"""
+
+
 class TrapProcess:
-    def __init__(self, tmp_path: Path, **settings: Any) -> None:
+    def __init__(self, tmp_path: Path, *, audit_connects: bool = False, **settings: Any) -> None:
         self.port = settings.pop("listen_port", None) or free_port()
         self.host = TRAP_HOST
         self.log_dir = tmp_path / "logs"
@@ -38,10 +54,20 @@ class TrapProcess:
         self.config_path.write_text(yaml.safe_dump(config))
         self.events = EventFile(self.log_dir / "events.jsonl")
         self.child: subprocess.Popen | None = None
+        self.connects_path = tmp_path / "connects.jsonl" if audit_connects else None
+
+    def connects(self) -> list[tuple[str, int]]:
+        """Every (host, port) the trap process has connected to."""
+        lines = self.connects_path.read_text().splitlines() if self.connects_path.exists() else []
+        return [tuple(json.loads(line)[1]) for line in lines]
 
     def start(self, timeout_s: float = 15.0) -> "TrapProcess":
+        if self.connects_path is None:
+            argv = [sys.executable, "-m", "looper", "run", "-c", str(self.config_path)]
+        else:
+            argv = [sys.executable, "-c", AUDITED, str(self.config_path), str(self.connects_path)]
         self.child = subprocess.Popen(
-            [sys.executable, "-m", "looper", "run", "-c", str(self.config_path)],
+            argv,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         # Ready when it says so: a probe connection would be a session of its own.

@@ -17,8 +17,9 @@ LOOKUP_TIMEOUT_S = 2.0
 
 
 class ReverseDns:
-    def __init__(self, timeout_s: float = LOOKUP_TIMEOUT_S) -> None:
+    def __init__(self, timeout_s: float = LOOKUP_TIMEOUT_S, nameservers: list[str] | None = None) -> None:
         self.timeout_s = timeout_s
+        self.nameservers = nameservers  # "ip" or "ip:port"; None: the system's
         self._resolver: aiodns.DNSResolver | None = None
 
     @staticmethod
@@ -31,7 +32,7 @@ class ReverseDns:
         if not address.is_global:
             return None
         if self._resolver is None:
-            self._resolver = aiodns.DNSResolver(timeout=self.timeout_s, tries=1)
+            self._resolver = aiodns.DNSResolver(nameservers=self.nameservers, timeout=self.timeout_s, tries=1)
         try:
             async with asyncio.timeout(self.timeout_s + 0.5):
                 result = await self._resolver.gethostbyaddr(str(address))

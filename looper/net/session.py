@@ -591,6 +591,8 @@ class ServerSession(asyncio.Protocol):
         self._queue = self._held = None
         try:
             self.machine.connection_closed()
+            for event in self.machine.events():
+                self.eventlog.emit_event(self.info, event)
         except Exception as err:
             self._log_error(err)
         try:

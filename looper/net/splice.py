@@ -16,6 +16,8 @@ Rules (mitmproxy's tcp layer, done with protocols instead of streams):
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from typing import Callable, Protocol
 
 from looper.policy import ByteBudget
@@ -162,6 +164,18 @@ class SpliceThrottle:
             splice.update_reading(splice.reflected)
 
 
+def _reset(transport: asyncio.Transport) -> None:
+    """Abort with a reset (RST), not a FIN: a reset on one side of a splice
+    reaches the other as a reset, as it would have without us."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass  # already gone: abort() is all there is to do
+    transport.abort()
+
+
 class Splice:
     """Pumps inbound (the client that connected) and reflected (our dial-back
     to it) into each other until both directions end or a cap is hit."""
@@ -306,7 +320,7 @@ class Splice:
         for end in (self.inbound, self.reflected):
             if end not in self._lost:
                 if abort:
-                    end.transport.abort()
+                    _reset(end.transport)
                 else:
                     end.transport.close()
         if not abort and len(self._lost) < 2:

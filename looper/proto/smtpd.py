@@ -239,7 +239,11 @@ class SmtpServer:
         self._resume()
 
     def connection_closed(self) -> None:
-        """The connection is gone, however it ended: let go of the message."""
+        """The connection is gone, however it ended (a reset says nothing
+        else): a message under way is logged as cut, and let go of."""
+        if self._mode is not Mode.CLOSED:
+            self._cut_message("client_closed")
+            self._move(Step.CLOSE)
         self._transaction = self._pending_store = None
         self._account_memory()
 

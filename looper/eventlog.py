@@ -47,6 +47,11 @@ EVENTS_FILE = "events.jsonl"
 
 LOG_DROPPED = "looper.log.dropped"
 
+# The most a batch holds before it is written, even mid-turn: one turn of a
+# thousand busy sessions can log megabytes, and holding (then joining) them
+# all at once costs the heap more than a few more writes cost the disk.
+MAX_BATCH_CHARS = 256 * 1024
+
 log = logging.getLogger("looper.eventlog")
 
 # One encoder for every line: json.dumps with options builds one per call.
@@ -124,6 +129,7 @@ class EventLog:
         self._sinks: list[Sink] = [s if isinstance(s, Sink) else _HandlerSink(s) for s in sinks]
         self._outages = [_Outage() for _ in self._sinks]
         self._pending: list[str] = []
+        self._pending_chars = 0
         self._flush_loop: asyncio.AbstractEventLoop | None = None  # a flush is scheduled on it
         self._lock = threading.Lock()  # one batch at a time into the sinks
 
@@ -152,7 +158,14 @@ class EventLog:
             "dst_port": who.dst_port,
         }
         record.update(fields)
-        self._pending.append(_encode(record))
+        line = _encode(record)
+        self._pending.append(line)
+        self._pending_chars += len(line)
+        if self._pending_chars >= MAX_BATCH_CHARS:
+            # A flood of events in one turn: written now, in batches of a
+            # bounded size, rather than held (and joined) all at once.
+            self.flush()
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -170,6 +183,7 @@ class EventLog:
         Returns `healthy`: True if it all reached the OS."""
         with self._lock:
             lines, self._pending = self._pending, []
+            self._pending_chars = 0
             if lines:
                 for sink, outage in zip(self._sinks, self._outages):
                     self._write(sink, outage, lines)

@@ -95,6 +95,22 @@ async def test_one_loop_turn_is_one_write(tmp_path, monkeypatch):
     log.close()
 
 
+async def test_a_flood_of_events_in_one_turn_is_written_in_bounded_batches(tmp_path):
+    from looper.eventlog import MAX_BATCH_CHARS
+
+    log = open_event_log("s", str(tmp_path), max_bytes=1 << 30, backups=1)
+    path = tmp_path / "events.jsonl"
+    padding = "x" * 1000
+    count = 3 * MAX_BATCH_CHARS // len(padding)
+    for number in range(count):  # one turn, about three batches' worth
+        log.emit(WHO, "looper.test.event", number=number, padding=padding)
+    written = lines_of(path)
+    assert 2 * MAX_BATCH_CHARS // 1300 <= len(written) < count  # written before the turn ended...
+    await asyncio.sleep(0)
+    assert [e["number"] for e in lines_of(path)] == list(range(count))  # ...whole lines, in order, none lost
+    log.close()
+
+
 async def test_flush_writes_what_is_pending_now(tmp_path):
     log = open_event_log("s", str(tmp_path), max_bytes=1 << 20, backups=1)
     log.emit(WHO, "looper.smtp.message", sha256="ab")

@@ -111,3 +111,31 @@ async def test_a_client_that_resets_in_the_middle_of_a_message(start_trap, comma
     assert cut["reason"] == "client_closed" and cut["mail_from"] == "a@spam.example"
     assert len(content) - 2 <= cut["size"] <= len(content)
     assert trap.events.of("looper.smtp.message") == [] and trap.events.of("looper.session.error") == []
+
+
+async def test_a_client_that_sends_a_megabyte_before_the_greeting(start_trap):
+    """Early talk is kept only up to 8 KiB (a thousand such clients must not
+    each make the trap hold a read buffer); the rest waits in the kernel and
+    follows once the splice is up: the relay gets every byte, in order."""
+    received = bytearray()
+
+    async def slow_greeting(reader, writer):
+        await asyncio.sleep(0.3)
+        writer.write(b"220 relay.sim ESMTP\r\n")
+        while chunk := await reader.read(65536):
+            received.extend(chunk)
+
+    early = bytes(range(256)) * 4096  # 1 MiB
+    async with ScriptedServer(slow_greeting) as relay:
+        trap = await start_trap(relay.port)
+        reader, writer = await connect_from(RELAY, trap.host, trap.port)
+        writer.write(early)
+        assert await reader.readline() == b"220 relay.sim ESMTP\r\n"
+        await writer.drain()
+        async with asyncio.timeout(10):
+            while len(received) < len(early):
+                await asyncio.sleep(0.02)
+        writer.close()
+        await trap.events.wait_for("looper.session.closed")
+    assert bytes(received) == early
+    assert trap.events.of("looper.reflect.greeting")[0]["pregreet_bytes"] == 8192

@@ -120,3 +120,117 @@ async def test_hundreds_of_slow_messages_at_once_stay_within_the_memory_budget(t
     assert stored + refused == sessions and 0 < stored <= budget // message_bytes
     assert grown_kib < 64 * MIB, f"the trap grew by {grown_kib / MIB:.0f} MiB holding {sessions} messages"
     assert len(trap.events.of("looper.smtp.message")) == stored
+
+
+def _junk(index: int) -> bytes:
+    """Bytes as hostile as they come cheaply: lines of noise, endless lines,
+    NULs and high bytes, commands out of order."""
+    kinds = (
+        bytes(range(256)) * 64,  # binary, a few newlines in it
+        b"A" * 16384,  # no newline at all: one endless line
+        b"\r\n" * 8192,  # empty commands
+        b"MAIL FROM:<x@y>\r\nDATA\r\n\x00\xff" * 1024,
+    )
+    return kinds[index % len(kinds)]
+
+
+async def _flood_with_junk(trap: TrapProcess, clients: int, seconds: float, first_address: int) -> int:
+    """`clients` connections that send junk as fast as they can for
+    `seconds`, then vanish (a reset); the bytes they got out."""
+    connections = await asyncio.gather(*(
+        connect_from(f"127.{first_address + i // 200}.{i % 200 + 1}.1", trap.host, trap.port, timeout=20)
+        for i in range(clients)
+    ))
+    sent = [0] * clients
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+
+    async def flood(index: int, writer: asyncio.StreamWriter) -> None:
+        junk = _junk(index)
+        try:
+            while loop.time() < deadline:
+                writer.write(junk)
+                sent[index] += len(junk)
+                async with asyncio.timeout(max(0.01, deadline - loop.time())):
+                    await writer.drain()
+                await asyncio.sleep(0)  # drain() does not yield while the kernel takes it all
+        except (ConnectionError, TimeoutError):
+            pass  # the trap stopped reading or hung up: both are fine
+
+    await asyncio.gather(*(flood(i, writer) for i, (_, writer) in enumerate(connections)))
+    for _, writer in connections:
+        writer.transport.abort()
+    assert all(sent)
+    return sum(sent)
+
+
+async def test_a_thousand_clients_sending_junk_as_fast_as_they_can(tmp_path):
+    """Twice, 1,000 clients at once: memory stays bounded while they rage,
+    does not ratchet up from one flood to the next, and the trap still
+    greets the next client at once. (Before early talk was capped, the
+    first flood took the trap to 755 MiB of live objects.)"""
+    clients, seconds = 1000, 3.0
+    settings = dict(limits={"per_ip": 10, "total": 2000}, smtp={"idle_timeout": 30}, shutdown_grace_s=0.5)
+    with TrapProcess(tmp_path, **settings) as trap:
+        rss = [trap.status_kib("VmRSS")]
+        junk_bytes = 0
+        for flood in range(2):
+            junk_bytes += await _flood_with_junk(trap, clients, seconds, first_address=10 + flood * 10)
+            async with asyncio.timeout(20):
+                while len(trap.events.of("looper.session.closed")) < (flood + 1) * clients:
+                    await asyncio.sleep(0.2)
+            rss.append(trap.status_kib("VmRSS"))
+        peak_kib = trap.status_kib("VmHWM")
+        reader, writer = await connect_from("127.0.3.1", trap.host, trap.port)
+        async with asyncio.timeout(5):
+            assert (await reader.readline()).startswith(b"220 mx.proc.test ESMTP")
+        writer.close()
+        assert trap.stop() == 0
+    print(f"trap RSS before {rss[0] / MIB:.0f} MiB, after each flood {rss[1] / MIB:.0f} and {rss[2] / MIB:.0f} MiB,"
+          f" peak {peak_kib / MIB:.0f} MiB; {junk_bytes / 1e6:.0f} MB of junk")
+    assert junk_bytes > 100_000_000
+    assert peak_kib - rss[0] < 64 * MIB
+    assert rss[2] - rss[1] < 8 * MIB  # no ratchet
+    assert trap.events.of("looper.session.error") == []
+    assert len(trap.events.of("looper.session.closed")) == len(trap.events.of("looper.session.connect"))
+
+
+async def test_a_burst_of_5000_connections_in_one_second(tmp_path):
+    connections = 5000
+    with TrapProcess(tmp_path, limits={"per_ip": 50, "total": 1000}, shutdown_grace_s=0.5) as trap:
+        rss_before = trap.status_kib("VmRSS")
+        answers: list[bytes] = []
+
+        async def knock(index: int) -> None:
+            try:
+                reader, writer = await connect_from(f"127.0.4.{index % 200 + 1}", trap.host, trap.port, timeout=30)
+            except (OSError, TimeoutError) as err:
+                answers.append(repr(err).encode())
+                return
+            try:
+                async with asyncio.timeout(30):
+                    answers.append(await reader.readline())
+            except (ConnectionError, TimeoutError) as err:
+                answers.append(repr(err).encode())
+            writer.transport.abort()
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        tasks = []
+        for index in range(connections):  # spread over one second
+            tasks.append(asyncio.ensure_future(knock(index)))
+            if index % 500 == 499:
+                await asyncio.sleep(max(0.0, started + (index + 1) / connections - loop.time()))
+        await asyncio.gather(*tasks)
+        peak_kib = trap.status_kib("VmHWM")
+        reader, writer = await connect_from("127.0.3.1", trap.host, trap.port)
+        async with asyncio.timeout(5):
+            assert (await reader.readline()).startswith(b"220 mx.proc.test ESMTP")
+        writer.close()
+        assert trap.stop() == 0
+    greeted = sum(a.startswith(b"220 mx.proc.test ESMTP") for a in answers)
+    hung_up = sum(a == b"421 4.3.2 Service not available, closing transmission channel\r\n" for a in answers)
+    print(f"{greeted} greeted, {hung_up} told 421 (over limits.total), {len(answers) - greeted - hung_up} other answers")
+    assert len(answers) == connections and greeted + hung_up == connections
+    assert peak_kib - rss_before < 64 * MIB
+    assert trap.events.of("looper.session.error") == []

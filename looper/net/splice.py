@@ -63,6 +63,12 @@ class Inspector(Protocol):
 # unfinished, that transport keeps the buffer and the next read gets a
 # fresh one: at most one pinned buffer per direction, until it drains.
 READ_BUFFER_BYTES = 256 * 1024
+
+# What a client says before the way is known (while the trap dials back) is
+# kept, then replayed to its server or its emulated one. A client talking
+# first is a tell worth logging, but a thousand of them may not each make us
+# hold a read buffer: beyond this, reading waits for the greeting.
+MAX_EARLY_BYTES = 8 * 1024
 _read_buffer = [memoryview(bytearray(READ_BUFFER_BYTES))]
 
 
@@ -87,6 +93,8 @@ class SpliceEnd(asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(WRITE_HIGH_WATER_BYTES, WRITE_LOW_WATER_BYTES)  # type: ignore[attr-defined]
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        if self.splice is None:  # what is read early is kept: read no more than may be kept
+            return _read_buffer[0][: MAX_EARLY_BYTES - len(self.early)]
         return _read_buffer[0]
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -94,8 +102,8 @@ class SpliceEnd(asyncio.BufferedProtocol):
         splice = self.splice
         if splice is None:
             self.early += data
-            if len(self.early) >= WRITE_HIGH_WATER_BYTES:
-                self.transport.pause_reading()
+            if len(self.early) >= MAX_EARLY_BYTES:
+                self.transport.pause_reading()  # the rest waits in the kernel, as it would for a server
             return
         destination = splice.other(self).transport
         if destination.get_write_buffer_size():

@@ -1,7 +1,9 @@
 """What a server machine asks of its adapter: the one vocabulary shared by
 the SMTP, IMAP and POP3 machines and the session adapter that drives them.
 
-A machine takes bytes in (`receive_data`, b"" for EOF) and answers with
+A machine takes bytes in (`receive_data`, b"" for EOF; a view of a buffer
+that is reused once the call returns, so the machine copies what it keeps)
+and answers with
 actions, in order; the adapter carries them out one after the other and
 reports back the outcome of those that need one (`tls_started`, `stored`,
 `store_failed`). While an action is pending the machine reads nothing more

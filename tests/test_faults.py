@@ -139,3 +139,30 @@ async def test_a_client_that_sends_a_megabyte_before_the_greeting(start_trap):
         await trap.events.wait_for("looper.session.closed")
     assert bytes(received) == early
     assert trap.events.of("looper.reflect.greeting")[0]["pregreet_bytes"] == 8192
+
+
+async def test_a_relay_that_half_closes_first_still_hears_the_client(start_trap):
+    """The server says goodbye and shuts its writing half, but reads on: the
+    client sees the end of its server's talk and what it sends after that
+    still reaches the server (the splice ends when both directions have)."""
+    heard_after_eof = bytearray()
+
+    async def half_close_first(reader, writer):
+        writer.write(b"220 relay.sim ESMTP\r\n")
+        await reader.readuntil(b"QUIT\r\n")
+        writer.write(b"221 bye\r\n")
+        writer.write_eof()
+        while chunk := await reader.read(65536):
+            heard_after_eof.extend(chunk)
+
+    async with ScriptedServer(half_close_first) as relay:
+        trap = await start_trap(relay.port)
+        reader, writer = await connect_from(RELAY, trap.host, trap.port)
+        writer.write(b"QUIT\r\n")
+        assert await asyncio.wait_for(reader.read(), 5) == b"220 relay.sim ESMTP\r\n221 bye\r\n"  # then EOF
+        writer.write(b"late words\r\n")
+        writer.write_eof()
+        (closed,) = await trap.events.wait_for("looper.session.closed")
+        writer.close()
+    assert bytes(heard_after_eof) == b"late words\r\n"
+    assert closed["reason"] == "closed" and closed["bytes_in"] == len(b"QUIT\r\nlate words\r\n")

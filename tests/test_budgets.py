@@ -43,7 +43,7 @@ async def test_dialbacks_per_address_per_hour(start_trap):
 
 
 async def test_the_splice_byte_budget_holds_every_splice_and_then_lets_go(start_trap):
-    """200 KB a window: a client that sends 1 MB gets 200 KB through, then
+    """400 KB a window: a client that sends 1 MB gets 400 KB through, then
     waits (nothing is dropped) until the next window; while the budget is
     spent, a new client is not dialed back."""
     received = bytearray()
@@ -53,7 +53,7 @@ async def test_the_splice_byte_budget_holds_every_splice_and_then_lets_go(start_
         while chunk := await reader.read(65536):
             received.extend(chunk)
 
-    budget_bytes = 200_000
+    budget_bytes = 400_000
     async with ScriptedServer(sink) as relay:
         trap = await start_trap(relay.port, splice={"bytes_per_minute": budget_bytes})
         budget = trap.trap.policy.splice_bytes

@@ -6,10 +6,14 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 import time
 
 from looper import cli
 from tests.conftest import free_port
+
+# The shipped configuration, wherever pytest runs from.
+SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "config" / "looper.yaml"
 
 
 def test_run_serves_until_sigterm(tmp_path):
@@ -168,7 +172,7 @@ def test_check_config_into_a_closed_pipe_exits_quietly():
     # `looper check-config | head -1`, once head has gone: closing our end of
     # the pipe before the child writes makes that certain, not a race.
     child = subprocess.Popen(
-        [sys.executable, "-m", "looper", "check-config", "-c", "config/looper.yaml"],
+        [sys.executable, "-m", "looper", "check-config", "-c", str(SHIPPED_CONFIG)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     child.stdout.close()

@@ -18,6 +18,9 @@ from looper.config import (
     parse_config,
 )
 
+# The shipped configuration, wherever pytest runs from.
+SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "config" / "looper.yaml"
+
 
 def test_defaults_need_no_file():
     config = load_config(None)
@@ -59,7 +62,7 @@ def test_check_config_shows_the_budgets():
 
 
 def test_the_shipped_config_is_the_defaults():
-    assert load_config("config/looper.yaml").to_dict() == {**Config().to_dict()}
+    assert load_config(str(SHIPPED_CONFIG)).to_dict() == {**Config().to_dict()}
 
 
 def dotted_keys(mapping, prefix=""):
@@ -72,7 +75,7 @@ def dotted_keys(mapping, prefix=""):
 
 def test_the_shipped_config_shows_every_key():
     # Only these two are commented out: their defaults depend on the host.
-    shipped = yaml.safe_load(Path("config/looper.yaml").read_text())
+    shipped = yaml.safe_load(SHIPPED_CONFIG.read_text())
     assert set(dotted_keys(Config().to_dict())) - set(dotted_keys(shipped)) == {"sensor", "splice.mask_name"}
 
 
@@ -175,7 +178,7 @@ def test_check_config_command_exits_2_with_one_line(tmp_path):
 
 def test_check_config_command_prints_effective_settings():
     result = subprocess.run(
-        [sys.executable, "-m", "looper", "check-config", "-c", "config/looper.yaml"],
+        [sys.executable, "-m", "looper", "check-config", "-c", str(SHIPPED_CONFIG)],
         capture_output=True, text=True, timeout=30,
     )
     assert result.returncode == 0, result.stderr

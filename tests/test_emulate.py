@@ -103,6 +103,11 @@ async def test_auth_with_configured_credentials(relay, mechanism):
 
 async def test_harvester_mode_refuses_logins_and_relaying(relay):
     trap = await relay(smtp={"mode": "harvester"})
+    # Dovecot's 2 s and 6 s failure delays, made short (test_smtpd_postfix.py holds them).
+    emulated = trap.trap.emulated
+    emulated.settings = replace(
+        emulated.settings, persona=replace(POSTFIX, auth_failure_delay_s=0.02, auth_repeat_failure_delay_s=0.02)
+    )
 
     def attempt():
         with smtp_client(trap) as client:

@@ -49,7 +49,7 @@ class StalledRelay:
 async def test_a_stalled_relay_and_small_paced_writes_do_not_pin_memory(tmp_path):
     """From Python 3.12 a transport keeps what write() gets: a view of a
     shared read buffer would pin the whole buffer for a few bytes of data.
-    2,000 paced 1 KB writes toward a relay that reads nothing: the trap holds
+    3,000 paced 2 KB writes toward a relay that reads nothing: the trap holds
     the backlog (bounded by flow control), not a read buffer per write."""
     async with StalledRelay() as relay:
         with TrapProcess(tmp_path, dialback={"port": relay.port}, splice={"idle_seconds": 60}) as trap:
@@ -58,16 +58,16 @@ async def test_a_stalled_relay_and_small_paced_writes_do_not_pin_memory(tmp_path
             rss_before = trap.status_kib("VmRSS")
             sent = hashlib.sha256()
             sent_bytes = 0
-            chunk_size = 1000
+            chunk_size = 2000
             try:
                 # Enough to fill the kernel's buffers (a few MB on loopback),
                 # then the trap's own backlog, a write at a time.
-                for index in range(6000):
+                for index in range(3000):
                     chunk = index.to_bytes(4, "big") * (chunk_size // 4)
                     writer.write(chunk)
                     sent.update(chunk)
                     sent_bytes += len(chunk)
-                    async with asyncio.timeout(2):
+                    async with asyncio.timeout(1):
                         await writer.drain()
                     await asyncio.sleep(0.0002)
             except TimeoutError:

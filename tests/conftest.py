@@ -108,3 +108,23 @@ async def start_trap(tmp_path):
     for trap, eventlog in running:
         await trap.stop()
         eventlog.close()
+
+
+# The client address of the emulated relay's tests: nothing listens there,
+# so the dial-back is refused and every session falls back.
+EMULATED_CLIENT = "127.0.0.3"
+EMULATED_HOST = "mx.trap.example.net"
+
+
+@pytest.fixture
+async def relay(start_trap):
+    """start(**sections) -> a trap whose fallback is the emulated relay,
+    named EMULATED_HOST, for clients from EMULATED_CLIENT."""
+
+    async def start(**sections: Any) -> RunningTrap:
+        smtp = {"hostname": EMULATED_HOST, **sections.pop("smtp", {})}
+        return await start_trap(
+            free_port(EMULATED_CLIENT), dialback={"on_failure": "emulate"}, smtp=smtp, **sections
+        )
+
+    return start

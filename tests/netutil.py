@@ -56,3 +56,11 @@ class ScriptedServer:
         finally:
             writer.close()
             self.finished.set()
+
+
+async def greet_and_echo(reader, writer) -> None:
+    """A relay's server for ScriptedServer: greets, then answers every line with 250 and the line."""
+    writer.write(b"220 relay.sim ESMTP\r\n")
+    while line := await reader.readline():
+        writer.write(b"250 " + line)
+        await writer.drain()

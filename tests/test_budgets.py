@@ -6,16 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.netutil import ScriptedServer, connect_from
+from tests.netutil import ScriptedServer, connect_from, greet_and_echo
 
 RELAY = "127.0.0.2"
-
-
-async def greet_and_echo(reader, writer):
-    writer.write(b"220 relay.sim ESMTP\r\n")
-    while line := await reader.readline():
-        writer.write(b"250 " + line)
-        await writer.drain()
 
 
 async def test_dialbacks_per_address_per_hour(start_trap):

@@ -16,24 +16,12 @@ from pathlib import Path
 import pytest
 
 from looper.proto.personas import POSTFIX
-from tests.conftest import free_port
+from tests.conftest import EMULATED_CLIENT, EMULATED_HOST, free_port
 from tests.netutil import connect_from
 
-CLIENT = "127.0.0.3"  # nothing listens there: the dial-back is refused
-HOST = "mx.trap.example.net"
+CLIENT, HOST = EMULATED_CLIENT, EMULATED_HOST  # see the relay fixture in conftest.py
 GREETING = f"220 {HOST} ESMTP Postfix (Debian/GNU)\r\n".encode()
 MESSAGE = b"From: <a@spam.example>\r\nSubject: buy\r\nMessage-ID: <e1@spam.example>\r\n\r\n.dot line\r\nBody.\r\n"
-
-
-@pytest.fixture
-async def relay(start_trap):
-    """start(**sections) -> a trap whose fallback is the emulated relay."""
-
-    async def start(**sections):
-        smtp = {"hostname": HOST, **sections.pop("smtp", {})}
-        return await start_trap(free_port(CLIENT), dialback={"on_failure": "emulate"}, smtp=smtp, **sections)
-
-    return start
 
 
 def smtp_client(trap, **kw) -> smtplib.SMTP:

@@ -9,7 +9,6 @@ and a test never has one.)"""
 from __future__ import annotations
 
 import asyncio
-import socket
 
 from tests.conftest import free_port
 from tests.netutil import connect_from

@@ -10,20 +10,10 @@ import struct
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import EMULATED_CLIENT, EMULATED_HOST, free_port
 from tests.netutil import connect_from
 
-CLIENT = "127.0.0.3"  # nothing listens there: every session meets the emulated relay
-HOST = "mx.trap.example.net"
-
-
-@pytest.fixture
-async def relay(start_trap):
-    async def start(**sections):
-        smtp = {"hostname": HOST, **sections.pop("smtp", {})}
-        return await start_trap(free_port(CLIENT), dialback={"on_failure": "emulate"}, smtp=smtp, **sections)
-
-    return start
+CLIENT, HOST = EMULATED_CLIENT, EMULATED_HOST  # see the relay fixture in conftest.py
 
 
 def _tls_context() -> ssl.SSLContext:

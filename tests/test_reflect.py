@@ -12,16 +12,9 @@ import socket
 
 from looper.net.fallback import HANGUP_REPLY
 from tests.conftest import free_port
-from tests.netutil import ScriptedServer, connect_from, reset
+from tests.netutil import ScriptedServer, connect_from, greet_and_echo, reset
 
 RELAY = "127.0.0.2"
-
-
-async def greet_and_echo(reader, writer):
-    writer.write(b"220 relay.sim ESMTP\r\n")
-    while line := await reader.readline():
-        writer.write(b"250 " + line)
-        await writer.drain()
 
 
 async def test_a_client_is_spliced_to_its_own_server(start_trap):

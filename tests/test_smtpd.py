@@ -321,3 +321,24 @@ def test_the_message_memory_never_leaks(pieces, step, store_ok, reset):
             client.say(b"")
         client.machine.connection_closed()
     assert memory.held_bytes == 0
+
+
+def test_each_mail_and_rcpt_is_logged_with_its_verdict_and_a_message_with_its_login():
+    client = Client(replace(SETTINGS, relay="authenticated"))
+    client.say(b"EHLO a.example\r\nMAIL FROM:<a@spam.example> SIZE=10\r\nRCPT TO:<v@far.example>\r\nRSET\r\n")
+    client.say(b"AUTH PLAIN " + b64(b"\0admin\0admin") + b"\r\n")
+    client.say(b"MAIL FROM:<>\r\nRCPT TO:<v@far.example>\r\nRCPT TO:broken path\r\nDATA\r\n")
+    client.say(MESSAGE + b".\r\n")
+    verdicts = [(e.eventid, e.fields["address"], e.fields["code"]) for e in client.events
+                if e.eventid in ("looper.smtp.mail", "looper.smtp.rcpt")]
+    assert verdicts == [
+        ("looper.smtp.mail", "a@spam.example", 250),
+        ("looper.smtp.rcpt", "v@far.example", 454),  # relaying needs a login
+        ("looper.smtp.mail", "", 250),
+        ("looper.smtp.rcpt", "v@far.example", 250),
+        ("looper.smtp.rcpt", "broken", 555),
+    ]
+    assert client.of("looper.smtp.mail")[0]["params"] == ["SIZE=10"]
+    assert client.of("looper.smtp.rcpt")[0]["reply"] == "4.7.1 <v@far.example>: Relay access denied"
+    (message,) = client.of("looper.smtp.message")
+    assert message["username"] == "admin" and message["rcpt_to"] == ["v@far.example"]

@@ -165,7 +165,7 @@ class SmtpServer:
         "settings", "persona", "client", "env", "idle_timeout_s", "_mode", "_inbuf", "_skipping_long_line",
         "_out", "_actions", "_events", "_errors", "_junk", "_helo", "_esmtp", "_tls", "_authenticated",
         "_auth_failures", "_sasl", "_transaction", "_chunk_left", "_chunk_size", "_chunk_keep", "_chunk_last",
-        "_pending_store", "_held_bytes",
+        "_pending_store", "_held_bytes", "_last_reply",
     )
 
     def __init__(self, settings: SmtpSettings, client: ClientInfo, environment: Environment) -> None:
@@ -195,6 +195,7 @@ class SmtpServer:
         self._chunk_last = False
         self._pending_store: tuple[str, _Transaction, str] | None = None
         self._held_bytes = 0  # this session's part of settings.message_memory
+        self._last_reply = b""  # the last reply line given: the verdict of a MAIL or RCPT
         if client.pregreet_bytes:
             self._emit("looper.smtp.pregreet", bytes=client.pregreet_bytes)
         self._flush()
@@ -281,6 +282,7 @@ class SmtpServer:
             queue_id=queue_id,
             mail_from=transaction.mail_from,
             rcpt_to=list(transaction.rcpt_to),
+            username=self._authenticated,
             size=facts.size,
             sha256=sha256,
             path=path,
@@ -423,7 +425,7 @@ class SmtpServer:
                 self._out += line
 
     def _reply(self, key: str, *, count_error: bool = True, delay_s: float = 0.0, **values: Any) -> None:
-        line = self._line(key, **values)
+        line = self._last_reply = self._line(key, **values)
         if delay_s:
             self._flush()
             self._actions.append(Send(line, delay_s))
@@ -477,8 +479,7 @@ class SmtpServer:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
             return self._reply("bad_utf8")
-        parts = text.split(None, 1)
-        argument = parts[1].strip() if len(parts) > 1 else ""
+        argument = words[1].strip().decode("utf-8") if len(words) > 1 else ""
         handler = _HANDLERS.get(verb_text)
         if handler is None:
             first = text.lstrip(" \t")[:1]
@@ -490,11 +491,22 @@ class SmtpServer:
                 return self._close()
             return self._reply("unknown", command=text[:200])
         handler(self, verb_text, argument)
+        if verb_text in _ENVELOPE_EVENTS:
+            self._log_verdict(_ENVELOPE_EVENTS[verb_text], argument)
+
+    def _log_verdict(self, eventid: str, argument: str) -> None:
+        """MAIL and RCPT with the answer they got, as the reflect path logs
+        a relay's: what a harvester or a spammer was told, address by address."""
+        path = _after_keyword(argument, "FROM:" if eventid == "looper.smtp.mail" else "TO:")
+        address, params = _split_path(path) if path else (None, [])
+        reply = self._last_reply.decode("utf-8", "replace").rstrip("\r\n")
+        code = int(reply[:3]) if reply[:3].isdigit() else None
+        self._emit(eventid, address=address, params=params, code=code, reply=reply[4:])
 
     def _helo_cmd(self, verb: str, argument: str) -> None:
         if not argument:
             return self._reply("ehlo_syntax" if verb == "EHLO" else "helo_syntax")
-        name = " ".join(argument.split())
+        name = " ".join(_words(argument))
         self._helo, self._esmtp, self._transaction = name, verb == "EHLO", None
         lowered = name.lower().rstrip(".")
         self._emit(
@@ -665,7 +677,7 @@ class SmtpServer:
         self._move(Step.AWAIT)
 
     def _bdat_cmd(self, verb: str, argument: str) -> None:
-        words = argument.split()
+        words = _words(argument)
         last = len(words) == 2 and words[1].upper() == "LAST"
         if not words or len(words) > 2 or (len(words) == 2 and not last) or not words[0].isdigit() or len(words[0]) >= 20:
             self._reply("bdat_syntax")
@@ -736,7 +748,7 @@ class SmtpServer:
     def _vrfy_cmd(self, verb: str, argument: str) -> None:
         if not argument:
             return self._reply("vrfy_syntax")
-        address = argument.split()[0].strip("<>")
+        address = _words(argument)[0].strip("<>")
         verdict = self._recipient_verdict(address) if address else None
         if verdict is not None:
             self._reply(verdict, address=address)
@@ -777,7 +789,7 @@ class SmtpServer:
             return self._reply("auth_already")
         if self._transaction is not None:
             return self._reply("auth_in_transaction")
-        words = argument.split()
+        words = _words(argument)
         if not words or len(words) > 2:
             return self._reply("auth_syntax", argument=argument)
         mechanism = words[0].upper()
@@ -893,10 +905,10 @@ def _split_path(path: str) -> tuple[str | None, list[str]]:
         close = path.find(">")
         if close < 0:
             return None, []
-        address, params = path[1:close], path[close + 1 :].split()
+        address, params = path[1:close], _words(path[close + 1 :])
     else:
         address, _, rest = path.partition(" ")
-        params = rest.split()
+        params = _words(rest)
     if "\0" in address or (" " in address and '"' not in address):
         return None, params
     return address, params
@@ -904,7 +916,7 @@ def _split_path(path: str) -> tuple[str | None, list[str]]:
 
 def _path_as_sent(path: str) -> str:
     """The path with its brackets, as the client wrote it (sendmail echoes it)."""
-    return path[: path.find(">") + 1] if path.startswith("<") else path.split()[0]
+    return path[: path.find(">") + 1] if path.startswith("<") else _words(path)[0]
 
 
 def _valid_recipient(address: str) -> bool:
@@ -912,6 +924,9 @@ def _valid_recipient(address: str) -> bool:
     if domain.startswith("["):
         return domain.endswith("]")
     return all(0 < len(label) <= 63 for label in domain.split(".")) if domain else True
+
+
+_ENVELOPE_EVENTS = {"MAIL": "looper.smtp.mail", "RCPT": "looper.smtp.rcpt"}
 
 
 # Postfix's smtpd_forbidden_commands (with any line not starting with a
@@ -937,3 +952,10 @@ _HANDLERS = {
     "AUTH": SmtpServer._auth_cmd,
 }
 
+
+def _words(text: str) -> list[str]:
+    """Words as SMTP has them: split at ASCII white space only, as Postfix
+    does (and as the command line was split). str.split() would also split
+    at \x1c-\x1f and Unicode spaces, so that a command logged as one word
+    could be read as two: an AUTH's secret would reach the log."""
+    return [word.decode("utf-8") for word in text.encode("utf-8").split()]

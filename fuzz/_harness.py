@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -100,19 +101,19 @@ def inputs(paths: list[str]) -> Iterator[tuple[Path, bytes]]:
 
 
 def replay(name: str, test_one_input: Callable[[bytes], None], paths: list[str]) -> int:
-    """Run test_one_input on each input once, plain Python; stop at the first failure."""
+    """Run test_one_input on each input once, plain Python; print each failure, go on."""
     if not paths:
         paths = [str(p) for p in (FUZZ_DIR / "seeds" / name, FUZZ_DIR / "corpus" / name) if p.is_dir()]
-    count = 0
+    count = failed = 0
     for path, data in inputs(paths):
+        count += 1
         try:
             test_one_input(data)
-        except BaseException:
-            print(f"{name}: failed on {path}", file=sys.stderr)
-            raise
-        count += 1
-    print(f"{name}: {count} inputs replayed, no failure")
-    return 0
+        except Exception:
+            failed += 1
+            print(f"{name}: failed on {path}:\n{traceback.format_exc()}", file=sys.stderr)
+    print(f"{name}: {count} inputs replayed, {failed} failed")
+    return 1 if failed else 0
 
 
 def tolerating_known_bugs(test_one_input: Callable[[bytes], None]) -> Callable[[bytes], None]:

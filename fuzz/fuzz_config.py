@@ -11,7 +11,8 @@ Checks:
   shows) and reads back as the same configuration;
 - what it accepts, the machines accept: the reflect path's Observer takes
   the EHLO mask name, and the emulated relay renders every reply text the
-  operator overrode (as looper/net/emulate.py builds its settings).
+  operator overrode (as looper/net/emulate.py builds its settings) into
+  SMTP reply lines.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ with instrumented(__name__ == "__main__", "looper", "yaml"):
     from looper.config import Config, ConfigError, parse_config
     from looper.proto.observer import Observer
     from looper.proto.personas import PERSONAS
+    from looper.proto.reply import parse_reply_line
     from looper.proto.smtpd import ClientInfo, SmtpServer, SmtpSettings
 
 
@@ -56,7 +58,12 @@ def check_machines_accept(config: Config) -> None:
     )
     machine = SmtpServer(settings, ClientInfo("192.0.2.7", name="spam.example.org"), Environment())
     for key in smtp.replies:
-        machine._text(key)  # what every reply goes through
+        said = machine._line(key)  # what every reply goes through
+        lines = [parse_reply_line(line) for line in said[:-2].split(b"\r\n")]
+        check(
+            all(lines) and lines[-1].final and not any(line.final for line in lines[:-1]),
+            f"smtp.replies.{key} makes the relay say {said!r}, not one whole SMTP reply",
+        )
 
 
 def test_one_input(data: bytes) -> None:

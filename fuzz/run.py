@@ -71,8 +71,8 @@ def coverage(names: list[str]) -> int:
         subprocess.run(
             [sys.executable, "-m", "coverage", "run", f"--data-file={data}", "--branch",
              str(FUZZ_DIR / f"fuzz_{name}.py"), "--replay"],
-            cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+            cwd=ROOT, stdout=subprocess.DEVNULL,
+        )  # fmt: skip  (an input that fails is reported on stderr; its coverage still counts)
         print(f"== {name}")
         subprocess.run(
             [sys.executable, "-m", "coverage", "report", f"--data-file={data}", f"--include={','.join(SOURCES[name])}"],

@@ -1,0 +1,180 @@
+"""Bugs the fuzz targets (fuzz/) found, one test each, with the input that
+showed it. A test stays xfail(strict=True) until its bug is fixed: then it
+passes, strict xfail fails the run, and whoever fixed it removes the mark
+and the bug's entry in fuzz/known_bugs.py (which lets fuzz runs go past it
+meanwhile)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from looper.config import ConfigError, parse_config
+from looper.proto.actions import Close, Store
+from looper.proto.observer import Observer
+from looper.proto.personas import PERSONAS
+from looper.proto.reply import parse_reply_line
+from looper.proto.smtpd import ClientInfo, SmtpServer, SmtpSettings
+from tests.smtp_replay import FixedEnvironment
+from tests.test_smtpd import SETTINGS, Client
+
+
+def config_error(text: str) -> ConfigError:
+    """The ConfigError parse_config raises for text (and nothing else)."""
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text, "looper.yaml")
+    return raised.value
+
+
+# -- looper/config.py --------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="parse_config catches yaml.YAMLError only; PyYAML's constructors raise IndexError, "
+    "KeyError or AttributeError for some explicit tags, and those escape as a traceback",
+)
+@pytest.mark.parametrize("text", ["!!int ", "sensor: !!float", "!!timestamp x", "!!bool x"])
+def test_a_yaml_tag_pyyaml_cannot_construct_is_a_config_error(text: str):
+    # fuzz_config found b"!!int " (PyYAML 6.0: construct_yaml_int reads value[0] of "").
+    assert config_error(text).source == "looper.yaml"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the config takes any name without white space as splice.mask_name (or the sensor name "
+    "it defaults to), the Observer only printable ASCII: every reflected session then fails to start",
+)
+@pytest.mark.parametrize(
+    "text",
+    [
+        "splice: {ehlo_name: mask, mask_name: träp.example.net}",
+        "sensor: träp-1\nsplice: {ehlo_name: mask}",
+        'splice: {ehlo_name: mask, mask_name: "trap\\x01"}',
+    ],
+)
+def test_a_mask_name_the_config_accepts_is_one_the_observer_takes(text: str):
+    # fuzz_config found it: a splice.mask_name with bytes that are not UTF-8 (read as U+FFFD).
+    try:
+        config = parse_config(text, "looper.yaml")
+    except ConfigError:
+        return  # refused at start, with a line that says why: fine
+    Observer(relay_ip="192.0.2.25", mask_name=config.ehlo_mask_name)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the config checks that an smtp.replies text starts like a reply, not that it is a "
+    "template the relay can fill: str.format_map raises on a stray brace, a positional or "
+    "attribute field, and the session (for the greeting: every session) fails",
+)
+@pytest.mark.parametrize("text", ["220 }", "220 {", "220 {0}", "220 {host.nope}", "220 {host[99]}", "220 {host:d}"])
+def test_a_reply_text_the_config_accepts_is_one_the_relay_can_say(text: str):
+    # fuzz_config found it: a greeting override with a "}" the mutations added.
+    try:
+        config = parse_config(f"smtp: {{replies: {{greeting: {json.dumps(text)}}}}}", "looper.yaml")
+    except ConfigError:
+        return  # refused at start: fine
+    settings = SmtpSettings(
+        hostname="mx.trap.example.net",
+        persona=PERSONAS[config.smtp.persona],
+        reply_overrides=dict(config.smtp.replies),
+    )
+    machine = SmtpServer(settings, ClientInfo("192.0.2.7"), FixedEnvironment())  # says the greeting
+    assert machine.actions()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="_rate checks the count with str.isdigit(), which takes '²' and '①', then int() "
+    "raises ValueError: a traceback instead of a ConfigError",
+)
+@pytest.mark.parametrize("count", ["²", "①", "1²"])
+def test_a_rate_in_digits_int_refuses_is_a_config_error(count: str):
+    # fuzz_config, with the Unicode digits of fuzz/dicts/config.dict.
+    assert config_error(f"limits: {{rate: '{count}/minute'}}").key == "limits.rate"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="smtp.replies texts are checked for three digits (str.isdigit) and a space or '-': "
+    "'083', '999', '²50', a last line ending in '-' (the client waits for a line that never "
+    "comes) and line breaks inside all pass, and the relay says them",
+)
+@pytest.mark.parametrize("text", ["083 mx ESMTP", "999 x", "²50 x", "250-x", "250-a\n250 b"])
+def test_a_reply_text_the_config_accepts_is_one_whole_smtp_reply(text: str):
+    # fuzz_config found "083 mx.trap.example.net ESMTP" as smtp.replies.greeting.
+    try:
+        config = parse_config(f"smtp: {{replies: {{noop: {json.dumps(text)}}}}}", "looper.yaml")
+    except ConfigError:
+        return  # refused at start: fine
+    settings = SmtpSettings(hostname="mx.trap.example.net", persona=PERSONAS["postfix"],
+                            reply_overrides=dict(config.smtp.replies))  # fmt: skip
+    client = Client(settings)
+    lines = client.say(b"NOOP\r\n").split(b"\r\n")[:-1]
+    parsed = [parse_reply_line(line) for line in lines]
+    assert all(parsed) and parsed[-1].final and not any(p.final for p in parsed[:-1])
+
+
+# -- looper/proto/smtpd.py ---------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="smtpd logs an AUTH line as its first two words split as bytes (ASCII white space) "
+    "but reads its argument with str.split(), which also splits at \\x1c-\\x1f, \\x85, \\xa0 and "
+    "other Unicode spaces: the initial response, the secret, lands in looper.command.input",
+)
+@pytest.mark.parametrize("space", [b"\x1f", b"\x1c", b"\xc2\x85", b"\xc2\xa0", b"\xe3\x80\x80"])
+def test_auth_split_at_unicode_white_space_logs_no_secret(space: bytes):
+    # fuzz_smtpd found b"AUTH CRAM-M\x1fD5\r\n" (the check: an AUTH command is logged without its
+    # initial response); with PLAIN it logs the credentials' base64 and logs the client in.
+    secret = base64.b64encode(b"\0admin\0admin")
+    client = Client()
+    client.say(b"EHLO x\r\nAUTH PLAIN" + space + secret + b"\r\n")
+    logged = [event["input"] for event in client.of("looper.command.input")]
+    assert not any(secret.decode() in line for line in logged)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the client's EOF while a Store is pending closes the machine (WAITING -> CLOSED); "
+    "the store's outcome then finds no (CLOSED, RESUMED) transition: KeyError, and the stored "
+    "message's looper.smtp.message event is never emitted",
+)
+def test_a_message_stored_after_the_client_half_closed_is_still_logged():
+    # fuzz_smtpd found it (a Store left pending across the next input, then EOF). The adapter
+    # does this when a client's bytes and its EOF came before the session took over
+    # (SmtpSession.attach(early_bytes, early_eof=True)), or arrive together over TLS.
+    machine = SmtpServer(SETTINGS, ClientInfo("192.0.2.7"), FixedEnvironment())
+    machine.actions()
+    machine.receive_data(
+        b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n"
+        b"Subject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n"
+    )
+    assert any(isinstance(action, Store) for action in machine.actions())
+    machine.receive_data(b"")  # EOF while the message is being written
+    assert any(isinstance(action, Close) for action in machine.actions())
+    machine.stored("/logs/messages/x.eml")
+    assert [event.fields["path"] for event in machine.events() if event.eventid == "looper.smtp.message"] == [
+        "/logs/messages/x.eml"
+    ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="MAIL ... SIZE= and BDAT check their number with str.isdigit(), which takes '²' and "
+    "'①', then int() raises ValueError: the session fails instead of answering 501 or 555",
+)
+@pytest.mark.parametrize(
+    "line",
+    [b"MAIL FROM:<a@b.example> SIZE=\xc2\xb2", b"BDAT \xc2\xb2", b"BDAT 4\xe2\x91\xa02 LAST"],
+)
+def test_a_size_or_chunk_in_digits_int_refuses_gets_a_syntax_reply(line: bytes):
+    # fuzz_smtpd found b"BDAT 4\xe2\x91\xa02" (with the Unicode digits of fuzz/dicts/smtp.dict).
+    client = Client()
+    client.say(b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n" if line.startswith(b"BDAT") else b"EHLO x\r\n")
+    reply = client.say(line + b"\r\n")
+    assert reply[:1] == b"5"

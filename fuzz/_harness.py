@@ -20,7 +20,6 @@ over the defaults below.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -152,6 +151,8 @@ def main(name: str, test_one_input: Callable[[bytes], None], *, dictionary: str 
         corpus.mkdir(parents=True, exist_ok=True)
         seeds = FUZZ_DIR / "seeds" / name
         args += [str(corpus)] + ([str(seeds)] if seeds.is_dir() else [])
-    os.chdir(ROOT)
-    atheris.Setup([sys.argv[0], *options, *args], tolerating_known_bugs(test_one_input))
+    # Fuzzing goes past known bugs; running given input files shows them.
+    reproducing = any(Path(arg).is_file() for arg in args if not arg.startswith("-"))
+    target = test_one_input if reproducing else tolerating_known_bugs(test_one_input)
+    atheris.Setup([sys.argv[0], *options, *args], target)
     atheris.Fuzz()

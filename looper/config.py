@@ -13,6 +13,7 @@ import ipaddress
 import os
 import re
 import socket
+import string
 import ssl
 import tempfile
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -242,7 +243,7 @@ class Splice:
     ehlo_name: str = _setting("pass", _choice("pass", "mask"))
     # The name put in place of the relay's own when ehlo_name is mask; the
     # sensor name when unset.
-    mask_name: str | None = _setting(None, _optional(_name))
+    mask_name: str | None = _setting(None, _optional(_host_name))
 
 
 @dataclass(frozen=True)
@@ -263,7 +264,7 @@ def _rate(value: Any) -> Rate:
     if not isinstance(value, str):
         raise _Invalid(problem)
     count, _, unit = value.partition("/")
-    if not count.strip().isdigit() or int(count) < 1 or unit.strip() not in _RATE_UNITS:
+    if not _ASCII_DIGITS.fullmatch(count.strip()) or int(count) < 1 or unit.strip() not in _RATE_UNITS:
         raise _Invalid(problem)
     return Rate(int(count), _RATE_UNITS[unit.strip()])
 
@@ -314,9 +315,36 @@ def _replies(value: Any) -> dict[str, str]:
     for key, text in value.items():
         if key not in REPLY_KEYS:
             raise _Invalid(f"no reply is called {key!r} (see looper/proto/personas.py)")
-        if not isinstance(text, str) or len(text) < 4 or not text[:3].isdigit() or text[3] not in " -":
-            raise _Invalid(f"{key}: expected a reply like '250 2.0.0 Ok', got {_show(text)}")
+        if not isinstance(text, str) or not _REPLY_LINE.fullmatch(text):
+            raise _Invalid(
+                f"{key}: expected a reply like '250 2.0.0 Ok', got {_show(text)}"
+                " (one line: a code 200-599, a space, printable text)"
+            )
+        problem = _template_problem(text)
+        if problem:
+            raise _Invalid(f"{key}: {problem} in {_show(text)} (placeholders are {{name}}; a brace itself is {{{{ or }}}})")
     return dict(value)
+
+
+# One whole reply line: a multi-line reply ("250-...") would leave the client
+# waiting for its last line, and a line break inside would end it early.
+_REPLY_LINE = re.compile(r"[2-5][0-9][0-9] [^\x00-\x1f\x7f]*")
+
+
+def _template_problem(text: str) -> str | None:
+    """Why the relay could not fill `text` in, or None. Placeholders are
+    plain names ({host}, {queue_id}): no positions, attributes, indexes,
+    conversions or format specs, which str.format_map would raise on."""
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as err:
+        return str(err).lower()
+    for _, name, spec, conversion in parsed:
+        if name is not None and not name.isidentifier():
+            return f"the placeholder {{{name}}} is not a plain name"
+        if name is not None and (spec or conversion):
+            return f"the placeholder {{{name}}} has a conversion or format"
+    return None
 
 
 @dataclass(frozen=True)
@@ -483,9 +511,19 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         where = f"line {mark.line + 1}: " if mark else ""
         problem = getattr(err, "problem", None) or str(err)
         raise ConfigError(source, "", f"{where}invalid YAML: {problem}") from None
+    except (ValueError, TypeError, LookupError, AttributeError, RecursionError) as err:
+        # PyYAML's constructors raise these for some explicit tags (`!!int `
+        # with no value: IndexError); the file is no less invalid for that.
+        raise ConfigError(source, "", f"invalid YAML: {type(err).__name__}: {err}") from None
     config = _build(Config, raw, source, "")
     if config.limits.per_ip > config.limits.total:
         raise ConfigError(source, "limits.per_ip", f"cannot exceed limits.total ({config.limits.total})")
+    if config.ehlo_mask_name is not None and not _HOST_NAME.fullmatch(config.ehlo_mask_name):
+        raise ConfigError(
+            source, "splice.mask_name",
+            f"unset, so the sensor name {config.sensor!r} would stand in EHLO replies, and it is no host name:"
+            " set splice.mask_name",
+        )
     if config.smtp.tls_key is not None and config.smtp.tls_cert is None:
         raise ConfigError(source, "smtp.tls_key", "set without smtp.tls_cert: a key is of no use without its certificate")
     return config

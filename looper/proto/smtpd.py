@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -165,7 +166,7 @@ class SmtpServer:
         "settings", "persona", "client", "env", "idle_timeout_s", "_mode", "_inbuf", "_skipping_long_line",
         "_out", "_actions", "_events", "_errors", "_junk", "_helo", "_esmtp", "_tls", "_authenticated",
         "_auth_failures", "_sasl", "_transaction", "_chunk_left", "_chunk_size", "_chunk_keep", "_chunk_last",
-        "_pending_store", "_held_bytes", "_last_reply",
+        "_pending_store", "_held_bytes", "_last_reply", "_eof_pending",
     )
 
     def __init__(self, settings: SmtpSettings, client: ClientInfo, environment: Environment) -> None:
@@ -196,6 +197,7 @@ class SmtpServer:
         self._pending_store: tuple[str, _Transaction, str] | None = None
         self._held_bytes = 0  # this session's part of settings.message_memory
         self._last_reply = b""  # the last reply line given: the verdict of a MAIL or RCPT
+        self._eof_pending = False  # the client's EOF came while we were WAITING
         if client.pregreet_bytes:
             self._emit("looper.smtp.pregreet", bytes=client.pregreet_bytes)
         self._flush()
@@ -229,6 +231,12 @@ class SmtpServer:
         if self._mode is Mode.CLOSED:
             return
         if not data:
+            if self._mode is Mode.WAITING:
+                # A store or a handshake is under way: its outcome, and the
+                # replies to what was pipelined behind it (Exim sends QUIT
+                # and half-closes), come first; the EOF is taken after.
+                self._eof_pending = True
+                return
             self._client_closed()
             return
         if self._mode is Mode.WAITING and len(self._inbuf) + len(data) > MAX_WAITING_INPUT_BYTES:
@@ -314,6 +322,9 @@ class SmtpServer:
     def _resume(self) -> None:
         """Read what arrived while we waited."""
         self._process()
+        if self._eof_pending and self._mode is not Mode.WAITING and self._mode is not Mode.CLOSED:
+            self._eof_pending = False
+            self._client_closed()
         self._flush()
         self._account_memory()
 
@@ -471,7 +482,7 @@ class SmtpServer:
         words = line.split(None, 1)
         verb = words[0] if words else b""
         verb_text = verb.decode("ascii", "replace").upper()
-        logged = line if verb_text != "AUTH" else b" ".join(line.split()[:2])
+        logged = line if verb_text != "AUTH" else _auth_logged(words)
         self._emit("looper.command.input", input=logged.decode("utf-8", "replace"))
         if not line.strip(b" \t"):
             return self._reply("bad_syntax", command=line.decode("latin-1"))
@@ -500,7 +511,7 @@ class SmtpServer:
         path = _after_keyword(argument, "FROM:" if eventid == "looper.smtp.mail" else "TO:")
         address, params = _split_path(path) if path else (None, [])
         reply = self._last_reply.decode("utf-8", "replace").rstrip("\r\n")
-        code = int(reply[:3]) if reply[:3].isdigit() else None
+        code = int(reply[:3]) if _is_number(reply[:3]) else None
         self._emit(eventid, address=address, params=params, code=code, reply=reply[4:])
 
     def _helo_cmd(self, verb: str, argument: str) -> None:
@@ -543,7 +554,7 @@ class SmtpServer:
             key, _, value = param.partition("=")
             key = key.upper()
             if key == "SIZE":
-                if not value.isdigit():
+                if not _is_number(value):
                     return self._reply("size_syntax")
                 if len(value) >= 20:
                     return self._reply("size_fs_limit")
@@ -679,7 +690,7 @@ class SmtpServer:
     def _bdat_cmd(self, verb: str, argument: str) -> None:
         words = _words(argument)
         last = len(words) == 2 and words[1].upper() == "LAST"
-        if not words or len(words) > 2 or (len(words) == 2 and not last) or not words[0].isdigit() or len(words[0]) >= 20:
+        if not words or len(words) > 2 or (len(words) == 2 and not last) or not _is_number(words[0]) or len(words[0]) >= 20:
             self._reply("bdat_syntax")
             return self._close()
         size = int(words[0])
@@ -927,6 +938,16 @@ def _valid_recipient(address: str) -> bool:
 
 
 _ENVELOPE_EVENTS = {"MAIL": "looper.smtp.mail", "RCPT": "looper.smtp.rcpt"}
+_MECHANISM_NAME = re.compile(rb"[A-Za-z0-9_-]{0,20}")  # RFC 4422 3.1, case folded
+
+
+def _auth_logged(words: list[bytes]) -> bytes:
+    """An AUTH line as logged: the verb and what of the next word can be a
+    mechanism name, never the initial response, however the client glued
+    the two together (a secret belongs in looper.login.* events alone)."""
+    if len(words) < 2:
+        return words[0] if words else b""
+    return words[0] + b" " + _MECHANISM_NAME.match(words[1]).group()
 
 
 # Postfix's smtpd_forbidden_commands (with any line not starting with a
@@ -951,6 +972,11 @@ _HANDLERS = {
     "STARTTLS": SmtpServer._starttls_cmd,
     "AUTH": SmtpServer._auth_cmd,
 }
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() takes '²' and '①', which int() refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def _words(text: str) -> list[str]:

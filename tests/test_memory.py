@@ -190,7 +190,9 @@ async def test_a_thousand_clients_sending_junk_as_fast_as_they_can(tmp_path):
           f" peak {peak_kib / MIB:.0f} MiB; {junk_bytes / 1e6:.0f} MB of junk")
     assert junk_bytes > 100_000_000
     assert peak_kib - rss[0] < 64 * MIB
-    assert rss[2] - rss[1] < 8 * MIB  # no ratchet
+    # No ratchet: before early talk was capped, each flood added 30-70 MiB;
+    # what remains is the new addresses' bookkeeping and allocator slack.
+    assert rss[2] - rss[1] < 16 * MIB
     assert trap.events.of("looper.session.error") == []
     assert len(trap.events.of("looper.session.closed")) == len(trap.events.of("looper.session.connect"))
 

@@ -66,10 +66,14 @@ async def test_masked_name_loops_postfix_to_its_hop_limit(start_trap, postfix):
     refused = await trap.events.wait_for("looper.reflect.message", code=554, timeout=30)
     assert refused, "the trap never saw Postfix refuse the message"
 
-    messages = trap.events.of("looper.reflect.message")
+    # Postfix's smtpd added one Received: when it took the message from us:
+    # each pass one hop more, each hop once. They are logged at the reply,
+    # and a pass can be answered after the next ones: Postfix's cleanup
+    # commits the message before its smtpd writes the 250, and its queue
+    # manager may deliver the next pass over another connection at once.
+    messages = sorted(trap.events.of("looper.reflect.message"), key=lambda m: m["received_hops"])
     hops = [m["received_hops"] for m in messages]
-    # Postfix's smtpd added one Received: when it took the message from us.
-    assert hops == list(range(1, len(hops) + 1))
+    assert hops == list(range(1, len(hops) + 1)), [(m["received_hops"], m["session"], m["code"]) for m in messages]
     assert len(hops) >= 45  # hopcount_limit is 50
     assert [m["code"] for m in messages] == [250] * (len(hops) - 1) + [554]
     assert messages[-1]["reply"] == "5.4.0 Error: too many hops"

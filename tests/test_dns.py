@@ -64,12 +64,12 @@ async def test_a_name_server_that_answers():
 
 async def test_a_dead_name_server_costs_the_timeout_and_no_more():
     name, elapsed, queries = await _lookup(delay_s=None)
-    assert name is None and queries >= 1 and elapsed < 1.1
+    assert name is None and queries >= 1 and elapsed < 2.0
 
 
 async def test_a_slow_name_server_is_not_waited_for():
-    name, elapsed, queries = await _lookup(delay_s=2.0)
-    assert name is None and queries >= 1 and elapsed < 1.1
+    name, elapsed, queries = await _lookup(delay_s=3.0)
+    assert name is None and queries >= 1 and elapsed < 2.0
 
 
 async def test_only_global_addresses_are_asked_about():

@@ -119,7 +119,7 @@ async def test_a_busy_session_still_ends_at_max_session_seconds(relay):
         goodbye = goodbye.result()
     elapsed = asyncio.get_running_loop().time() - started
     assert goodbye == b"421 4.3.2 Service not available, closing transmission channel\r\n"
-    assert 0.8 < elapsed < 2.0
+    assert 0.8 < elapsed < 4.0  # 1 s, and not the 0.4 s idle timeout
     writer.close()
     (closed,) = await trap.events.wait_for("looper.session.closed")
     assert closed["reason"] == "max_seconds"

@@ -350,3 +350,21 @@ async def test_a_client_that_never_reads_is_aborted_after_the_grace(start_trap, 
         writer.close()
     assert closed and closed[0]["reason"] == "max_seconds"
     assert closed[0]["duration"] < 3  # aborted after the grace, not held open
+
+
+async def test_a_client_the_trap_cannot_dial_without_dialing_itself_meets_the_emulated_relay(start_trap):
+    """With the trap on the dial-back port itself (the shipped config: port 25
+    on every address), a local client would be dialed back into the trap.
+    Never dialed, it is served by the emulated relay like any client that
+    cannot be dialed back, and its session ends: no chain of self-dials."""
+    port = free_port()
+    trap = await start_trap(port, listen_port=port, dialback={"on_failure": "emulate"}, smtp={"hostname": "mx.trap.test"})
+    reader, writer = await connect_from("127.0.0.1", trap.host, trap.port)
+    assert await reader.readline() == b"220 mx.trap.test ESMTP Postfix (Debian/GNU)\r\n"
+    writer.write(b"QUIT\r\n")
+    assert await asyncio.wait_for(reader.read(), 5) == b"221 2.0.0 Bye\r\n"
+    writer.close()
+    (closed,) = await trap.events.wait_for("looper.session.closed")
+    assert closed["mode"] == "emulate"
+    assert trap.events.of("looper.dialback.failed")[0]["reason"] == "self"
+    assert trap.events.of("looper.dialback.ok") == [] and len(trap.events.of("looper.session.connect")) == 1

@@ -132,11 +132,15 @@ class ReflectSession:
 
     async def _fall_back(self, why: str) -> None:
         """The one fallback entry point: the emulated relay, or a hang-up.
-        `why` is the dial-back failure's reason. Over the session limits, or
-        facing ourselves, there is nothing to emulate: hang up."""
+        `why` is the dial-back failure's reason. Over the session limits
+        there is no room to emulate: hang up. A client that cannot be dialed
+        back because that would reach the trap itself (a local client, with
+        the trap on port 25 of every address; or the trap's own dial-back
+        arriving back) is served like any other that cannot be dialed back:
+        never dialed, but answered."""
         inbound = self.inbound
         emulated = self.trap.emulated
-        if emulated is None or why in ("limit", "self"):
+        if emulated is None or why == "limit":
             self.mode = "hangup"
             hang_up(inbound.transport)
             inbound.on_early_loss = lambda: self._finish(f"dialback_{why}", len(inbound.early), len(HANGUP_REPLY))

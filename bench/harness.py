@@ -22,10 +22,12 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import random
 import resource
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -388,3 +390,20 @@ def end_run(workdir: Path, *, terminate: bool = True, grace_s: float = 5.0) -> N
     signal.alarm(0)
     Child.cleanup(terminate=terminate, grace_s=grace_s)
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+def free_port(avoid: set[int] = frozenset()) -> int:
+    """A port below the ephemeral range (so no client socket ever holds it)
+    where nothing listens on any address: bound on 0.0.0.0 without
+    SO_REUSEADDR, which fails if anything has it on any address."""
+    for _ in range(1000):
+        port = random.randint(20000, 32000)
+        if port in avoid:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        return port
+    raise BenchError("no free port found")

@@ -83,7 +83,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # imported, not run as
 
 from harness import (  # noqa: E402
     BenchError, Child, LoadMeter, arm_signals, cpu_model, die_with_parent, emit, end_run, proc_fds, proc_rss_kib,
-    raise_nofile, report_abort, run_role, stdin_closed_event,
+    raise_nofile, report_abort, run_role, stdin_closed_event, free_port,
 )
 
 HERE = Path(__file__).resolve()
@@ -118,22 +118,6 @@ def client_address(net: int, index: int) -> str:
 
 def address_range(net: int, count: int) -> str:
     return f"{client_address(net, 0)}-{client_address(net, count - 1)}" if count else "none"
-
-
-def free_port(avoid: set[int] = frozenset()) -> int:
-    """A port below the ephemeral range where nothing listens on any address
-    (bound on 0.0.0.0 without SO_REUSEADDR, which fails if anything has it)."""
-    for _ in range(1000):
-        port = random.randint(20000, 32000)
-        if port in avoid:
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-        return port
-    raise BenchError("no free port found")
 
 
 def own_group() -> None:

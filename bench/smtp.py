@@ -60,7 +60,6 @@ import json
 import math
 import os
 import platform
-import random
 import resource
 import select
 import shutil
@@ -80,7 +79,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # imported, not run as
 from harness import (  # noqa: E402
     NOISE, NOISY_RUN_RETRIES, NOISY_RUN_SHARE, REPO, BenchError, Child, LoadMeter, arm_signals, cpu_model,
     die_with_parent, emit, end_run, merged_failures, note_noise, proc_cpu_s, proc_fds, proc_rss_kib, raise_nofile,
-    reap_quietly, release_idle_clients, report_abort, run_role, stdin_closed_event,
+    reap_quietly, release_idle_clients, report_abort, run_role, stdin_closed_event, free_port,
 )
 
 HERE = Path(__file__).resolve()
@@ -130,23 +129,6 @@ TARGET_IDLE_BYTES = 5_000  # resident bytes per idle session (5 KB)
 # ---------------------------------------------------------------------------
 # Helpers shared by all roles
 # ---------------------------------------------------------------------------
-
-
-def free_port(avoid: set[int] = frozenset()) -> int:
-    """A port below the ephemeral range (so no client socket ever holds it)
-    where nothing listens on any address: bound on 0.0.0.0 without
-    SO_REUSEADDR, which fails if anything has it on any address."""
-    for _ in range(1000):
-        port = random.randint(20000, 32000)
-        if port in avoid:
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-        return port
-    raise BenchError("no free port found")
 
 
 def session_message(tag: bytes) -> tuple[bytes, bytes]:

@@ -119,12 +119,18 @@ def tolerating_known_bugs(test_one_input: Callable[[bytes], None]) -> Callable[[
     """test_one_input, passing where it hits a bug listed in known_bugs.py."""
     from known_bugs import known
 
+    seen: set[str] = set()
+
     def test(data: bytes) -> None:
         try:
             test_one_input(data)
         except Exception as err:
-            if known(err) is None:
+            bug = known(err)
+            if bug is None:
                 raise
+            if bug.test not in seen:
+                seen.add(bug.test)
+                print(f"known bug, tolerated: {bug.test} ({type(err).__name__}: {err})", file=sys.stderr, flush=True)
 
     return test
 

@@ -11,7 +11,8 @@ Input: three settings bytes, then records.
             address known, 6 small limits (2000-byte messages, 3
             recipients), 7 accept_after 2
   byte 2    bits 0-2 AUTH mechanisms (PLAIN, LOGIN, CRAM-MD5; none: AUTH
-            off), 3-4 earlier failed logins, 5 local_domains set
+            off), 3-4 earlier failed logins, 5 local_domains set, 6 a
+            shared message memory budget of 3000 bytes, 7 pregreet bytes
 A record is an op byte:
   bits 0-1  0 client bytes, 1 client bytes repeated (one more byte k:
             1 + k times), 2 the idle timer fires, 3 client EOF
@@ -23,7 +24,9 @@ then, for bytes records, a length byte n and n bytes.
 Beyond "never raises", it checks: every Send is whole reply lines; a Store's
 sha256 is its content's and it is within the size limit; what the machine
 holds stays bounded; an AUTH command is logged without its initial
-response; every event's fields are JSON; after EOF the machine closes; and,
+response; every event's fields are JSON; after EOF the machine closes, and
+once the connection is gone (connection_closed) the session holds nothing
+of the shared message memory budget; and,
 unless STARTTLS dropped pipelined input or input was refused while
 waiting, the same records given whole yield the same replies, events and
 stored messages.
@@ -34,12 +37,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from _harness import Reader, check, instrumented, main
 
 with instrumented(__name__ == "__main__"):
     from looper.proto.actions import Close, Send, StartTLS, Store
+    from looper.proto.budget import MessageMemory
     from looper.proto.personas import PERSONAS
     from looper.proto.reply import parse_reply_line
     from looper.proto.smtpd import MAX_WAITING_INPUT_BYTES, ClientInfo, Mode, SmtpServer, SmtpSettings
@@ -76,6 +80,7 @@ class Record:
 
 
 def parse(data: bytes) -> tuple[SmtpSettings, ClientInfo, list[Record]]:
+    """The settings (with a message_memory budget to copy per run, if any), client and records."""
     reader = Reader(data)
     persona = PERSONAS[PERSONA_NAMES[reader.byte() % len(PERSONA_NAMES)]]
     flags, more = reader.byte(), reader.byte()
@@ -92,6 +97,7 @@ def parse(data: bytes) -> tuple[SmtpSettings, ClientInfo, list[Record]]:
         max_recipients=3 if small else 1000,
         tls_available=not flags & 4,
         local_domains=("trap.example.net", "[192.0.2.1]") if more & 32 else None,
+        message_memory=MessageMemory(3000) if more & 64 else None,
     )
     client = ClientInfo(
         "192.0.2.7",
@@ -99,6 +105,7 @@ def parse(data: bytes) -> tuple[SmtpSettings, ClientInfo, list[Record]]:
         earlier_auth_failures=(more >> 3) & 3,
         tls=bool(flags & 8),
         local_ip="192.0.2.1" if flags & 32 else None,
+        pregreet_bytes=9 if more & 128 else 0,
     )
     records: list[Record] = []
     total = 0
@@ -212,6 +219,10 @@ def check_reply_lines(data: bytes) -> None:
 
 
 def run(settings: SmtpSettings, client: ClientInfo, records: list[Record], *, whole: bool = False) -> Outcome:
+    memory = settings.message_memory
+    if memory is not None:  # each run its own budget
+        memory = MessageMemory(memory.limit_bytes)
+        settings = replace(settings, message_memory=memory)
     driver = Driver(settings, client)
     for record in records:
         waiting = driver.pending  # the store the adapter is writing while this record comes in
@@ -236,6 +247,10 @@ def run(settings: SmtpSettings, client: ClientInfo, records: list[Record], *, wh
     if not driver.eof:
         driver.feed(b"")
     check(driver.outcome.closed, "no Close after the client's EOF")
+    driver.machine.connection_closed()  # the adapter, when the connection is gone
+    driver.pump()
+    if memory is not None:
+        check(memory.held_bytes == 0, f"a closed session still holds {memory.held_bytes} bytes of the budget")
     return driver.outcome
 
 

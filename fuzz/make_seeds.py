@@ -119,6 +119,8 @@ TRANSACTION = (
 SMTPD = {
     # (settings bytes, [(op, bytes)])
     "postfix-relay": (bytes([2, 0, 0b011]), [(0x00, TRANSACTION)]),
+    # a 3000-byte shared memory budget, pregreet bytes; the message in pieces of 25 bytes
+    "memory-budget": (bytes([2, 0, 0b1100_0011]), [(0x50, TRANSACTION)]),
     "exim-bdat": (
         bytes([1, 0, 0b001]),
         [

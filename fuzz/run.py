@@ -48,9 +48,11 @@ def fuzz(name: str, seconds: int, extra: list[str]) -> tuple[bool, str]:
         )
     elapsed = time.monotonic() - started
     text = log.read_text(errors="replace")
+    known = sorted(set(re.findall(r"known bug, tolerated: (\S+)", text)))
+    # The last figures: another run of the same target in this checkout may have written here too.
     statuses = STATUS.findall(text)
-    execs = re.search(r"stat::number_of_executed_units: (\d+)", text)
-    runs = int(execs.group(1)) if execs else int(statuses[-1][0]) if statuses else 0
+    execs = re.findall(r"stat::number_of_executed_units: (\d+)", text)
+    runs = int(execs[-1]) if execs else int(statuses[-1][0]) if statuses else 0
     cov, ft, corpus, corpus_size = statuses[-1][1:] if statuses else ("?", "?", "?", "?")
     line = (
         f"{name:<9} {runs:>10} {elapsed:>7.0f} {runs / elapsed:>8.0f} {cov:>6} {ft:>7} {corpus:>6} {corpus_size:>8}"
@@ -60,7 +62,7 @@ def fuzz(name: str, seconds: int, extra: list[str]) -> tuple[bool, str]:
         tail = "\n".join(text.splitlines()[-40:])
         print(f"\n{name}: FAILED (exit {result.returncode}); end of {log.relative_to(ROOT)}:\n{tail}\n", flush=True)
         return False, line + f"  FAILED: {crash.group(1) if crash else log}"
-    return True, line
+    return True, line + (f"  known bugs hit: {', '.join(known)}" if known else "")
 
 
 def coverage(names: list[str]) -> int:

@@ -17,6 +17,7 @@ import yaml
 
 from looper.config import parse_config
 from looper.eventlog import open_event_log
+from looper.events import record_problems
 from looper.net.server import Trap
 
 TRAP_HOST = "127.0.0.1"
@@ -39,7 +40,11 @@ class EventFile:
             return []
         text = self.path.read_text(encoding="utf-8")
         assert text == "" or text.endswith("\n"), "a partial line in events.jsonl"
-        return [json.loads(line) for line in text.splitlines()]
+        records = [json.loads(line) for line in text.splitlines()]
+        # Every event any test reads is as declared in looper/events.py.
+        problems = [problem for record in records for problem in record_problems(record)]
+        assert not problems, problems
+        return records
 
     def of(self, eventid: str, **match: Any) -> list[dict[str, Any]]:
         return [e for e in self.all() if e["eventid"] == eventid and all(e.get(k) == v for k, v in match.items())]

@@ -5,7 +5,11 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).parent.parent / "looper"
-IO_MODULES = {"asyncio", "socket", "selectors", "ssl", "time", "threading", "subprocess", "aiodns", "uvloop"}
+# The clock and randomness too: a machine gets them from its adapter (its Environment).
+IO_MODULES = {
+    "asyncio", "socket", "selectors", "ssl", "time", "threading", "subprocess", "aiodns", "uvloop", "os", "random",
+    "secrets",
+}
 
 
 def imports_of(path: Path) -> set[str]:
@@ -52,3 +56,25 @@ def test_nothing_below_imports_upward():
             assert not any(m.startswith("looper.cli") for m in looper_imports), name
         if not name.startswith("net/") and name != "cli.py":
             assert not any(m.startswith("looper.net") for m in looper_imports), name
+
+
+def test_the_import_graph_has_no_cycle():
+    """Type-checking imports count too: a cycle there is a design cycle."""
+    graph = {}
+    for name, imported in modules().items():
+        module = "looper." + name[:-3].replace("/", ".").removesuffix(".__init__")
+        graph[module] = {m for m in imported if m.startswith("looper.") and m != module}
+    visiting, done = [], set()
+
+    def visit(module: str) -> None:
+        if module in done:
+            return
+        assert module not in visiting, "import cycle: " + " -> ".join(visiting[visiting.index(module):] + [module])
+        visiting.append(module)
+        for imported in graph.get(module, ()):
+            visit(imported)
+        visiting.pop()
+        done.add(module)
+
+    for module in graph:
+        visit(module)

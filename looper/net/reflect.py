@@ -10,50 +10,39 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
 
 from looper.config import Endpoint
-from looper.eventlog import SessionInfo, new_session_id
+from looper.net.context import Connection, TrapContext
 from looper.net.dialback import DialFailed, dial_back, is_local_address
 from looper.net.fallback import HANGUP_REPLY, hang_up
 from looper.net.splice import SHUTDOWN, Splice, SpliceEnd
 from looper.policy import Denial
 from looper.proto.observer import Observer
 
-if TYPE_CHECKING:
-    from looper.net.server import Trap
-
 
 class ReflectSession:
-    def __init__(self, trap: Trap, inbound: SpliceEnd) -> None:
-        self.trap = trap
+    def __init__(self, context: TrapContext, inbound: SpliceEnd) -> None:
+        self.context = context
         self.inbound = inbound
-        transport = inbound.transport
-        src_ip, src_port = transport.get_extra_info("peername")[:2]
-        dst_ip, dst_port = transport.get_extra_info("sockname")[:2]
-        self.info = SessionInfo(new_session_id(), "smtp", src_ip, src_port, dst_ip, dst_port)
-        self.started = time.monotonic()
+        self.connection = Connection(context, self, inbound.transport)
+        self.info = self.connection.info
+        self.emit = self.connection.emit
         self.mode = "reflect"
         self.splice: Splice | None = None
         self.observer: Observer | None = None
-        self.admitted = False
-        self.closed = False
         self._task: asyncio.Task | None = None
         self._local_end: tuple[str, int] | None = None
         self._client_name: asyncio.Task | None = None
         self.emulated = None  # the ServerSession, once the emulated relay took over
 
-    def emit(self, eventid: str, **fields) -> None:
-        self.trap.eventlog.emit(self.info, eventid, **fields)
-
     def start(self) -> None:
-        self.emit("looper.session.connect")
         # Nothing is read or answered until we know the way: reflect or not.
         self.inbound.on_early_loss = self._client_left_early
         self._task = asyncio.get_running_loop().create_task(self._open())
 
     async def _open(self) -> None:
-        config, policy = self.trap.config, self.trap.policy
+        context = self.context
+        config, policy = context.config, context.policy
         info = self.info
         target = str(Endpoint(info.src_ip, config.dialback.port))
         refusal = policy.screen(info.src_ip, time.monotonic())
@@ -64,15 +53,14 @@ class ReflectSession:
             self.inbound.on_early_loss = lambda: self._finish(refusal.reason, len(self.inbound.early), 0)
             self.inbound.transport.abort()
             return
-        if self.trap.emulated is not None and self.trap.dns.worth_asking(info.src_ip):
+        if context.emulated is not None and context.dns.worth_asking(info.src_ip):
             # The emulated relay's Received: line names the client as Postfix
             # would: look it up while the dial-back is under way.
-            self._client_name = asyncio.get_running_loop().create_task(self.trap.dns.name_of(info.src_ip))
+            self._client_name = asyncio.get_running_loop().create_task(context.dns.name_of(info.src_ip))
         if policy.is_own_dialback(info.src_ip, info.src_port):
             denial = Denial("self", "the client is one of the trap's own dial-backs")
         else:
-            denial = policy.admit(info.src_ip)
-            self.admitted = denial is None
+            denial = self.connection.admit()
         if denial is None:
             # Only a listener on the dial-back port can be dialed by mistake:
             # otherwise there is no need to ask the kernel what is local.
@@ -124,7 +112,7 @@ class ReflectSession:
             max_bytes=config.splice.max_bytes,
             max_seconds=config.splice.max_seconds,
             idle_seconds=config.splice.idle_seconds,
-            throttle=self.trap.splice_throttle,
+            throttle=context.splice_throttle,
             on_closed=self._spliced_closed,
         )
         self.splice.start()
@@ -139,7 +127,7 @@ class ReflectSession:
         arriving back) is served like any other that cannot be dialed back:
         never dialed, but answered."""
         inbound = self.inbound
-        emulated = self.trap.emulated
+        emulated = self.context.emulated
         if emulated is None or why == "limit":
             self.mode = "hangup"
             hang_up(inbound.transport)
@@ -177,12 +165,12 @@ class ReflectSession:
             observer.close()
             self._emit_observed()
         if self._local_end is not None:
-            self.trap.policy.forget_dialback(self._local_end)
+            self.context.policy.forget_dialback(self._local_end)
         self._finish(reason, self.splice.bytes_from_client, self.splice.bytes_from_server)
 
     def _emit_observed(self) -> None:
         for event in self.observer.events():
-            self.trap.eventlog.emit_event(self.info, event)
+            self.context.eventlog.emit_event(self.info, event)
 
     def say_goodbye(self) -> None:
         """The trap is stopping. A splice has nothing of ours to say: it is
@@ -208,22 +196,9 @@ class ReflectSession:
             self.inbound.transport.abort()
 
     def _finish(self, reason: str, bytes_in: int, bytes_out: int) -> None:
-        if self.closed:
-            return
-        self.closed = True
         if self._client_name is not None:
             self._client_name.cancel()
-        if self.admitted:
-            self.trap.policy.release(self.info.src_ip)
-        self.emit(
-            "looper.session.closed",
-            mode=self.mode,
-            reason=reason,
-            duration=round(time.monotonic() - self.started, 6),
-            bytes_in=bytes_in,
-            bytes_out=bytes_out,
-        )
-        self.trap.session_done(self)
+        self.connection.close(self.mode, reason, bytes_in, bytes_out)
 
 
 class _Inspect:

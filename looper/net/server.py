@@ -1,5 +1,7 @@
 """The trap's listeners and the lifetime of its sessions (hypercorn's shell:
-every session kept in a set until it is done, a graceful stop, then aborts)."""
+every session kept in a table until it is done, a graceful stop, then
+aborts). The server builds the one TrapContext and hands it to the session
+kinds; they never see the server."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import logging
 import time
 
 from looper.config import Config, Endpoint
-from looper.eventlog import EventLog, SessionInfo, new_session_id
+from looper.eventlog import EventLog
+from looper.net.context import Connection, SessionTable, TrapContext
 from looper.net.dns import ReverseDns
 from looper.net.emulate import EmulatedRelay
 from looper.net.reflect import ReflectSession
@@ -24,36 +27,44 @@ GOODBYE_GRACE_SECONDS = 5.0
 
 class Trap:
     def __init__(self, config: Config, eventlog: EventLog) -> None:
+        policy = Policy(config.dialback, config.limits, (), splice_bytes_per_minute=config.splice.bytes_per_minute)
+        self.context = TrapContext(
+            config=config,
+            eventlog=eventlog,
+            policy=policy,
+            dns=ReverseDns(),
+            splice_throttle=None if policy.splice_bytes is None else SpliceThrottle(policy.splice_bytes),
+        )
         self.config = config
         self.eventlog = eventlog
-        self.policy = Policy(
-            config.dialback, config.limits, (), splice_bytes_per_minute=config.splice.bytes_per_minute
-        )
-        self.splice_throttle = None if self.policy.splice_bytes is None else SpliceThrottle(self.policy.splice_bytes)
-        self.dns = ReverseDns()
-        self.emulated: EmulatedRelay | None = None
-        self.sessions: set = set()
+        self.policy = policy
         self.listening: list[Endpoint] = []
         self._servers: list[asyncio.Server] = []
-        self._idle = asyncio.Event()
-        self._idle.set()
+
+    @property
+    def sessions(self) -> SessionTable:
+        return self.context.sessions
+
+    @property
+    def emulated(self) -> EmulatedRelay | None:
+        return self.context.emulated
 
     async def start(self) -> None:
         """Bind every listener (port 0 picks a free port: see `listening`)."""
-        config = self.config
+        config, context = self.config, self.context
         if config.dialback.on_failure == "emulate" or config.listen.submissions:
-            hostname = config.smtp.hostname or await self.dns.our_name([e.host for e in config.listen.smtp])
+            hostname = config.smtp.hostname or await context.dns.our_name([e.host for e in config.listen.smtp])
             if "." not in hostname:
                 log.warning(
                     "the emulated relay calls itself %r: no reverse DNS name and no fully qualified host name;"
                     " a real mail server has one, so set smtp.hostname", hostname,
                 )
-            self.emulated = EmulatedRelay(config, self.eventlog, hostname)
+            context.emulated = EmulatedRelay(config, context.eventlog, hostname)
         try:
             for endpoint in config.listen.smtp:
-                await self._listen(endpoint, self._accept)
+                await self._listen(endpoint, lambda: _InboundEnd(context))
             for endpoint in config.listen.submissions:
-                await self._listen(endpoint, self._accept_submissions, ssl=self.emulated.tls_context)
+                await self._listen(endpoint, lambda: _SubmissionsEnd(context), ssl=context.emulated.tls_context)
         except OSError:
             await self.stop()
             raise
@@ -68,107 +79,72 @@ class Trap:
             self.listening.append(Endpoint(host, port))
             self.policy.add_listener(Endpoint(host, port))
 
-    def _accept(self) -> SpliceEnd:
-        return _InboundEnd(self)
-
-    def _accept_submissions(self) -> asyncio.Protocol:
-        return _SubmissionsEnd(self)
-
-    def open_session(self, inbound: SpliceEnd) -> None:
-        session = ReflectSession(self, inbound)
-        self._track(session)
-        session.start()
-
-    def _track(self, session) -> None:
-        self.sessions.add(session)
-        self._idle.clear()
-
-    def session_done(self, session) -> None:
-        self.sessions.discard(session)
-        if not self.sessions:
-            self._idle.set()
-
     async def stop(self) -> None:
         """Stop accepting; let the sessions finish within shutdown_grace_s;
         then each says its protocol's goodbye (SMTP 421 4.3.2, a cut message
         logged); what still hangs on after that is aborted."""
         for server in self._servers:
             server.close()
-        await self._wait_idle(self.config.shutdown_grace_s)
-        for session in list(self.sessions):
+        await self.sessions.wait_idle(self.config.shutdown_grace_s)
+        for session in self.sessions:
             session.say_goodbye()
-        await self._wait_idle(GOODBYE_GRACE_SECONDS)
-        for session in list(self.sessions):
+        await self.sessions.wait_idle(GOODBYE_GRACE_SECONDS)
+        for session in self.sessions:
             session.shutdown()
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
         if self.emulated is not None:
             self.emulated.close()
-        await self.dns.close()
-
-
-    async def _wait_idle(self, timeout_s: float) -> None:
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._idle.wait()
-        except TimeoutError:
-            pass
+        await self.context.dns.close()
 
 
 class _InboundEnd(SpliceEnd):
     """A connection accepted by a listener: its session starts at once."""
 
-    __slots__ = ("trap",)
+    __slots__ = ("context",)
 
-    def __init__(self, trap: Trap) -> None:
+    def __init__(self, context: TrapContext) -> None:
         super().__init__()
-        self.trap = trap
+        self.context = context
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.trap.open_session(self)
+        ReflectSession(self.context, self).start()
 
 
 class _SubmissionsEnd(asyncio.Protocol):
     """An implicit-TLS connection (the handshake is done): straight to the
     emulated relay, after the same screening as on port 25."""
 
-    def __init__(self, trap: Trap) -> None:
-        self.trap = trap
+    def __init__(self, context: TrapContext) -> None:
+        self.context = context
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        _SubmissionsSession(self.trap, transport).start()
+        _SubmissionsSession(self.context, transport).start()
 
 
 class _SubmissionsSession:
-    def __init__(self, trap: Trap, transport: asyncio.Transport) -> None:
-        self.trap = trap
+    def __init__(self, context: TrapContext, transport: asyncio.Transport) -> None:
+        self.context = context
         self.transport = transport
-        src_ip, src_port = transport.get_extra_info("peername")[:2]
-        dst_ip, dst_port = transport.get_extra_info("sockname")[:2]
-        self.info = SessionInfo(new_session_id(), "smtp", src_ip, src_port, dst_ip, dst_port)
-        self.started = time.monotonic()
-        self.admitted = False
+        self.connection = Connection(context, self, transport)
         self.server_session = None
 
     def start(self) -> None:
-        trap, info = self.trap, self.info
-        trap._track(self)
-        emit = trap.eventlog.emit
-        emit(info, "looper.session.connect")
+        context, connection = self.context, self.connection
+        info = connection.info
         ssl_object = self.transport.get_extra_info("ssl_object")
         if ssl_object is not None:
-            emit(info, "looper.tls.established", version=ssl_object.version(), cipher=ssl_object.cipher()[0])
-        refusal = trap.policy.screen(info.src_ip, time.monotonic()) or trap.policy.admit(info.src_ip)
+            connection.emit("looper.tls.established", version=ssl_object.version(), cipher=ssl_object.cipher()[0])
+        refusal = context.policy.screen(info.src_ip, time.monotonic()) or connection.admit()
         if refusal is not None:
-            emit(info, "looper.session.refused", reason=refusal.reason, detail=refusal.detail)
+            connection.emit("looper.session.refused", reason=refusal.reason, detail=refusal.detail)
             self.transport.abort()
-            return self._finish("refused", refusal.reason, 0, 0)
-        self.admitted = True
-        self.server_session = trap.emulated.serve(
+            return connection.close("refused", refusal.reason, 0, 0)
+        self.server_session = context.emulated.serve(
             self.transport, info, implicit_tls=True,
-            on_closed=lambda reason, bytes_in, bytes_out: self._finish("emulate", reason, bytes_in, bytes_out),
+            on_closed=lambda reason, bytes_in, bytes_out: connection.close("emulate", reason, bytes_in, bytes_out),
         )
 
     def say_goodbye(self) -> None:
@@ -178,12 +154,3 @@ class _SubmissionsSession:
     def shutdown(self) -> None:
         if self.server_session is not None:
             self.server_session.shutdown()
-
-    def _finish(self, mode: str, reason: str, bytes_in: int, bytes_out: int) -> None:
-        if self.admitted:
-            self.trap.policy.release(self.info.src_ip)
-        self.trap.eventlog.emit(
-            self.info, "looper.session.closed", mode=mode, reason=reason,
-            duration=round(time.monotonic() - self.started, 6), bytes_in=bytes_in, bytes_out=bytes_out,
-        )
-        self.trap.session_done(self)

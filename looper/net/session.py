@@ -28,10 +28,9 @@ import asyncio
 import random
 import ssl
 from collections import deque
-from typing import Callable, Protocol
+from typing import Callable
 
 from looper.eventlog import EventLog, SessionInfo
-from looper.events import Event
 from looper.net.capture import MessageStore, StoreFailed
 from looper.net.splice import (
     CLOSE_GRACE_SECONDS,
@@ -41,7 +40,7 @@ from looper.net.splice import (
     RESET_BY_CLIENT,
     SHUTDOWN,
 )
-from looper.proto.actions import Action, Close, Send, StartTLS, Store
+from looper.proto.actions import Action, Close, Send, ServerMachine, StartTLS, Store
 
 # Close reasons of our own (the others are the splice's, so that one
 # looper.session.closed field means the same thing on both paths).
@@ -66,23 +65,6 @@ DELAY_JITTER = 0.15
 TIMER_SLACK_S = 0.001
 
 OnClosed = Callable[[str, int, int], None]  # (reason, bytes_in, bytes_out)
-
-
-class ServerMachine(Protocol):
-    """What the adapter needs of a machine (looper/proto/actions.py)."""
-
-    idle_timeout_s: float
-    paused: bool
-
-    def receive_data(self, data: bytes) -> None: ...
-    def timed_out(self) -> None: ...
-    def shutting_down(self, reason: str) -> None: ...
-    def connection_closed(self) -> None: ...
-    def tls_started(self, version: str, cipher: str) -> None: ...
-    def stored(self, path: str) -> None: ...
-    def store_failed(self, reason: str) -> None: ...
-    def actions(self) -> list[Action]: ...
-    def events(self) -> list[Event]: ...
 
 
 # Every read lands in one buffer shared by all sessions: the loop handles one

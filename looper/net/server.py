@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 
 from looper.config import Config, Endpoint
 from looper.eventlog import EventLog
@@ -21,6 +22,25 @@ from looper.policy import Policy
 log = logging.getLogger("looper")
 
 LISTEN_BACKLOG = 1024
+
+
+@dataclass(frozen=True)
+class ListenerKind:
+    """A kind of listener: its endpoints are `listen.<name>` in the config;
+    what it speaks; whether its clients are dialed back (else the emulated
+    server of its protocol serves them); whether TLS comes first."""
+
+    name: str
+    protocol: str
+    dials_back: bool
+    implicit_tls: bool
+
+
+# Adding a protocol is an entry here and its machine in the emulated servers.
+LISTENER_KINDS = (
+    ListenerKind("smtp", "smtp", dials_back=True, implicit_tls=False),
+    ListenerKind("submissions", "smtp", dials_back=False, implicit_tls=True),  # RFC 8314
+)
 # After the goodbyes: time for them to be written before what is left is aborted.
 GOODBYE_GRACE_SECONDS = 5.0
 
@@ -52,7 +72,8 @@ class Trap:
     async def start(self) -> None:
         """Bind every listener (port 0 picks a free port: see `listening`)."""
         config, context = self.config, self.context
-        if config.dialback.on_failure == "emulate" or config.listen.submissions:
+        served = [kind for kind in LISTENER_KINDS if not kind.dials_back and getattr(config.listen, kind.name)]
+        if config.dialback.on_failure == "emulate" or served:
             hostname = config.smtp.hostname or await context.dns.our_name([e.host for e in config.listen.smtp])
             if "." not in hostname:
                 log.warning(
@@ -61,17 +82,22 @@ class Trap:
                 )
             context.emulated = EmulatedRelay(config, context.eventlog, hostname)
         try:
-            for endpoint in config.listen.smtp:
-                await self._listen(endpoint, lambda: _InboundEnd(context))
-            for endpoint in config.listen.submissions:
-                await self._listen(endpoint, lambda: _SubmissionsEnd(context), ssl=context.emulated.tls_context)
+            for kind in LISTENER_KINDS:
+                for endpoint in getattr(config.listen, kind.name):
+                    await self._listen(endpoint, kind)
         except OSError:
             await self.stop()
             raise
 
-    async def _listen(self, endpoint: Endpoint, accept, **options) -> None:
+    async def _listen(self, endpoint: Endpoint, kind: ListenerKind) -> None:
+        context = self.context
+        if kind.dials_back:
+            accept = lambda: _InboundEnd(context)  # noqa: E731
+        else:
+            accept = lambda: _ServedEnd(context, kind)  # noqa: E731
         server = await asyncio.get_running_loop().create_server(
-            accept, endpoint.host, endpoint.port, reuse_address=True, backlog=LISTEN_BACKLOG, **options
+            accept, endpoint.host, endpoint.port, reuse_address=True, backlog=LISTEN_BACKLOG,
+            ssl=context.emulated.tls_context if kind.implicit_tls else None,
         )
         self._servers.append(server)
         for sock in server.sockets:
@@ -113,22 +139,25 @@ class _InboundEnd(SpliceEnd):
         ReflectSession(self.context, self).start()
 
 
-class _SubmissionsEnd(asyncio.Protocol):
-    """An implicit-TLS connection (the handshake is done): straight to the
-    emulated relay, after the same screening as on port 25."""
+class _ServedEnd(asyncio.Protocol):
+    """A connection on a listener that never dials back (with implicit TLS,
+    the handshake is done): straight to the emulated server of its
+    protocol, after the same screening as on port 25."""
 
-    def __init__(self, context: TrapContext) -> None:
+    def __init__(self, context: TrapContext, kind: ListenerKind) -> None:
         self.context = context
+        self.kind = kind
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        _SubmissionsSession(self.context, transport).start()
+        _ServedSession(self.context, transport, self.kind).start()
 
 
-class _SubmissionsSession:
-    def __init__(self, context: TrapContext, transport: asyncio.Transport) -> None:
+class _ServedSession:
+    def __init__(self, context: TrapContext, transport: asyncio.Transport, kind: ListenerKind) -> None:
         self.context = context
         self.transport = transport
-        self.connection = Connection(context, self, transport)
+        self.kind = kind
+        self.connection = Connection(context, self, transport, kind.protocol)
         self.server_session = None
 
     def start(self) -> None:
@@ -143,7 +172,7 @@ class _SubmissionsSession:
             self.transport.abort()
             return connection.close("refused", refusal.reason, 0, 0)
         self.server_session = context.emulated.serve(
-            self.transport, info, implicit_tls=True,
+            self.transport, info, implicit_tls=self.kind.implicit_tls,
             on_closed=lambda reason, bytes_in, bytes_out: connection.close("emulate", reason, bytes_in, bytes_out),
         )
 

@@ -10,6 +10,7 @@ import functools
 import ipaddress
 from collections import Counter
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Iterable
 
 from looper.config import Dialback, Endpoint, Limits
@@ -21,10 +22,20 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_RATE_ADDRESSES = 100_000
 
 
+class DenialReason(StrEnum):
+    """Why a session is refused (blocked, rate), or a dial-back not made."""
+
+    BLOCKED = "blocked"  # limits.block
+    RATE = "rate"  # limits.rate
+    LIMIT = "limit"  # limits.per_ip or limits.total
+    POLICY = "policy"  # a private, denied, multicast or unspecified target
+    SELF = "self"  # the target is one of the trap's own listeners, or the client one of its dial-backs
+    BUDGET = "budget"  # dialback.per_ip_hourly or splice.bytes_per_minute spent
+
+
 @dataclass(frozen=True, slots=True)
 class Denial:
-    # policy | limit | self | budget (a dial-back not made); blocked | rate (a refused session)
-    reason: str
+    reason: DenialReason
     detail: str
 
 
@@ -124,13 +135,13 @@ class Policy:
         ip = plain_address(src_ip)
         for network in self._limits.block:
             if ip.version == network.version and ip in network:
-                return Denial("blocked", f"{src_ip} is in limits.block {network}")
+                return Denial(DenialReason.BLOCKED, f"{src_ip} is in limits.block {network}")
         rate = self._limits.rate
         if rate is None:
             return None
         seen = self._rate_windows.count(src_ip, now_s)
         if seen > rate.count:
-            return Denial("rate", f"{seen} connections from {src_ip} within {rate} (limits.rate)")
+            return Denial(DenialReason.RATE, f"{seen} connections from {src_ip} within {rate} (limits.rate)")
         return None
 
     # -- concurrency ---------------------------------------------------------
@@ -138,9 +149,9 @@ class Policy:
     def admit(self, src_ip: str) -> Denial | None:
         """Count a new session in, or say why it may not start."""
         if self._sessions_total >= self._limits.total:
-            return Denial("limit", f"{self._sessions_total} sessions in all (limits.total)")
+            return Denial(DenialReason.LIMIT, f"{self._sessions_total} sessions in all (limits.total)")
         if self._sessions_per_ip[src_ip] >= self._limits.per_ip:
-            return Denial("limit", f"{self._sessions_per_ip[src_ip]} sessions from {src_ip} (limits.per_ip)")
+            return Denial(DenialReason.LIMIT, f"{self._sessions_per_ip[src_ip]} sessions from {src_ip} (limits.per_ip)")
         self._sessions_per_ip[src_ip] += 1
         self._sessions_total += 1
         return None
@@ -162,14 +173,14 @@ class Policy:
         ip = plain_address(target)
         port = self._dialback.port
         if target_is_local and any(self._covers(listener, ip, port) for listener in self._listeners):
-            return Denial("self", f"{target} port {port} is one of the trap's own listeners")
+            return Denial(DenialReason.SELF, f"{target} port {port} is one of the trap's own listeners")
         if ip.is_multicast or ip.is_unspecified:
-            return Denial("policy", f"{target} is a multicast or unspecified address")
+            return Denial(DenialReason.POLICY, f"{target} is a multicast or unspecified address")
         for network in self._dialback.deny:
             if ip.version == network.version and ip in network:
-                return Denial("policy", f"{target} is in dialback.deny {network}")
+                return Denial(DenialReason.POLICY, f"{target} is in dialback.deny {network}")
         if not ip.is_global and not self._dialback.allow_private:
-            return Denial("policy", f"{target} is not a global address (dialback.allow_private is false)")
+            return Denial(DenialReason.POLICY, f"{target} is not a global address (dialback.allow_private is false)")
         return None
 
     def budget_denial(self, target: str, now_s: float) -> Denial | None:
@@ -179,12 +190,12 @@ class Policy:
         the dial-back had failed: by the emulated relay."""
         splice_bytes = self.splice_bytes
         if splice_bytes is not None and splice_bytes.spent(now_s):
-            return Denial("budget", f"{splice_bytes.limit_bytes} bytes spliced this minute (splice.bytes_per_minute)")
+            return Denial(DenialReason.BUDGET, f"{splice_bytes.limit_bytes} bytes spliced this minute (splice.bytes_per_minute)")
         per_hour = self._dialback.per_ip_hourly
         if per_hour is not None:
             dialed = self._dialbacks_per_hour.count(str(plain_address(target)), now_s)
             if dialed > per_hour:
-                return Denial("budget", f"{dialed} dial-backs to {target} within an hour (dialback.per_ip_hourly {per_hour})")
+                return Denial(DenialReason.BUDGET, f"{dialed} dial-backs to {target} within an hour (dialback.per_ip_hourly {per_hour})")
         return None
 
     def listens_on(self, port: int) -> bool:

@@ -6,15 +6,22 @@ import asyncio
 import errno
 import socket
 import time
+from enum import StrEnum
 from typing import Callable
 
 from looper.net.splice import SpliceEnd
 
 
+class DialFailure(StrEnum):
+    REFUSED = "refused"
+    TIMEOUT = "timeout"
+    UNREACHABLE = "unreachable"  # any other connect error
+
+
 class DialFailed(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: DialFailure, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
-        self.reason = reason  # refused | timeout | unreachable
+        self.reason = reason
         self.detail = detail
 
 
@@ -55,14 +62,14 @@ async def dial_back(
         _, end = await loop.create_connection(SpliceEnd, sock=sock)
     except TimeoutError:
         sock.close()
-        raise DialFailed("timeout", f"no answer within {timeout_s:g} s") from None
+        raise DialFailed(DialFailure.TIMEOUT, f"no answer within {timeout_s:g} s") from None
     except ConnectionRefusedError:
         sock.close()
-        raise DialFailed("refused", "connection refused") from None
+        raise DialFailed(DialFailure.REFUSED, "connection refused") from None
     except OSError as err:
         sock.close()
         name = errno.errorcode.get(err.errno or 0, "error")
-        raise DialFailed("unreachable", f"{name}: {err.strerror or err}") from None
+        raise DialFailed(DialFailure.UNREACHABLE, f"{name}: {err.strerror or err}") from None
     except BaseException:
         sock.close()
         raise

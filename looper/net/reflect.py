@@ -15,8 +15,9 @@ from looper.config import Endpoint
 from looper.net.context import Connection, TrapContext
 from looper.net.dialback import DialFailed, dial_back, is_local_address
 from looper.net.fallback import HANGUP_REPLY, hang_up
-from looper.net.splice import SHUTDOWN, Splice, SpliceEnd
-from looper.policy import Denial
+from looper.net.reasons import CloseReason, SessionMode
+from looper.net.splice import Splice, SpliceEnd
+from looper.policy import Denial, DenialReason
 from looper.proto.observer import Observer
 
 
@@ -27,7 +28,7 @@ class ReflectSession:
         self.connection = Connection(context, self, inbound.transport)
         self.info = self.connection.info
         self.emit = self.connection.emit
-        self.mode = "reflect"
+        self.mode = SessionMode.REFLECT
         self.splice: Splice | None = None
         self.observer: Observer | None = None
         self._task: asyncio.Task | None = None
@@ -49,7 +50,7 @@ class ReflectSession:
         if refusal is not None:
             # Blocked, or too many connections: not a word, not a dial-back.
             self.emit("looper.session.refused", reason=refusal.reason, detail=refusal.detail)
-            self.mode = "refused"
+            self.mode = SessionMode.REFUSED
             self.inbound.on_early_loss = lambda: self._finish(refusal.reason, len(self.inbound.early), 0)
             self.inbound.transport.abort()
             return
@@ -58,7 +59,7 @@ class ReflectSession:
             # would: look it up while the dial-back is under way.
             self._client_name = asyncio.get_running_loop().create_task(context.dns.name_of(info.src_ip))
         if policy.is_own_dialback(info.src_ip, info.src_port):
-            denial = Denial("self", "the client is one of the trap's own dial-backs")
+            denial = Denial(DenialReason.SELF, "the client is one of the trap's own dial-backs")
         else:
             denial = self.connection.admit()
         if denial is None:
@@ -128,8 +129,8 @@ class ReflectSession:
         never dialed, but answered."""
         inbound = self.inbound
         emulated = self.context.emulated
-        if emulated is None or why == "limit":
-            self.mode = "hangup"
+        if emulated is None or why == DenialReason.LIMIT:
+            self.mode = SessionMode.HANGUP
             hang_up(inbound.transport)
             inbound.on_early_loss = lambda: self._finish(f"dialback_{why}", len(inbound.early), len(HANGUP_REPLY))
             return
@@ -140,8 +141,8 @@ class ReflectSession:
             except Exception:  # noqa: BLE001 - a lookup problem is no reason to drop the client
                 client_name = None
         if inbound.early_lost is not False:
-            return self._finish("closed_by_client", len(inbound.early), 0)
-        self.mode = "emulate"
+            return self._finish(CloseReason.CLOSED_BY_CLIENT, len(inbound.early), 0)
+        self.mode = SessionMode.EMULATE
         # Nothing here is needed any more: 10,000 idle sessions should not
         # each keep a finished task and its coroutine.
         self._client_name = self._task = inbound.on_early_loss = None
@@ -157,7 +158,7 @@ class ReflectSession:
     def _client_left_early(self) -> None:
         if self._task is not None and not self._task.done():
             self._task.cancel()
-            self._finish("closed_by_client", len(self.inbound.early), 0)
+            self._finish(CloseReason.CLOSED_BY_CLIENT, len(self.inbound.early), 0)
 
     def _spliced_closed(self, reason: str) -> None:
         observer = self.observer
@@ -178,7 +179,7 @@ class ReflectSession:
         if self.emulated is not None:
             self.emulated.say_goodbye()
         elif self.splice is not None:
-            self.splice.close(SHUTDOWN)
+            self.splice.close(CloseReason.SHUTDOWN)
         else:
             self.shutdown()
 
@@ -187,11 +188,11 @@ class ReflectSession:
         if self.emulated is not None:
             self.emulated.shutdown()
         elif self.splice is not None:
-            self.splice.close(SHUTDOWN, abort=True)
+            self.splice.close(CloseReason.SHUTDOWN, abort=True)
         elif self._task is not None and not self._task.done():
             self._task.cancel()
             self.inbound.transport.abort()
-            self._finish(SHUTDOWN, len(self.inbound.early), 0)
+            self._finish(CloseReason.SHUTDOWN, len(self.inbound.early), 0)
         else:
             self.inbound.transport.abort()
 

@@ -15,6 +15,7 @@ from looper.eventlog import EventLog
 from looper.net.context import Connection, SessionTable, TrapContext
 from looper.net.dns import ReverseDns
 from looper.net.emulate import EmulatedRelay
+from looper.net.reasons import SessionMode
 from looper.net.reflect import ReflectSession
 from looper.net.splice import SpliceEnd, SpliceThrottle
 from looper.policy import Policy
@@ -170,10 +171,10 @@ class _ServedSession:
         if refusal is not None:
             connection.emit("looper.session.refused", reason=refusal.reason, detail=refusal.detail)
             self.transport.abort()
-            return connection.close("refused", refusal.reason, 0, 0)
+            return connection.close(SessionMode.REFUSED, refusal.reason, 0, 0)
         self.server_session = context.emulated.serve(
             self.transport, info, implicit_tls=self.kind.implicit_tls,
-            on_closed=lambda reason, bytes_in, bytes_out: connection.close("emulate", reason, bytes_in, bytes_out),
+            on_closed=lambda reason, bytes_in, bytes_out: connection.close(SessionMode.EMULATE, reason, bytes_in, bytes_out),
         )
 
     def say_goodbye(self) -> None:

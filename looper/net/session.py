@@ -32,22 +32,10 @@ from typing import Callable
 
 from looper.eventlog import EventLog, SessionInfo
 from looper.net.capture import MessageStore, StoreFailed
-from looper.net.splice import (
-    CLOSE_GRACE_SECONDS,
-    CLOSED_BY_CLIENT,
-    CLOSED_BY_SERVER,
-    MAX_SECONDS,
-    RESET_BY_CLIENT,
-    SHUTDOWN,
-)
+from looper.net.reasons import CloseReason
+from looper.net.splice import CLOSE_GRACE_SECONDS
 from looper.proto.actions import Action, Close, Send, ServerMachine, StartTLS, Store
 
-# Close reasons of our own (the others are the splice's, so that one
-# looper.session.closed field means the same thing on both paths).
-TIMEOUT = "timeout"
-TLS_FAILED = "tls_failed"
-LOG_FAILED = "log_failed"  # a stored message's events could not be logged: no 250
-ERROR = "error"
 
 # Replies are short: 64 KiB of unread replies means a client that does not
 # read. Reading from it stops there, so it cannot make us buffer more.
@@ -207,7 +195,7 @@ class ServerSession(asyncio.BufferedProtocol):
         try:
             self._eof = True
             if self._reason is None:
-                self._close_cause = CLOSED_BY_CLIENT
+                self._close_cause = CloseReason.CLOSED_BY_CLIENT
                 self.machine.receive_data(b"")
                 self._pump()
         except Exception as err:
@@ -222,7 +210,7 @@ class ServerSession(asyncio.BufferedProtocol):
             return
         try:
             if self._reason is None:
-                self._reason = RESET_BY_CLIENT if exc is not None else CLOSED_BY_CLIENT
+                self._reason = CloseReason.RESET_BY_CLIENT if exc is not None else CloseReason.CLOSED_BY_CLIENT
             self.transport = None
             self._cancel_timer()
             pending = self._pending
@@ -254,7 +242,7 @@ class ServerSession(asyncio.BufferedProtocol):
 
     # -- the trap's stop ------------------------------------------------------
 
-    def say_goodbye(self, reason: str = SHUTDOWN) -> None:
+    def say_goodbye(self, reason: str = CloseReason.SHUTDOWN) -> None:
         """The trap is stopping (or the session has lasted long enough):
         once what it is doing now is done (a store, a paced reply), the
         machine says its goodbye (SMTP's 421) and closes for `reason`.
@@ -274,7 +262,7 @@ class ServerSession(asyncio.BufferedProtocol):
         """Close now: what is buffered is dropped, nothing pending finishes."""
         if self._done:
             return
-        self._close(SHUTDOWN, abort=True)
+        self._close(CloseReason.SHUTDOWN, abort=True)
         self._finish()
 
     # -- carrying out the machine's actions -----------------------------------
@@ -322,7 +310,7 @@ class ServerSession(asyncio.BufferedProtocol):
                 self._pending = self._loop.create_task(self._store(action))
                 break
             if type(action) is Close:
-                self._close(self._close_cause or CLOSED_BY_SERVER)
+                self._close(self._close_cause or CloseReason.CLOSED_BY_SERVER)
                 break
             raise TypeError(f"not an action: {action!r}")
         self._write(batch)
@@ -385,7 +373,7 @@ class ServerSession(asyncio.BufferedProtocol):
             self.eventlog.emit(self.info, "looper.tls.failed", error=_describe(err))
             if plain is not None:
                 plain.abort()
-            self._reason = self._reason or TLS_FAILED
+            self._reason = self._reason or CloseReason.TLS_FAILED
             # The plain transport now belongs to the TLS layer, which does not
             # report a loss during the handshake to us: we finish here.
             return self._finish()
@@ -452,7 +440,7 @@ class ServerSession(asyncio.BufferedProtocol):
         for event in self.machine.events():
             self.eventlog.emit_event(self.info, event)
         if not self.eventlog.flush():
-            self._close(LOG_FAILED, abort=True)
+            self._close(CloseReason.LOG_FAILED, abort=True)
 
     # -- reading, timers ------------------------------------------------------
 
@@ -495,7 +483,7 @@ class ServerSession(asyncio.BufferedProtocol):
             now = self._loop.time()
             if self._deadline is not None and now + TIMER_SLACK_S >= self._deadline:
                 self._deadline = None
-                return self.say_goodbye(MAX_SECONDS)
+                return self.say_goodbye(CloseReason.MAX_SECONDS)
             timeout_s = self.machine.idle_timeout_s
             if not timeout_s:
                 return self._arm_idle()
@@ -507,7 +495,7 @@ class ServerSession(asyncio.BufferedProtocol):
             if now + TIMER_SLACK_S < due:
                 return self._arm_idle()
             self._last_read_at = now  # a machine that does not close gets another period
-            cause, self._close_cause = self._close_cause, TIMEOUT
+            cause, self._close_cause = self._close_cause, CloseReason.TIMEOUT
             self.machine.timed_out()
             self._pump()
             if self._reason is None and self._queue is None and self._pending is None:
@@ -564,10 +552,10 @@ class ServerSession(asyncio.BufferedProtocol):
         self._log_error(err)
         try:
             if self.transport is None:
-                self._reason = self._reason or ERROR
+                self._reason = self._reason or CloseReason.ERROR
                 self._finish()
             else:
-                self._close(ERROR)
+                self._close(CloseReason.ERROR)
         except Exception as again:
             self._log_error(again)
 
@@ -594,7 +582,7 @@ class ServerSession(asyncio.BufferedProtocol):
         except Exception as err:
             self._log_error(err)
         try:
-            self._on_closed(self._reason or CLOSED_BY_CLIENT, self.bytes_in, self.bytes_out)
+            self._on_closed(self._reason or CloseReason.CLOSED_BY_CLIENT, self.bytes_in, self.bytes_out)
         except Exception as err:
             self._log_error(err)
 

@@ -20,6 +20,7 @@ import socket
 import struct
 from typing import Callable, Protocol
 
+from looper.net.reasons import CloseReason
 from looper.policy import ByteBudget
 
 # Enough in flight to keep a 2 GB/s pipe busy between event-loop turns, small
@@ -27,16 +28,6 @@ from looper.policy import ByteBudget
 WRITE_HIGH_WATER_BYTES = 256 * 1024
 WRITE_LOW_WATER_BYTES = 64 * 1024
 
-# Close reasons, as logged in looper.session.closed.
-CLOSED_NORMALLY = "closed"
-RESET_BY_CLIENT = "reset_by_client"
-RESET_BY_SERVER = "reset_by_server"
-CLOSED_BY_CLIENT = "closed_by_client"
-CLOSED_BY_SERVER = "closed_by_server"
-MAX_BYTES = "max_bytes"
-MAX_SECONDS = "max_seconds"
-IDLE = "idle"
-SHUTDOWN = "shutdown"
 
 # A graceful close waits for buffered bytes to drain; a peer that never reads
 # would hold the session forever, so after this the close becomes an abort.
@@ -207,7 +198,7 @@ class Splice:
         self.idle_seconds = idle_seconds
         self.bytes_from_client = 0
         self.bytes_from_server = 0
-        self.reason: str | None = None
+        self.reason: CloseReason | None = None
         self.throttle = throttle
         self.throttled = False
         self._on_closed = on_closed
@@ -216,7 +207,7 @@ class Splice:
         self._loop = asyncio.get_running_loop()
         self._last_activity = self._loop.time()
         self._timers = [
-            self._loop.call_later(max_seconds, self.close, MAX_SECONDS),
+            self._loop.call_later(max_seconds, self.close, CloseReason.MAX_SECONDS),
             self._loop.call_later(idle_seconds, self._check_idle),
         ]
 
@@ -265,7 +256,7 @@ class Splice:
         if end is self.inbound:
             self.bytes_from_client += len(data)
             if self.bytes_from_client > self.max_bytes:
-                return self.close(MAX_BYTES)
+                return self.close(CloseReason.MAX_BYTES)
             self.reflected.transport.write(data)
             if self.throttle is not None:
                 self.throttle.spend(self, len(data))
@@ -275,7 +266,7 @@ class Splice:
         else:
             self.bytes_from_server += len(data)
             if self.bytes_from_server > self.max_bytes:
-                return self.close(MAX_BYTES)
+                return self.close(CloseReason.MAX_BYTES)
             if inspector is None:
                 self.inbound.transport.write(data)
             else:
@@ -303,21 +294,21 @@ class Splice:
         if other.transport.can_write_eof():
             other.transport.write_eof()
         if len(self._eof_from) == 2:
-            self.close(CLOSED_NORMALLY)
+            self.close(CloseReason.CLOSED)
 
     def lost(self, end: SpliceEnd, exc: Exception | None) -> None:
         self._lost.add(end)
         if self.reason is None:
             client = end is self.inbound
             if exc is not None:
-                self.close(RESET_BY_CLIENT if client else RESET_BY_SERVER, abort=True)
+                self.close(CloseReason.RESET_BY_CLIENT if client else CloseReason.RESET_BY_SERVER, abort=True)
             else:
-                self.close(CLOSED_BY_CLIENT if client else CLOSED_BY_SERVER)
+                self.close(CloseReason.CLOSED_BY_CLIENT if client else CloseReason.CLOSED_BY_SERVER)
         self._maybe_done()
 
     # -- ending ---------------------------------------------------------------
 
-    def close(self, reason: str, *, abort: bool = False) -> None:
+    def close(self, reason: CloseReason, *, abort: bool = False) -> None:
         """End the splice for `reason`: graceful (buffered bytes are still
         delivered) unless abort, which mirrors a reset."""
         if self.reason is not None:
@@ -351,6 +342,6 @@ class Splice:
     def _check_idle(self) -> None:
         idle_until = self._last_activity + self.idle_seconds
         if self._loop.time() >= idle_until:
-            self.close(IDLE)
+            self.close(CloseReason.IDLE)
         else:
             self._timers[1] = self._loop.call_at(idle_until, self._check_idle)

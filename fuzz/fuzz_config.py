@@ -28,8 +28,11 @@ with instrumented(__name__ == "__main__", "looper", "yaml"):
 
 
 class Environment:
-    def queue_id(self, style: str) -> str:
-        return "4Tq1x2"
+    def now_s(self) -> float:
+        return 1_795_000_000.0
+
+    def serial(self) -> int:
+        return 1
 
     def cram_challenge(self) -> str:
         return "<1@mx.trap.example.net>"

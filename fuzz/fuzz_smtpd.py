@@ -59,9 +59,12 @@ class Environment:
     def __init__(self) -> None:
         self.issued = 0
 
-    def queue_id(self, style: str) -> str:
+    def now_s(self) -> float:
+        return 1_795_000_000.043981
+
+    def serial(self) -> int:
         self.issued += 1
-        return f"{0xABCDE00000 + self.issued:011X}"
+        return 0xE00000 + self.issued
 
     def cram_challenge(self) -> str:
         return "<1234567890123456.1795000000@mx.trap.example.net>"

@@ -29,9 +29,12 @@ class FixedEnvironment:
         self.challenge = cram_challenge
         self.issued = 0
 
-    def queue_id(self, style: str = "postfix") -> str:
+    def now_s(self) -> float:
+        return 1_795_000_000.043981  # 0x0ABCD microseconds: Postfix queue ids 0ABCDE00001, ...
+
+    def serial(self) -> int:
         self.issued += 1
-        return f"{0xABCDE00000 + self.issued:011X}"
+        return 0xE00000 + self.issued
 
     def cram_challenge(self) -> str:
         return self.challenge

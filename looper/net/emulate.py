@@ -29,39 +29,20 @@ from looper.proto.smtpd import ClientInfo, SmtpServer, SmtpSettings
 MAX_REMEMBERED_ADDRESSES = 100_000
 
 
-_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_BASE60 = _BASE62[:60]
-
-
-def _base62(number: int, width: int) -> str:
-    digits = ""
-    for _ in range(width):
-        number, digit = divmod(number, 62)
-        digits = _BASE62[digit] + digits
-    return digits
-
-
 class SystemEnvironment:
-    """Queue ids, CRAM-MD5 challenges and dates, as Postfix and Dovecot make them."""
+    """The clock, counters and randomness the SMTP machine may not have itself."""
 
     def __init__(self, hostname: str) -> None:
         self._short_name = hostname.split(".")[0]
-        # Postfix's short queue id: the microseconds of the queue file's
-        # time (5 hex digits) then its inode number; ours counts up.
+        # A queue file's inode number (Postfix's queue ids end in it); ours counts up.
         self._inode = 0x100000 + secrets.randbelow(0xE00000)
 
-    def queue_id(self, style: str) -> str:
+    def now_s(self) -> float:
+        return time.time()
+
+    def serial(self) -> int:
         self._inode += 1
-        now = time.time()
-        if style == "exim":  # Exim 4.96: base-62 time, pid and fraction, 1xV4mo-0001px-1o
-            return f"{_base62(int(now), 6)}-{_base62(self._inode, 6)}-{_base62(int(now % 1 * 3844), 2)}"
-        if style == "sendmail":  # sendmail: year, month, day, hour, minute, second, counter, pid
-            t = time.gmtime(now)
-            stamp = "".join(_BASE60[n] for n in ((t.tm_year - 1900) % 60, t.tm_mon - 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec))
-            return f"{stamp}{_BASE60[self._inode % 60]}{_BASE60[self._inode // 60 % 60]}{self._inode % 1_000_000:06d}"
-        if style == "exchange":  # InternalId: a 13-digit counter
-            return f"{self._inode + 5_100_000_000_000}"
-        return f"{time.time_ns() // 1000 % 1_000_000:05X}{self._inode:X}"
+        return self._inode
 
     def cram_challenge(self) -> str:
         return f"<{secrets.randbelow(10**16):016d}.{int(time.time())}@{self._short_name}>"

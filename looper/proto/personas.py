@@ -12,6 +12,7 @@ SMTP machine decides *which* reply a situation gets; the persona decides
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 # The keys every persona answers; the machine only ever asks for these.
 REPLY_KEYS = frozenset(
@@ -28,6 +29,47 @@ REPLY_KEYS = frozenset(
     auth_syntax auth_aborted auth_already auth_in_transaction storage_failed
     """.split()
 )
+
+
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_BASE60 = _BASE62[:60]
+
+
+def _base62(number: int, width: int) -> str:
+    digits = ""
+    for _ in range(width):
+        number, digit = divmod(number, 62)
+        digits = _BASE62[digit] + digits
+    return digits
+
+
+def _postfix_queue_id(now_s: float, serial: int) -> str:
+    # Postfix's short queue id: the microseconds of the queue file's time (5 hex digits), then its inode.
+    return f"{round(now_s * 1_000_000) % 1_000_000:05X}{serial:X}"
+
+
+def _exim_queue_id(now_s: float, serial: int) -> str:
+    # Exim 4.96: base-62 time, pid and fraction: 1xV4mo-0001px-1o
+    return f"{_base62(int(now_s), 6)}-{_base62(serial, 6)}-{_base62(int(now_s % 1 * 3844), 2)}"
+
+
+def _sendmail_queue_id(now_s: float, serial: int) -> str:
+    # sendmail: year, month, day, hour, minute, second in base 60, a counter, the pid
+    t = datetime.fromtimestamp(int(now_s), timezone.utc)
+    stamp = "".join(_BASE60[n] for n in ((t.year - 1900) % 60, t.month - 1, t.day, t.hour, t.minute, t.second))
+    return f"{stamp}{_BASE60[serial % 60]}{_BASE60[serial // 60 % 60]}{serial % 1_000_000:06d}"
+
+
+def _exchange_queue_id(now_s: float, serial: int) -> str:
+    return f"{serial + 5_100_000_000_000}"  # InternalId: a 13-digit counter
+
+
+QUEUE_ID_FORMATS = {
+    "postfix": _postfix_queue_id,
+    "exim": _exim_queue_id,
+    "sendmail": _sendmail_queue_id,
+    "exchange": _exchange_queue_id,
+}
 
 
 @dataclass(frozen=True)
@@ -61,6 +103,11 @@ class Persona:
     queue_id_style: str = "postfix"
     # How the Received: field it would add reads (one line; MTAs fold it).
     received_format: str = ""
+
+    def queue_id(self, now_s: float, serial: int) -> str:
+        """The queue id this server would give a message stored at `now_s`
+        (the environment's clock) with `serial` (its inode, counter or pid)."""
+        return QUEUE_ID_FORMATS[self.queue_id_style](now_s, serial)
 
     def __post_init__(self) -> None:
         missing = REPLY_KEYS - self.replies.keys()

@@ -89,7 +89,8 @@ TRANSITIONS: dict[tuple[Mode, Step], Mode] = {
 class Environment(Protocol):
     """What the machine may not compute itself (no clock, no randomness)."""
 
-    def queue_id(self, style: str) -> str: ...  # style: the persona's ("postfix", "exim", ...)
+    def now_s(self) -> float: ...  # the wall clock, seconds since the epoch
+    def serial(self) -> int: ...  # a new number each call: a queue file's inode, a counter
     def cram_challenge(self) -> str: ...
     def date(self) -> str: ...  # RFC 5322, UTC: "Sun, 22 Nov 2026 10:00:00 +0000"
 
@@ -283,7 +284,7 @@ class SmtpServer:
 
     def stored(self, path: str) -> None:
         key, transaction, sha256 = self._take_pending_store()
-        queue_id = self.env.queue_id(self.persona.queue_id_style)
+        queue_id = self.persona.queue_id(self.env.now_s(), self.env.serial())
         facts = transaction.scanner.facts()
         self._emit(
             "looper.smtp.message",

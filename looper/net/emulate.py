@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections import OrderedDict
 from datetime import datetime, timezone
 from email.utils import format_datetime
 from typing import Callable
@@ -21,12 +20,9 @@ from looper.net.capture import MessageStore
 from looper.net.session import ServerSession
 from looper.net.tls import server_context
 from looper.proto.budget import MessageMemory
+from looper.proto.login import FailureMemory
 from looper.proto.personas import PERSONAS
 from looper.proto.smtpd import ClientInfo, SmtpServer, SmtpSettings
-
-# Addresses whose failed logins are remembered (for accept_after and the
-# SASL failure delay, as Dovecot's penalty does); the oldest go first.
-MAX_REMEMBERED_ADDRESSES = 100_000
 
 
 class SystemEnvironment:
@@ -75,7 +71,7 @@ class EmulatedRelay:
         self.tls_context = server_context(smtp.tls_cert, smtp.tls_key, hostname=hostname, folder=config.log.dir)
         self.environment = SystemEnvironment(hostname)
         self.max_session_s = smtp.max_session_seconds
-        self._auth_failures: OrderedDict[str, int] = OrderedDict()
+        self.login_failures = FailureMemory()
 
     def serve(
         self,
@@ -93,7 +89,7 @@ class EmulatedRelay:
         client = ClientInfo(
             ip=ip,
             name=client_name,
-            earlier_auth_failures=self._auth_failures.get(ip, 0),
+            earlier_auth_failures=self.login_failures.of(ip),
             tls=implicit_tls,
             pregreet_bytes=len(early_bytes),
             local_ip=info.dst_ip,
@@ -101,7 +97,7 @@ class EmulatedRelay:
         machine = SmtpServer(self.settings, client, self.environment)
 
         def closed(reason: str, bytes_in: int, bytes_out: int) -> None:
-            self._remember_failures(ip, machine.auth_failures)
+            self.login_failures.remember(ip, machine.auth_failures)
             on_closed(reason, bytes_in, bytes_out)
 
         session = ServerSession(
@@ -115,15 +111,6 @@ class EmulatedRelay:
         )
         session.attach(transport, early_bytes, early_eof=early_eof)
         return session
-
-    def _remember_failures(self, ip: str, failures: int) -> None:
-        if failures:
-            self._auth_failures[ip] = failures
-            self._auth_failures.move_to_end(ip)
-            while len(self._auth_failures) > MAX_REMEMBERED_ADDRESSES:
-                self._auth_failures.popitem(last=False)
-        else:
-            self._auth_failures.pop(ip, None)
 
     def close(self) -> None:
         self.store.close()

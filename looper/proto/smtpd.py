@@ -34,7 +34,8 @@ from looper.proto.budget import MessageMemory
 from looper.proto.message import DotDecoder, MessageScanner
 from looper.proto.personas import Persona
 from looper.proto.reply import Reply
-from looper.proto.sasl import Challenge, Credentials, Failure, SaslExchange, cram_md5_digest
+from looper.proto.login import LoginPolicy, login_fields
+from looper.proto.sasl import Challenge, Credentials, Failure, SaslExchange
 
 # Names a client should not claim in HELO (RFC 2606, RFC 6761).
 RESERVED_NAME_SUFFIXES = (".test", ".example", ".invalid", ".localhost")
@@ -115,6 +116,10 @@ class SmtpSettings:
     reply_overrides: dict[str, str] = field(default_factory=dict)
     # Shared by every session of the trap (None: unbounded, as in unit tests).
     message_memory: MessageMemory | None = field(default=None, compare=False)
+
+    @property
+    def login_policy(self) -> LoginPolicy:
+        return LoginPolicy(self.credentials, self.accept_after, admits=self.mode == "open_relay")
 
     @property
     def local_domain_set(self) -> frozenset[str]:
@@ -837,35 +842,23 @@ class SmtpServer:
         if self._accepts(outcome):
             self._authenticated = outcome.username
             self._auth_failures = 0
-            self._emit("looper.login.success", **_credential_fields(outcome))
+            self._emit("looper.login.success", **login_fields(outcome))
             return self._reply("auth_ok")
         self._login_failed(mechanism, outcome, reason="bad credentials")
         self._reply("auth_failed", delay_s=self._auth_failure_delay())
 
     def _accepts(self, credentials: Credentials) -> bool:
-        settings = self.settings
-        if settings.mode != "open_relay":
-            return False
-        if credentials.authzid and credentials.authzid != credentials.username:
-            return False  # Dovecot lets nobody act for another user
-        if credentials.digest is not None:
-            known = any(
-                user == credentials.username and cram_md5_digest(password, credentials.challenge) == credentials.digest
-                for user, password in settings.credentials
-            )
-        else:
-            known = (credentials.username, credentials.password) in settings.credentials
-        # accept_after: any pair, once this address has failed that often
-        # (never at the first try: honeypot detectors send random pairs).
-        return known or (settings.accept_after is not None and self._auth_failures >= settings.accept_after)
+        return self.settings.login_policy.accepts(credentials, self._auth_failures)
 
     def _auth_failure_delay(self) -> float:
         persona = self.persona
-        return persona.auth_failure_delay_s if self._auth_failures <= 1 else persona.auth_repeat_failure_delay_s
+        return LoginPolicy.failure_delay_s(
+            self._auth_failures, persona.auth_failure_delay_s, persona.auth_repeat_failure_delay_s
+        )
 
     def _login_failed(self, mechanism: str, credentials: Credentials | None, *, reason: str) -> None:
         self._auth_failures += 1
-        fields = _credential_fields(credentials) if credentials else {"mechanism": mechanism, "username": None}
+        fields = login_fields(credentials) if credentials else {"mechanism": mechanism, "username": None}
         self._emit("looper.login.failed", reason=reason, **fields)
 
     # -- the Received: field it would have added --------------------------------
@@ -891,17 +884,6 @@ class _Blanks(dict):
 
     def __missing__(self, key: str) -> str:
         return ""
-
-
-def _credential_fields(credentials: Credentials) -> dict[str, Any]:
-    fields: dict[str, Any] = {"mechanism": credentials.mechanism, "username": credentials.username}
-    if credentials.digest is not None:
-        fields.update(digest=credentials.digest, challenge=credentials.challenge)
-    else:
-        fields["password"] = credentials.password
-    if credentials.authzid:
-        fields["authzid"] = credentials.authzid
-    return fields
 
 
 def _after_keyword(argument: str, keyword: str) -> str | None:

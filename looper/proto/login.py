@@ -1,0 +1,81 @@
+"""The one login policy of every emulated protocol (SMTP AUTH now; IMAP
+and POP3 logins next): who gets in, how long a failure makes the client
+wait, and the failures each address has run up, across its sessions and
+across protocols. Plain bookkeeping, no I/O."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from looper.proto.sasl import Credentials, cram_md5_digest
+
+# Addresses whose failed logins are remembered (for accept_after and the
+# failure delays, as Dovecot's penalty does); the oldest go first.
+MAX_REMEMBERED_ADDRESSES = 100_000
+
+
+@dataclass(frozen=True)
+class LoginPolicy:
+    credentials: frozenset[tuple[str, str]] = frozenset()
+    # Any user:password once an address has failed this often (never at the
+    # first try: honeypot detectors send a random pair first).
+    accept_after: int | None = None
+    # False (harvester mode): every login fails, whatever was sent.
+    admits: bool = True
+
+    def accepts(self, credentials: Credentials, earlier_failures: int) -> bool:
+        if not self.admits:
+            return False
+        if credentials.authzid and credentials.authzid != credentials.username:
+            return False  # Dovecot lets nobody act for another user
+        if credentials.digest is not None:
+            known = any(
+                user == credentials.username and cram_md5_digest(password, credentials.challenge) == credentials.digest
+                for user, password in self.credentials
+            )
+        else:
+            known = (credentials.username, credentials.password) in self.credentials
+        return known or (self.accept_after is not None and earlier_failures >= self.accept_after)
+
+    @staticmethod
+    def failure_delay_s(failures: int, first_s: float, repeat_s: float) -> float:
+        """Dovecot's: the first failure of an address waits less than the next ones."""
+        return first_s if failures <= 1 else repeat_s
+
+
+def login_fields(credentials: Credentials) -> dict[str, Any]:
+    """A login attempt as looper.login.success / looper.login.failed log it."""
+    fields: dict[str, Any] = {"mechanism": credentials.mechanism, "username": credentials.username}
+    if credentials.digest is not None:
+        fields.update(digest=credentials.digest, challenge=credentials.challenge)
+    else:
+        fields["password"] = credentials.password
+    if credentials.authzid:
+        fields["authzid"] = credentials.authzid
+    return fields
+
+
+class FailureMemory:
+    """Failed logins per address since its last success, whatever the
+    protocol and however many sessions; bounded, the oldest forgotten first."""
+
+    def __init__(self, max_addresses: int = MAX_REMEMBERED_ADDRESSES) -> None:
+        self.max_addresses = max_addresses
+        self._failures: OrderedDict[str, int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    def of(self, ip: str) -> int:
+        return self._failures.get(ip, 0)
+
+    def remember(self, ip: str, failures: int) -> None:
+        if not failures:
+            self._failures.pop(ip, None)
+            return
+        self._failures[ip] = failures
+        self._failures.move_to_end(ip)
+        while len(self._failures) > self.max_addresses:
+            self._failures.popitem(last=False)

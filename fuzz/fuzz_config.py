@@ -22,9 +22,10 @@ from _harness import check, instrumented, main
 with instrumented(__name__ == "__main__", "looper", "yaml"):
     from looper.config import Config, ConfigError, parse_config
     from looper.proto.observer import Observer
-    from looper.proto.personas import PERSONAS
     from looper.proto.reply import parse_reply_line
-    from looper.proto.smtpd import ClientInfo, SmtpServer, SmtpSettings
+    from looper.proto.smtpd import ClientInfo, SmtpServer
+# Not instrumented: how the running trap builds the machine's settings.
+from looper.net.emulate import smtp_settings  # noqa: E402
 
 
 class Environment:
@@ -45,20 +46,7 @@ def check_machines_accept(config: Config) -> None:
     if config.ehlo_mask_name is not None:
         Observer(relay_ip="192.0.2.25", mask_name=config.ehlo_mask_name)
     smtp = config.smtp
-    persona = PERSONAS[smtp.persona]
-    settings = SmtpSettings(
-        hostname=smtp.hostname or "mx.trap.example.net",
-        persona=persona,
-        mode=smtp.mode,
-        relay=smtp.relay,
-        credentials=frozenset((c.user, c.password) for c in config.credentials),
-        accept_after=smtp.accept_after,
-        auth_mechanisms=smtp.auth_mechanisms,
-        max_message_bytes=smtp.max_message_bytes or persona.default_max_message_bytes,
-        idle_timeout_s=smtp.idle_timeout,
-        greet_delay_s=smtp.greet_delay,
-        reply_overrides=dict(smtp.replies),
-    )
+    settings = smtp_settings(config, smtp.hostname or "mx.trap.example.net")  # as the running trap builds them
     machine = SmtpServer(settings, ClientInfo("192.0.2.7", name="spam.example.org"), Environment())
     for key in smtp.replies:
         said = machine._line(key)  # what every reply goes through

@@ -47,26 +47,32 @@ class SystemEnvironment:
         return format_datetime(datetime.now(timezone.utc))
 
 
+def smtp_settings(config: Config, hostname: str, message_memory: MessageMemory | None = None) -> SmtpSettings:
+    """The SMTP machine's settings, as the configuration says."""
+    smtp = config.smtp
+    persona = PERSONAS[smtp.persona]
+    return SmtpSettings(
+        hostname=hostname,
+        persona=persona,
+        mode=smtp.mode,
+        relay=smtp.relay,
+        credentials=frozenset((c.user, c.password) for c in config.credentials),
+        accept_after=smtp.accept_after,
+        auth_mechanisms=smtp.auth_mechanisms,
+        max_message_bytes=smtp.max_message_bytes or persona.default_max_message_bytes,
+        idle_timeout_s=smtp.idle_timeout,
+        greet_delay_s=smtp.greet_delay,
+        reply_overrides=dict(smtp.replies),
+        message_memory=message_memory,
+    )
+
+
 class EmulatedRelay:
     def __init__(self, config: Config, eventlog: EventLog, hostname: str) -> None:
         smtp = config.smtp
-        persona = PERSONAS[smtp.persona]
         self.hostname = hostname
         self.eventlog = eventlog
-        self.settings = SmtpSettings(
-            hostname=hostname,
-            persona=persona,
-            mode=smtp.mode,
-            relay=smtp.relay,
-            credentials=frozenset((c.user, c.password) for c in config.credentials),
-            accept_after=smtp.accept_after,
-            auth_mechanisms=smtp.auth_mechanisms,
-            max_message_bytes=smtp.max_message_bytes or persona.default_max_message_bytes,
-            idle_timeout_s=smtp.idle_timeout,
-            greet_delay_s=smtp.greet_delay,
-            reply_overrides=dict(smtp.replies),
-            message_memory=MessageMemory(config.limits.message_memory_bytes),
-        )
+        self.settings = smtp_settings(config, hostname, MessageMemory(config.limits.message_memory_bytes))
         self.store = MessageStore(config.log.dir)
         self.tls_context = server_context(smtp.tls_cert, smtp.tls_key, hostname=hostname, folder=config.log.dir)
         self.environment = SystemEnvironment(hostname)

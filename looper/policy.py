@@ -93,6 +93,10 @@ class ByteBudget:
         self._roll(now_s)
         return self.used_bytes >= self.limit_bytes
 
+    def remaining(self, now_s: float) -> int:
+        self._roll(now_s)
+        return max(0, self.limit_bytes - self.used_bytes)
+
     @property
     def next_window_s(self) -> float:
         return self.window_start_s + self.per_seconds

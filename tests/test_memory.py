@@ -236,3 +236,29 @@ async def test_a_burst_of_5000_connections_in_one_second(tmp_path):
     assert len(answers) == connections and greeted + hung_up == connections
     assert peak_kib - rss_before < 64 * MIB
     assert trap.events.of("looper.session.error") == []
+
+
+async def test_big_read_buffers_left_with_slow_peers_are_counted_and_capped(start_trap, monkeypatch):
+    """A write of the shared 1 MiB read buffer that a slow peer does not take
+    at once leaves the buffer with that peer's transport until it drains.
+    Such buffers are counted; past the cap, reads use the small buffer, so
+    slow peers cannot pin more than MAX_PINNED_READ_BUFFERS of them."""
+    import looper.net.splice as splice
+
+    monkeypatch.setattr(splice, "MAX_PINNED_READ_BUFFERS", 1)
+    pinned_before = splice._buffers.pinned
+    async with StalledRelay() as relay:
+        trap = await start_trap(relay.port, splice={"idle_seconds": 30})
+        clients = []
+        for source in ("127.0.0.2", "127.0.0.2"):
+            reader, writer = await connect_from(source, trap.host, trap.port)
+            assert await reader.readline() == b"220 stalled.relay ESMTP\r\n"
+            writer.write(bytes(4 << 20))  # more than the kernel takes for a relay that does not read
+            clients.append(writer)
+            await asyncio.sleep(0.3)
+        assert splice._buffers.pinned == pinned_before + 1  # the second one read into the small buffer
+        relay.release.set()
+        for writer in clients:
+            writer.close()
+        await trap.events.wait_for("looper.session.closed", count=2, timeout=20)
+    assert splice._buffers.pinned == pinned_before  # all given back

@@ -367,3 +367,35 @@ async def test_the_emulated_relay_on_a_full_disk_answers_452_and_stays_up(small_
     assert report["dropped"] >= 4  # at least the refused session's connect, EHLO, MAIL, RCPT, ...
     (message,) = [e for e in events if e["eventid"] == "looper.smtp.message"]
     assert Path(message["path"]).read_bytes() == taken and message["sha256"] == hashlib.sha256(taken).hexdigest()
+
+
+async def test_a_message_stored_but_not_loggable_gets_452_never_250(small_disk, start_trap):
+    """The messages folder has room (a tmpfs of its own), the log has none:
+    the message is on disk, but its events cannot reach the log, so the
+    client is told 452 and will send it again; a 250 would promise a
+    capture the log knows nothing of."""
+    messages = small_disk / "messages"
+    messages.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(messages)], check=True, capture_output=True)
+    try:
+        trap = await start_trap(
+            free_port(CLIENT), dialback={"on_failure": "emulate"}, smtp={"hostname": "mx.trap.example.net"}
+        )
+        eventlog = trap.trap.eventlog
+        filler = fill(small_disk)
+        while eventlog.flush():  # the log's last page still had room
+            eventlog.emit(WHO, "looper.test.filler", padding="x" * 500)
+        content = b"Subject: unlogged\r\nMessage-ID: <nolog@spam.example>\r\n\r\nstored, not logged\r\n"
+        assert await asyncio.to_thread(send, trap, content) == 452
+        await trap.quiet()
+        assert [p.name for p in messages.iterdir()] == [hashlib.sha256(content).hexdigest() + ".eml"]
+        filler.unlink()
+        assert await asyncio.to_thread(send, trap, content) == 250  # sent again: now logged
+        await trap.quiet()
+        eventlog.flush()
+        stored = [e for e in lines_of(trap.events.path) if e["eventid"] == "looper.smtp.message"]
+        assert [e["sha256"] for e in stored] == [hashlib.sha256(content).hexdigest()]
+        await trap.trap.stop()
+    finally:
+        if subprocess.run(["umount", str(messages)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(messages)], check=True)

@@ -122,6 +122,15 @@ async def test_hundreds_of_slow_messages_at_once_stay_within_the_memory_budget(t
     assert len(trap.events.of("looper.smtp.message")) == stored
 
 
+async def _still_greets_then_stops(trap: TrapProcess) -> None:
+    """After the storm the trap is itself: a fresh client is greeted at once, and SIGTERM stops it cleanly."""
+    reader, writer = await connect_from("127.0.3.1", trap.host, trap.port)
+    async with asyncio.timeout(5):
+        assert (await reader.readline()).startswith(b"220 mx.proc.test ESMTP")
+    writer.close()
+    assert trap.stop() == 0
+
+
 def _junk(index: int) -> bytes:
     """Bytes as hostile as they come cheaply: lines of noise, endless lines,
     NULs and high bytes, commands out of order."""
@@ -181,11 +190,7 @@ async def test_a_thousand_clients_sending_junk_as_fast_as_they_can(tmp_path):
                     await asyncio.sleep(0.2)
             rss.append(trap.status_kib("VmRSS"))
         peak_kib = trap.status_kib("VmHWM")
-        reader, writer = await connect_from("127.0.3.1", trap.host, trap.port)
-        async with asyncio.timeout(5):
-            assert (await reader.readline()).startswith(b"220 mx.proc.test ESMTP")
-        writer.close()
-        assert trap.stop() == 0
+        await _still_greets_then_stops(trap)
     print(f"trap RSS before {rss[0] / MIB:.0f} MiB, after each flood {rss[1] / MIB:.0f} and {rss[2] / MIB:.0f} MiB,"
           f" peak {peak_kib / MIB:.0f} MiB; {junk_bytes / 1e6:.0f} MB of junk")
     assert junk_bytes > 100_000_000
@@ -225,11 +230,7 @@ async def test_a_burst_of_5000_connections_in_one_second(tmp_path):
                 await asyncio.sleep(max(0.0, started + (index + 1) / connections - loop.time()))
         await asyncio.gather(*tasks)
         peak_kib = trap.status_kib("VmHWM")
-        reader, writer = await connect_from("127.0.3.1", trap.host, trap.port)
-        async with asyncio.timeout(5):
-            assert (await reader.readline()).startswith(b"220 mx.proc.test ESMTP")
-        writer.close()
-        assert trap.stop() == 0
+        await _still_greets_then_stops(trap)
     greeted = sum(a.startswith(b"220 mx.proc.test ESMTP") for a in answers)
     hung_up = sum(a == b"421 4.3.2 Service not available, closing transmission channel\r\n" for a in answers)
     print(f"{greeted} greeted, {hung_up} told 421 (over limits.total), {len(answers) - greeted - hung_up} other answers")

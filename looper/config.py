@@ -385,6 +385,13 @@ class Log:
 
 
 @dataclass(frozen=True)
+class Analysis:
+    # A loop chain with no pass for this long has ended: `vanished`, or
+    # `hop_limit` (inferred) when it stopped at its relay's known limit.
+    quiet_seconds: float = _setting(600.0, _seconds)
+
+
+@dataclass(frozen=True)
 class Config:
     sensor: str = _setting(socket.gethostname, _name)
     # On SIGTERM, how long sessions may go on before each protocol says its
@@ -401,6 +408,7 @@ class Config:
     )
     limits: Limits = field(default_factory=Limits)
     log: Log = field(default_factory=Log)
+    analysis: Analysis = field(default_factory=Analysis)
 
     @property
     def ehlo_mask_name(self) -> str | None:

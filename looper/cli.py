@@ -1,4 +1,4 @@
-"""Command line: `looper run`, `looper check-config`.
+"""Command line: `looper run`, `looper check-config`, `looper report`.
 
 A trap that cannot start says why in one line on stderr, naming the file,
 the key and the problem, never in a traceback: exit status 2 for the
@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import ipaddress
+import json
 import logging
 import os
 import resource
@@ -47,6 +49,19 @@ def _parser() -> argparse.ArgumentParser:
     ):
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument("-c", "--config", metavar="FILE", help="YAML configuration (default: built-in defaults)")
+    text = "analyse event logs: open relays, loop chains, what the emulated servers caught"
+    report = commands.add_parser("report", help=text, description=text)
+    report.add_argument("logs", nargs="*", metavar="LOG",
+                        help="event logs, plain or gzip (default: <log.dir>/events.jsonl*)")
+    report.add_argument("-c", "--config", metavar="FILE", help="YAML configuration (for log.dir)")
+    report.add_argument("--since", metavar="WHEN", help="only events from then on (2026-12-01, 2026-12-01T10:00Z)")
+    report.add_argument("--until", metavar="WHEN", help="only events until then (a date: to its end)")
+    report.add_argument("--sensor", action="append", metavar="NAME", help="only this sensor's events (repeatable)")
+    report.add_argument("--ip", action="append", metavar="ADDRESS", help="only this address's events (repeatable)")
+    report.add_argument("--format", choices=("text", "json", "html"), default="text")
+    report.add_argument("-o", "--output", metavar="FILE", help="write the report here (default: standard output)")
+    report.add_argument("--quiet-seconds", type=float, metavar="S",
+                        help="a chain with no pass for this long has ended (default: analysis.quiet_seconds)")
     return parser
 
 
@@ -65,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _command(args: argparse.Namespace) -> int:
     source = args.config or DEFAULTS_SOURCE
+    if args.command == "report":
+        return _report(args, source)
     try:
         config = load_config(args.config)
         check_runtime(config, source)  # the same check for both commands: OK means run starts
@@ -76,6 +93,80 @@ def _command(args: argparse.Namespace) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s looper: %(message)s", stream=sys.stderr)
     return _run(config, source)
+
+
+def _report(args: argparse.Namespace, source: str) -> int:
+    from looper.analysis.logs import LogError, analyse, default_logs, parse_when
+    from looper.analysis.report import build_report, render_text
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        return _cannot_start(err)
+    paths = args.logs or default_logs(config.log.dir)
+    if not paths:
+        print(f"looper report: no event log in {config.log.dir}/ (give the files to read)", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        since = parse_when(args.since) if args.since else None
+        until = parse_when(args.until, end_of_day=True) if args.until else None
+        ips = frozenset(str(ipaddress.ip_address(ip)) for ip in args.ip) if args.ip else None
+    except ValueError as err:
+        print(f"looper report: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    quiet = args.quiet_seconds if args.quiet_seconds is not None else config.analysis.quiet_seconds
+    progress = _Progress() if sys.stderr.isatty() else None
+    try:
+        analysis, stats = analyse(paths, quiet_seconds=quiet, since=since, until=until,
+                                  sensors=frozenset(args.sensor) if args.sensor else None, ips=ips,
+                                  on_line=progress.show if progress else None)
+    except LogError as err:
+        print(f"looper report: {err}", file=sys.stderr)
+        return EXIT_RUNTIME
+    finally:
+        if progress:
+            progress.done()
+    document = build_report(analysis, stats)
+    if args.format == "json":
+        text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    elif args.format == "html":
+        from looper.analysis.html import render_html
+
+        text = render_html(document)
+    else:
+        text = render_text(document)
+    if args.output:
+        try:
+            with open(args.output, "w", encoding="utf-8") as out:
+                out.write(text)
+        except OSError as err:
+            print(f"looper report: {args.output}: {_os_problem(err)}", file=sys.stderr)
+            return EXIT_RUNTIME
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+class _Progress:
+    """A progress bar on stderr, for inputs big enough to wait for."""
+
+    MIN_BYTES = 64 << 20
+
+    def __init__(self) -> None:
+        self.shown = False
+
+    def show(self, stats) -> None:
+        if stats.size < self.MIN_BYTES:
+            return
+        done = min(stats.bytes_read() / stats.size, 1.0)
+        bar = "#" * int(done * 40)
+        sys.stderr.write(f"\rreading {len(stats.files)} file(s): [{bar:<40}] {done:4.0%} {stats.lines} lines")
+        sys.stderr.flush()
+        self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
 
 
 def _cannot_start(err: ConfigError) -> int:

@@ -39,6 +39,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Union
 
 from looper.events import Event
@@ -132,6 +133,9 @@ class EventLog:
         self._pending_chars = 0
         self._flush_loop: asyncio.AbstractEventLoop | None = None  # a flush is scheduled on it
         self._lock = threading.Lock()  # one batch at a time into the sinks
+        # Called with each event's record as it is emitted (the live analysis).
+        # A listener may emit events itself: it is then called with those too.
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     @property
     def healthy(self) -> bool:
@@ -165,15 +169,18 @@ class EventLog:
             # A flood of events in one turn: written now, in batches of a
             # bounded size, rather than held (and joined) all at once.
             self.flush()
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.flush()
-            return
-        if loop is not self._flush_loop:
-            self._flush_loop = loop
-            loop.call_soon(self._end_of_turn)
+        else:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+            else:
+                if loop is not self._flush_loop:
+                    self._flush_loop = loop
+                    loop.call_soon(self._end_of_turn)
+        # After the line is queued, so what a listener emits comes after it.
+        for listener in self.listeners:
+            listener(record)
 
     def emit_event(self, who: SessionInfo, event: Event) -> None:
         self.emit(who, event.eventid, **event.fields)

@@ -69,6 +69,7 @@ EVENT_FIELDS: dict[str, dict[str, str]] = {
     "looper.reflect.command": {"verb": "str|null", "argument": "str|null", "code": "int|null", "reply": "str|null"},
     "looper.reflect.tls": {},
     "looper.reflect.unparsed": {"direction": "str", "why": "str"},
+    "looper.reflect.self_detected": {"name": "str", "where": "str"},
     "looper.command.input": {"input": "str"},
     "looper.smtp.helo": {"verb": "str", "name": "str", "claims_our_name": "bool", "reserved_name": "bool"},
     "looper.smtp.pregreet": {"bytes": "int"},
@@ -88,6 +89,11 @@ EVENT_FIELDS: dict[str, dict[str, str]] = {
     "looper.tls.established": {"version": "str", "cipher": "str"},
     "looper.tls.failed": {"error": "str"},
     "looper.log.dropped": {"dropped": "int", "error": "str", "since": "str"},
+    "looper.relay.verdict": {"relay_ip": "str", "verdict": "str", "evidence": "str"},
+    "looper.chain.ended": {
+        "chain": "str", "relay_ip": "str", "passes": "int", "first_hops": "int|null", "last_hops": "int|null",
+        "end": "str", "end_code": "int|null", "end_text": "str|null", "end_inferred": "bool", "duration": "float",
+    },
 }
 
 _JSON_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "list": list, "null": type(None)}

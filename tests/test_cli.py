@@ -50,8 +50,10 @@ def test_run_serves_until_sigterm(tmp_path):
     assert f"listening on 127.0.0.1:{port}, dialing back on port 1" in stderr
     events = [json.loads(line) for line in (tmp_path / "logs" / "events.jsonl").read_text().splitlines()]
     assert [e["eventid"] for e in events] == [
-        "looper.session.connect", "looper.dialback.failed", "looper.command.input", "looper.session.closed",
+        "looper.session.connect", "looper.dialback.failed", "looper.relay.verdict", "looper.command.input",
+        "looper.session.closed",
     ]
+    assert events[2]["verdict"] == "unreachable"  # the live analysis, right after its evidence
     assert events[-1]["mode"] == "emulate" and events[-1]["reason"] == "closed_by_server"
     assert {e["sensor"] for e in events} == {"cli-test"}
 

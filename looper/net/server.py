@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from looper.config import Config, Endpoint
 from looper.eventlog import EventLog
+from looper.net.live import LiveAnalysis
 from looper.net.context import Connection, SessionTable, TrapContext
 from looper.net.dns import ReverseDns
 from looper.net.emulate import EmulatedRelay
@@ -61,6 +62,7 @@ class Trap:
         self.policy = policy
         self.listening: list[Endpoint] = []
         self._servers: list[asyncio.Server] = []
+        self.live = LiveAnalysis(eventlog, config.analysis.quiet_seconds)
 
     @property
     def sessions(self) -> SessionTable:
@@ -73,6 +75,7 @@ class Trap:
     async def start(self) -> None:
         """Bind every listener (port 0 picks a free port: see `listening`)."""
         config, context = self.config, self.context
+        self.live.start()
         served = [kind for kind in LISTENER_KINDS if not kind.dials_back and getattr(config.listen, kind.name)]
         if config.dialback.on_failure == "emulate" or served:
             hostname = config.smtp.hostname or await context.dns.our_name([e.host for e in config.listen.smtp])
@@ -124,6 +127,8 @@ class Trap:
         if self.emulated is not None:
             self.emulated.close()
         await self.context.dns.close()
+        self.live.stop()
+        self.eventlog.flush()  # stopped means logged: what the last turn emitted too
 
 
 class _InboundEnd(SpliceEnd):

@@ -1,0 +1,181 @@
+"""Reading event logs: plain or gzip, many files from many sensors, merged
+into one stream by timestamp, filtered.
+
+Each file is in time order as the trap wrote it, so the files are merged
+(heapq.merge), not sorted: memory stays one line per file. Lines whose
+event id the reader was not asked for are skipped before they are parsed
+as JSON, which is most of the cost of reading a log.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import heapq
+import io
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import Any, BinaryIO
+
+from looper.analysis.core import Analysis
+
+_EVENTID = '"eventid":"'
+_TIMESTAMP = '{"timestamp":"'
+_TS_END = len(_TIMESTAMP) + 27  # 2026-11-22T09:37:00.567576Z
+
+
+class LogError(Exception):
+    """A log file that cannot be read: the message names it."""
+
+
+@dataclass
+class ReadStats:
+    files: list[str] = field(default_factory=list)
+    lines: int = 0
+    bad_lines: int = 0  # not JSON, or not an event
+    size: int = 0  # bytes on disk of all the files
+    _opened: list[BinaryIO] = field(default_factory=list)
+
+    def bytes_read(self) -> int:
+        total = 0
+        for raw in self._opened:
+            try:
+                total += raw.tell()
+            except (OSError, ValueError):
+                pass
+        return total
+
+
+def default_logs(log_dir: str) -> list[str]:
+    """`<log.dir>/events.jsonl*`, oldest rotation first."""
+    found = glob.glob(os.path.join(glob.escape(log_dir), "events.jsonl*"))
+    return sorted(found, key=_rotation_order)
+
+
+def _rotation_order(path: str) -> tuple[int, str]:
+    suffix = path.rpartition("events.jsonl")[2].lstrip(".")
+    number = suffix.split(".", 1)[0]
+    return (-int(number) if number.isdigit() else 0, path)
+
+
+def parse_when(text: str, *, end_of_day: bool = False) -> str:
+    """A --since/--until value (`2026-12-01`, `2026-12-01T10:00`, with or
+    without Z or an offset) as the log's own timestamp form, so that lines
+    can be compared as strings."""
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            moment = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+            if end_of_day:
+                moment = moment.replace(hour=23, minute=59, second=59, microsecond=999999)
+        else:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a date or time (e.g. 2026-12-01 or 2026-12-01T10:00:00Z)") from None
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _open(path: str, stats: ReadStats) -> io.TextIOBase:
+    try:
+        raw = open(path, "rb")
+        stats.size += os.fstat(raw.fileno()).st_size
+        stats._opened.append(raw)
+        magic = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
+        stream: BinaryIO = gzip.GzipFile(fileobj=raw) if magic == b"\x1f\x8b" else raw
+        return io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="\n")
+    except OSError as err:
+        raise LogError(f"{path}: {err.strerror or err}") from None
+
+
+def _lines(path: str, stats: ReadStats) -> Iterator[tuple[str, str]]:
+    """(timestamp, line) for each line of one file."""
+    with _open(path, stats) as stream:
+        try:
+            for line in stream:
+                if line.startswith(_TIMESTAMP):
+                    yield line[len(_TIMESTAMP):_TS_END], line
+                elif line.strip():
+                    yield "", line  # parsed (and probably rejected) where it stands
+        except (OSError, EOFError, gzip.BadGzipFile) as err:
+            raise LogError(f"{path}: {err}") from None
+
+
+def read_events(
+    paths: Iterable[str],
+    *,
+    wanted: frozenset[str] | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    sensors: frozenset[str] | None = None,
+    ips: frozenset[str] | None = None,
+    stats: ReadStats | None = None,
+    on_line: Callable[[ReadStats], None] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The events of all `paths`, merged by timestamp. `wanted`: only these
+    event ids (None: all). `since`/`until`: parse_when() values. `ips`:
+    events whose src_ip, or relay_ip, is one of these."""
+    stats = stats if stats is not None else ReadStats()
+    paths = list(paths)
+    stats.files.extend(paths)
+    streams = [_lines(path, stats) for path in paths]
+    merged = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=lambda item: item[0])
+    for timestamp, line in merged:
+        stats.lines += 1
+        if on_line is not None and stats.lines % 65536 == 0:
+            on_line(stats)
+        if timestamp:
+            if since is not None and timestamp < since:
+                continue
+            if until is not None and timestamp > until:
+                continue
+        if wanted is not None:
+            start = line.find(_EVENTID)
+            if start >= 0:
+                start += len(_EVENTID)
+                if line[start:line.find('"', start)] not in wanted:
+                    continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            stats.bad_lines += 1
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("eventid"), str):
+            stats.bad_lines += 1
+            continue
+        if not timestamp and (since is not None or until is not None):
+            stamp = record.get("timestamp")
+            if not isinstance(stamp, str) or (since and stamp < since) or (until and stamp > until):
+                continue
+        if wanted is not None and record["eventid"] not in wanted:
+            continue
+        if sensors is not None and record.get("sensor") not in sensors:
+            continue
+        if ips is not None and record.get("src_ip") not in ips and record.get("relay_ip") not in ips:
+            continue
+        yield record
+
+
+def analyse(
+    paths: list[str],
+    *,
+    quiet_seconds: float,
+    since: str | None = None,
+    until: str | None = None,
+    sensors: frozenset[str] | None = None,
+    ips: frozenset[str] | None = None,
+    on_line: Callable[[ReadStats], None] | None = None,
+) -> tuple[Analysis, ReadStats]:
+    """Feed the events of `paths` to a fresh analysis core; (core, stats)."""
+    analysis = Analysis(quiet_seconds=quiet_seconds)
+    stats = ReadStats()
+    feed = analysis.feed
+    for record in read_events(paths, wanted=analysis.wanted, since=since, until=until, sensors=sensors, ips=ips,
+                              stats=stats, on_line=on_line):
+        feed(record)
+    analysis.finish()
+    return analysis, stats

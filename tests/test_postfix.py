@@ -13,6 +13,8 @@ import os
 
 import pytest
 
+from looper.analysis.logs import analyse
+from looper.analysis.report import build_report
 from tests.postfix import PrivatePostfix, postfix_available
 
 if not postfix_available():
@@ -58,6 +60,13 @@ async def test_postfix_notices_its_own_name_and_gives_up(start_trap, postfix):
     assert trap.events.of("looper.reflect.tls") == [] and trap.events.of("looper.reflect.unparsed") == []
     assert trap.events.of("looper.dialback.ok")[0]["target"] == "127.0.0.2:25"
 
+    # The live analysis says it in so many words.
+    [detected] = await trap.events.wait_for("looper.reflect.self_detected")
+    assert (detected["name"], detected["where"]) == ("relay.looper.test", "ehlo_reply")
+    [verdict] = trap.events.of("looper.relay.verdict")
+    assert (verdict["relay_ip"], verdict["verdict"]) == ("127.0.0.2", "loop_protected")
+    assert "mask" in verdict["evidence"]
+
 
 async def test_masked_name_loops_postfix_to_its_hop_limit(start_trap, postfix):
     trap = await start_trap(25, listen_port=25, splice={"ehlo_name": "mask"})
@@ -85,3 +94,16 @@ async def test_masked_name_loops_postfix_to_its_hop_limit(start_trap, postfix):
     assert {(r["name"], r["masked_as"], r["starttls_stripped"]) for r in replies} == {
         ("relay.looper.test", "trap.looper.test", True)
     }
+
+    # The live analysis: an open relay, whose loop ended at Postfix's limit.
+    [verdict] = trap.events.of("looper.relay.verdict")
+    assert (verdict["relay_ip"], verdict["verdict"]) == ("127.0.0.2", "open_relay")
+    [ended] = await trap.events.wait_for("looper.chain.ended", timeout=15)
+    assert (ended["end"], ended["end_code"], ended["end_text"]) == ("hop_limit", 554, "5.4.0 Error: too many hops")
+    assert (ended["passes"], ended["first_hops"], ended["last_hops"]) == (len(hops), 1, hops[-1])
+    assert ended["chain"] == messages[0]["chain"] and ended["end_inferred"] is False
+    # And the report, from the log: Postfix, fingerprinted from its own words.
+    report = build_report(analyse([str(trap.events.path)], quiet_seconds=600)[0])
+    [relay] = report["relays"]
+    assert (relay["verdict"], relay["hop_limit"], relay["mta"]["family"]) == ("open_relay", hops[-1], "postfix")
+    assert relay["mta"]["distribution"] == "Debian"

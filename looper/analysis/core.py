@@ -114,9 +114,8 @@ class Chain:
         """Hop counts missing between the lowest and highest seen."""
         if self.min_hops is None:
             return 0
-        top = min(self.max_hops, MAX_HOPS_TRACKED)
-        span = top - self.min_hops + 1
-        return max(0, span - bin(self.hops_seen >> self.min_hops).count("1"))
+        low, top = max(self.min_hops, 0), min(self.max_hops, MAX_HOPS_TRACKED)
+        return max(0, top - low + 1 - bin(self.hops_seen >> low).count("1"))
 
 
 @dataclass(slots=True)
@@ -239,7 +238,7 @@ class Analysis:
             self._expire(when)
         try:
             handler(record, when)
-        except (KeyError, TypeError, AttributeError, ValueError):
+        except (KeyError, TypeError, AttributeError, ValueError, ArithmeticError):
             pass  # an event without the fields its id promises: a damaged line, skipped
         return self._take()
 
@@ -471,7 +470,7 @@ class Analysis:
             chain.last_session = session_id
         if chain.first_hops is None:
             chain.first_hops = hops
-        if hops <= MAX_HOPS_TRACKED:
+        if 0 <= hops <= MAX_HOPS_TRACKED:
             bit = 1 << hops
             if chain.hops_seen & bit:
                 chain.repeats += 1

@@ -334,7 +334,7 @@ class Analysis:
 
     def _greeting(self, record: dict, when: float) -> None:
         session = self._session(record)
-        text = record.get("text") or ""
+        text = _text(record.get("text")) or ""
         if session is not None:
             session.reflected = True
             session.greeting_name = text.split(" ", 1)[0] if text else ""
@@ -345,14 +345,14 @@ class Analysis:
 
     def _helo(self, record: dict, when: float) -> None:
         session = self._session(record)
-        name = record.get("name")
+        name = _text(record.get("name"))
         if session is not None:
             session.helo_name = name
         relay = self._relay(record, when)
         if name and name not in relay.helo_names and len(relay.helo_names) < 8:
             relay.helo_names.append(name)
         if record.get("verb") == "EHLO" and record.get("code") == 250 and record.get("reply"):
-            first = record["reply"].split("\n", 1)[0]
+            first = (_text(record["reply"]) or "").split("\n", 1)[0]
             if relay.facts.ehlo != first:
                 relay.facts.ehlo = first
                 relay.learnt()
@@ -360,10 +360,10 @@ class Analysis:
     def _ehlo_reply(self, record: dict, when: float) -> None:
         session = self._session(record)
         if session is not None:
-            session.ehlo_name = record.get("name")
+            session.ehlo_name = _text(record.get("name"))
             session.masked = record.get("masked_as") is not None
         relay = self._relay(record, when)
-        extensions = " ".join(record.get("extensions") or [])
+        extensions = " ".join(map(str, record.get("extensions") or []))
         if relay.facts.extensions != extensions:
             relay.facts.extensions = extensions
             relay.learnt()
@@ -385,7 +385,7 @@ class Analysis:
         relay = self._relay(record, when)
         if record.get("reply"):
             before = len(relay.facts.replies)
-            relay.facts.add_reply(record["reply"].split("\n", 1)[0])
+            relay.facts.add_reply((_text(record["reply"]) or "").split("\n", 1)[0])
             if len(relay.facts.replies) != before:
                 relay.learnt()
         return relay
@@ -451,8 +451,8 @@ class Analysis:
                 chain.end_inferred = False
                 self.open_chains[chain_id] = chain
         if chain is None:
-            chain = Chain(chain_id, relay.ip, when, when, subject=record.get("subject"),
-                          message_id=record.get("message_id"))
+            chain = Chain(chain_id, relay.ip, when, when, subject=_text(record.get("subject")),
+                          message_id=_text(record.get("message_id")))
             self.open_chains[chain_id] = chain
             relay.open_chains.add(chain_id)
             relay.chains += 1
@@ -494,7 +494,7 @@ class Analysis:
         chain.last_accepted = False
         if code is None or code < 500 or chain.end is not None:
             return  # temporary: the relay will try again
-        reply = record.get("reply") or ""
+        reply = _text(record.get("reply")) or ""
         relay.facts.add_end(reply)
         relay.learnt()
         if _LOOP_BY_NAME.search(reply):
@@ -583,20 +583,20 @@ class Analysis:
     def _smtp_helo(self, record: dict, when: float) -> None:
         session = self._session(record)
         if session is not None and record.get("name"):
-            session.helo = record["name"]
+            session.helo = _text(record["name"])
 
     def _smtp_message(self, record: dict, when: float) -> None:
         relay = self._relay(record, when)
         relay.messages += 1
         self.captured_messages += 1
         self.captured_bytes += int(record.get("size") or 0)
-        sender = record.get("mail_from") or ""
-        self.captured["senders"].add(sender or "<>")
+        self.captured["senders"].add(_text(record.get("mail_from")) or "<>")
         for rcpt in record.get("rcpt_to") or ():
+            rcpt = _text(rcpt) or ""
             self.captured["recipients"].add(rcpt)
             self.captured["domains"].add(rcpt.rpartition("@")[2].lower() or "(none)")
         if record.get("subject") is not None:
-            self.captured["subjects"].add(record["subject"])
+            self.captured["subjects"].add(_text(record["subject"]))
         session = self._session(record)
         if session is not None and session.helo:
             self.captured["helo_names"].add(session.helo)
@@ -605,20 +605,27 @@ class Analysis:
         relay = self._relay(record, when)
         relay.logins += 1
         protocol = record.get("protocol") or "smtp"
-        secret = record.get("password")
+        secret = _text(record.get("password"))
         if secret is None and record.get("digest") is not None:
-            secret = "cram-md5:" + record["digest"]
+            secret = "cram-md5:" + str(record["digest"])
         ok = record["eventid"] == "looper.login.success"
         tally = self.credentials.get(protocol)
         if tally is None:
             tally = self.credentials[protocol] = Tally()
-        tally.add((record.get("username"), secret, ok))
+        tally.add((_text(record.get("username")), secret, ok))
 
     def _take(self) -> list[Finding]:
         if not self._findings:
             return []
         found, self._findings = self._findings, []
         return found
+
+
+def _text(value: Any) -> str | None:
+    """A field that should hold text, as text: a damaged log may hold anything."""
+    if value is None or isinstance(value, str):
+        return value
+    return repr(value)
 
 
 def chain_summary(chain: Chain) -> dict[str, Any]:

@@ -126,6 +126,7 @@ class Relay:
     first_seen: float
     last_seen: float
     days: set[str] = field(default_factory=set)
+    last_day: str = ""
     sensors: set[str] = field(default_factory=set)
     verdict: Verdict | None = None
     sessions: int = 0  # reflected sessions
@@ -189,9 +190,9 @@ class Analysis:
         self.captured_bytes = 0
         self.events = 0
         self.first: float | None = None
-        self.last: float | None = None
         self.sensors: set[str] = set()
         self._now = 0.0
+        self._next_check = 0.0  # no chain can end by time before this
         self._findings: list[Finding] = []
         self._handlers = {
             "looper.session.connect": self._connect,
@@ -230,17 +231,25 @@ class Analysis:
         except (KeyError, TypeError, ValueError):
             return []
         self.events += 1
-        if self.first is None or when < self.first:
-            self.first = when
-        if self.last is None or when > self.last:
-            self.last = when
         if when > self._now:
-            self._expire(when)
+            self._now = when
+            if self.first is None:
+                self.first = when
+            if when >= self._next_check:
+                self._expire(when)
+        elif self.first is None or when < self.first:
+            self.first = when
         try:
             handler(record, when)
         except (KeyError, TypeError, AttributeError, ValueError, ArithmeticError):
             pass  # an event without the fields its id promises: a damaged line, skipped
-        return self._take()
+        if self._findings:
+            return self._take()
+        return []
+
+    @property
+    def last(self) -> float | None:
+        return self._now if self.first is not None else None
 
     def advance(self, now: float) -> list[Finding]:
         """Time has passed with no event (the live trap's timer)."""
@@ -268,38 +277,63 @@ class Analysis:
     # -- sessions ------------------------------------------------------------------
 
     def _relay(self, record: dict, when: float) -> Relay:
+        """The record of the event's address, which it updates: when it was
+        seen, on which day, by which sensor."""
         ip = record["src_ip"]
         relay = self.relays.get(ip)
         if relay is None:
             relay = self.relays[ip] = Relay(ip, when, when)
         if when > relay.last_seen:
             relay.last_seen = when
-        if when < relay.first_seen:
+            day = record["timestamp"][:10]
+            if day != relay.last_day:
+                relay.last_day = day
+                relay.days.add(day)
+        elif when < relay.first_seen:
             relay.first_seen = when
-        relay.days.add(record["timestamp"][:10])
+            relay.days.add(record["timestamp"][:10])
         sensor = record.get("sensor")
-        if sensor and len(relay.sensors) < 64:
+        if sensor and sensor not in relay.sensors and len(relay.sensors) < 64:
             relay.sensors.add(sensor)
+            if len(self.sensors) < 1024:
+                self.sensors.add(sensor)
+        return relay
+
+    def _known(self, record: dict, when: float) -> Relay:
+        """The record of an address seen at its connect: within a session
+        only the time moves."""
+        relay = self.relays.get(record["src_ip"])
+        if relay is None or relay.last_day != record["timestamp"][:10] or record.get("sensor") not in relay.sensors:
+            return self._relay(record, when)
+        if when > relay.last_seen:
+            relay.last_seen = when
         return relay
 
     def _connect(self, record: dict, when: float) -> None:
         if record.get("src_ip") is None or record.get("session") is None:
             return
         self._relay(record, when)
-        if record.get("sensor"):
-            self.sensors.add(record["sensor"])
-        self.sessions[record["session"]] = _Session(record["session"], record["src_ip"], record)
+        self._open(record)
+
+    def _open(self, record: dict) -> _Session:
+        session = self.sessions[record["session"]] = _Session(record["session"], record["src_ip"], record)
         if len(self.sessions) > MAX_OPEN_SESSIONS:
             self.sessions.popitem(last=False)
+        return session
 
     def _session(self, record: dict) -> _Session | None:
-        return self.sessions.get(record.get("session"))
+        """The state of the event's session, opened at its first event: a
+        reader may skip the connect events (analysis/logs.py does)."""
+        session = self.sessions.get(record.get("session"))
+        if session is None and record.get("session") is not None and record.get("src_ip") is not None:
+            session = self._open(record)
+        return session
 
     def _closed(self, record: dict, when: float) -> None:
         session = self.sessions.pop(record.get("session"), None)
         if session is None:
             return
-        relay = self._relay(record, when)
+        relay = self._known(record, when)
         mode = record.get("mode")
         if mode == "emulate":
             relay.emulated_sessions += 1
@@ -320,7 +354,7 @@ class Analysis:
             session.reflected = True
 
     def _dialback_failed(self, record: dict, when: float) -> None:
-        relay = self._relay(record, when)
+        relay = self._known(record, when)
         reason = record.get("reason")
         if reason in _DIAL_FAILED:
             self._earn(relay, Verdict.UNREACHABLE, record, f"dial-back to {record.get('target')} failed: {reason}")
@@ -338,7 +372,7 @@ class Analysis:
         if session is not None:
             session.reflected = True
             session.greeting_name = text.split(" ", 1)[0] if text else ""
-        relay = self._relay(record, when)
+        relay = self._known(record, when)
         if text and relay.facts.greeting != text:
             relay.facts.greeting = text
             relay.learnt()
@@ -348,7 +382,7 @@ class Analysis:
         name = _text(record.get("name"))
         if session is not None:
             session.helo_name = name
-        relay = self._relay(record, when)
+        relay = self._known(record, when)
         if name and name not in relay.helo_names and len(relay.helo_names) < 8:
             relay.helo_names.append(name)
         if record.get("verb") == "EHLO" and record.get("code") == 250 and record.get("reply"):
@@ -362,7 +396,7 @@ class Analysis:
         if session is not None:
             session.ehlo_name = _text(record.get("name"))
             session.masked = record.get("masked_as") is not None
-        relay = self._relay(record, when)
+        relay = self._known(record, when)
         extensions = " ".join(map(str, record.get("extensions") or []))
         if relay.facts.extensions != extensions:
             relay.facts.extensions = extensions
@@ -382,7 +416,7 @@ class Analysis:
                        f"RCPT TO:<{record.get('address')}> refused: {code} {record.get('reply')}")
 
     def _server_reply(self, record: dict, when: float) -> Relay:
-        relay = self._relay(record, when)
+        relay = self._known(record, when)
         if record.get("reply"):
             before = len(relay.facts.replies)
             relay.facts.add_reply((_text(record["reply"]) or "").split("\n", 1)[0])
@@ -400,7 +434,7 @@ class Analysis:
         session = self._session(record)
         if session is not None:
             session.tls = True
-        relay = self._relay(record, when)
+        relay = self._known(record, when)
         for chain_id in list(relay.open_chains):
             chain = self.open_chains.get(chain_id)
             if chain is not None:
@@ -438,7 +472,7 @@ class Analysis:
 
     def _message(self, record: dict, when: float) -> None:
         chain_id = record["chain"]
-        relay = self._relay(record, when)
+        relay = self._known(record, when)
         hops = int(record.get("received_hops") or 0)
         code = record.get("code")
         session_id = record.get("session") or ""
@@ -534,7 +568,7 @@ class Analysis:
         self._findings.append(Finding("looper.chain.ended", chain_summary(chain), None))
 
     def _expire(self, now: float) -> None:
-        self._now = now
+        self._now = max(self._now, now)
         while self.settling:
             chain = next(iter(self.settling.values()))
             if chain.ended is None or chain.ended + SETTLE_SECONDS > now:
@@ -546,6 +580,15 @@ class Analysis:
                 break
             self._quiet_end(chain)
             self._report_end(chain)
+        # The fronts only move later (a pass moves its chain to the back), so
+        # until this time no check can find anything: feed() skips them.
+        deadlines = [now + min(SETTLE_SECONDS, self.quiet_seconds)]
+        if self.settling:
+            first = next(iter(self.settling.values()))
+            deadlines.append((first.ended or now) + SETTLE_SECONDS)
+        if self.open_chains:
+            deadlines.append(next(iter(self.open_chains.values())).last_pass + self.quiet_seconds)
+        self._next_check = min(deadlines)
 
     def _quiet_end(self, chain: Chain) -> None:
         relay = self.relays.get(chain.relay_ip)
@@ -586,7 +629,7 @@ class Analysis:
             session.helo = _text(record["name"])
 
     def _smtp_message(self, record: dict, when: float) -> None:
-        relay = self._relay(record, when)
+        relay = self._known(record, when)
         relay.messages += 1
         self.captured_messages += 1
         self.captured_bytes += int(record.get("size") or 0)
@@ -602,7 +645,7 @@ class Analysis:
             self.captured["helo_names"].add(session.helo)
 
     def _login(self, record: dict, when: float) -> None:
-        relay = self._relay(record, when)
+        relay = self._known(record, when)
         relay.logins += 1
         protocol = record.get("protocol") or "smtp"
         secret = _text(record.get("password"))

@@ -23,6 +23,10 @@ def epoch_seconds(timestamp: str) -> float:
         if len(_seconds) >= _MAX_CACHED:
             _seconds.clear()
         _seconds[whole] = base
+    if len(timestamp) == 27 and timestamp[19] == "." and timestamp[26] == "Z":  # the log's own form
+        micro = timestamp[20:26]
+        if micro.isdigit():
+            return base + int(micro) * 1e-6
     rest = timestamp[19:]
     if rest in ("Z", ""):
         return float(base)

@@ -37,8 +37,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from looper.events import Event
+from looper.proto.address import parse_path
 from looper.proto.message import DotDecoder, MessageScanner
 from looper.proto.reply import Reply, parse_reply_line
+from looper.proto.text import as_text
 
 # Limits. RFC 5321 4.5.3.1 allows 512 octets in a command line, 1000 in a text
 # or reply line; these limits are far above, so only a broken or hostile peer
@@ -177,10 +179,6 @@ class _Command:
     message: _Message | None = None
     last: bool = False  # BDAT ... LAST
     line_bytes: int = 0
-
-
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "replace")
 
 
 class Observer:
@@ -412,21 +410,23 @@ class Observer:
             if not self._push(_Command(Kind.ABANDONED_BDAT, message=self._bdat_message)):
                 return
             self._bdat_message = None
-        command = _Command(kind, verb=_text(verb), line_bytes=len(line))
+        command = _Command(kind, verb=as_text(verb), line_bytes=len(line))
         if kind is Kind.MAIL or kind is Kind.RCPT:
-            command.address, command.params = _read_path(rest, b"FROM:" if kind is Kind.MAIL else b"TO:")
+            path = parse_path(as_text(rest), "FROM:" if kind is Kind.MAIL else "TO:", strict=False)
+            if path is not None:
+                command.address, command.params = path.address, path.params
         elif kind is Kind.AUTH:
             mechanism = rest.split(None, 1)[:1]
-            command.argument = _text(mechanism[0]) if mechanism else None
+            command.argument = as_text(mechanism[0]) if mechanism else None
         elif kind is Kind.BDAT:
-            command.argument = _text(rest)
+            command.argument = as_text(rest)
             if self._bdat_message is None:
                 self._bdat_message = _Message(MessageScanner(self._relay_ip), "bdat")
             command.message, command.last = self._bdat_message, last
             if last:
                 self._bdat_message = None  # the LAST command reports it
         elif rest:
-            command.argument = _text(rest)
+            command.argument = as_text(rest)
         if not self._push(command):
             return
         if kind in (Kind.DATA, Kind.STARTTLS, Kind.AUTH):
@@ -560,7 +560,7 @@ class Observer:
             return None
         if not self._reply_lines:
             self._reply_code = parsed.code
-        self._reply_lines.append(_text(parsed.text))
+        self._reply_lines.append(as_text(parsed.text))
         if not parsed.final:
             return None
         reply = Reply(self._reply_code, tuple(self._reply_lines))
@@ -716,23 +716,6 @@ class Observer:
         if len(self._rcpt_to) < MAX_RECIPIENTS and self._rcpt_bytes + len(address) <= MAX_RECIPIENT_BYTES:
             self._rcpt_to.append(address)
             self._rcpt_bytes += len(address)
-
-
-def _read_path(rest: bytes, keyword: bytes) -> tuple[str | None, list[str]]:
-    """The address (without angle brackets) and parameters of MAIL FROM:/RCPT TO:.
-
-    Tolerates a space after the colon and a missing pair of brackets, as
-    Postfix does; without the keyword there is no address.
-    """
-    if rest[: len(keyword)].upper() != keyword:
-        return None, []
-    path = rest[len(keyword) :].lstrip()
-    if path.startswith(b"<"):
-        close = path.find(b">")
-        address, params = (path[1:], b"") if close < 0 else (path[1:close], path[close + 1 :])
-    else:
-        address, _, params = path.partition(b" ")
-    return _text(address), [_text(param) for param in params.split()]
 
 
 def _is_starttls(line: bytes) -> bool:

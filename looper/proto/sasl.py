@@ -22,6 +22,8 @@ import enum
 import hmac
 from dataclasses import dataclass
 
+from looper.proto.text import as_text
+
 MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
 
 LOGIN_USERNAME_PROMPT = b"Username:"
@@ -56,10 +58,6 @@ class Failure(enum.Enum):
 
 
 Outcome = Challenge | Credentials | Failure
-
-
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "replace")
 
 
 def decode_response(line: bytes | str) -> bytes | Failure:
@@ -113,16 +111,16 @@ class SaslExchange:
             parts = decoded.split(b"\0")
             if len(parts) != 3:
                 return self._finish(Failure.MALFORMED)
-            authzid, username, password = (_text(p) for p in parts)
+            authzid, username, password = (as_text(p) for p in parts)
             return self._finish(Credentials("PLAIN", username, password=password, authzid=authzid or None))
         if self.mechanism == "LOGIN":
             if self._username is None:
                 if not decoded:
                     return self._finish(Failure.MALFORMED)  # no user name
-                self._username = _text(decoded)
+                self._username = as_text(decoded)
                 return Challenge(LOGIN_PASSWORD_PROMPT)
-            return self._finish(Credentials("LOGIN", self._username, password=_text(decoded)))
-        username, _, digest = _text(decoded).rpartition(" ")
+            return self._finish(Credentials("LOGIN", self._username, password=as_text(decoded)))
+        username, _, digest = as_text(decoded).rpartition(" ")
         if not username or not digest:
             return self._finish(Failure.MALFORMED)
         return self._finish(

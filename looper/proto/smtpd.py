@@ -30,12 +30,14 @@ from typing import Any, Protocol
 
 from looper.events import Event
 from looper.proto.actions import Action, Close, Send, StartTLS, Store
+from looper.proto.address import parse_path
 from looper.proto.budget import MessageMemory
 from looper.proto.message import DotDecoder, MessageScanner
 from looper.proto.personas import Persona
 from looper.proto.reply import Reply
 from looper.proto.login import LoginPolicy, login_fields
 from looper.proto.sasl import Challenge, Credentials, Failure, SaslExchange
+from looper.proto.text import as_text, words
 
 # Names a client should not claim in HELO (RFC 2606, RFC 6761).
 RESERVED_NAME_SUFFIXES = (".test", ".example", ".invalid", ".localhost")
@@ -489,7 +491,7 @@ class SmtpServer:
         verb = words[0] if words else b""
         verb_text = verb.decode("ascii", "replace").upper()
         logged = line if verb_text != "AUTH" else _auth_logged(words)
-        self._emit("looper.command.input", input=logged.decode("utf-8", "replace"))
+        self._emit("looper.command.input", input=as_text(logged))
         if not line.strip(b" \t"):
             return self._reply("bad_syntax", command=line.decode("latin-1"))
         try:
@@ -514,16 +516,16 @@ class SmtpServer:
     def _log_verdict(self, eventid: str, argument: str) -> None:
         """MAIL and RCPT with the answer they got, as the reflect path logs
         a relay's: what a harvester or a spammer was told, address by address."""
-        path = _after_keyword(argument, "FROM:" if eventid == "looper.smtp.mail" else "TO:")
-        address, params = _split_path(path) if path else (None, [])
-        reply = self._last_reply.decode("utf-8", "replace").rstrip("\r\n")
+        path = parse_path(argument, "FROM:" if eventid == "looper.smtp.mail" else "TO:", strict=True)
+        address, params = (path.address, path.params) if path is not None else (None, [])
+        reply = as_text(self._last_reply).rstrip("\r\n")
         code = int(reply[:3]) if _is_number(reply[:3]) else None
         self._emit(eventid, address=address, params=params, code=code, reply=reply[4:])
 
     def _helo_cmd(self, verb: str, argument: str) -> None:
         if not argument:
             return self._reply("ehlo_syntax" if verb == "EHLO" else "helo_syntax")
-        name = " ".join(_words(argument))
+        name = " ".join(words(argument))
         self._helo, self._esmtp, self._transaction = name, verb == "EHLO", None
         lowered = name.lower().rstrip(".")
         self._emit(
@@ -550,12 +552,12 @@ class SmtpServer:
     def _mail_cmd(self, verb: str, argument: str) -> None:
         if self._transaction is not None:
             return self._reply("nested_mail")
-        path = _after_keyword(argument, "FROM:")
-        if not path:
+        path = parse_path(argument, "FROM:", strict=True)
+        if path is None or not path.raw:
             return self._reply("mail_syntax")
-        address, params = _split_path(path)
+        address, params = path.address, path.params
         if address is None:
-            return self._reply("bad_sender", address=path)
+            return self._reply("bad_sender", address=path.raw)
         for param in params:
             key, _, value = param.partition("=")
             key = key.upper()
@@ -580,18 +582,18 @@ class SmtpServer:
             self._emit("looper.smtp.limit", limit="message memory", bytes=memory.limit_bytes)
             return self._reply("storage_failed")
         self._transaction = _Transaction(address)
-        self._reply("mail_ok", path=_path_as_sent(path))
+        self._reply("mail_ok", path=path.as_sent)
 
     def _rcpt_cmd(self, verb: str, argument: str) -> None:
         transaction = self._transaction
         if transaction is None:
             return self._reply("need_mail")
-        path = _after_keyword(argument, "TO:")
-        if not path:
+        path = parse_path(argument, "TO:", strict=True)
+        if path is None or not path.raw:
             return self._reply("rcpt_syntax")
-        address, params = _split_path(path)
+        address, params = path.address, path.params
         if not address or not _valid_recipient(address):
-            return self._reply("bad_rcpt", address=address if address is not None else path)
+            return self._reply("bad_rcpt", address=address if address is not None else path.raw)
         for param in params:
             if param.partition("=")[0].upper() not in ("NOTIFY", "ORCPT"):
                 return self._reply("unsupported_option", param=param)
@@ -601,7 +603,7 @@ class SmtpServer:
         if verdict is not None:
             return self._reply(verdict, address=address)
         transaction.rcpt_to.append(address)
-        self._reply("rcpt_ok", path=_path_as_sent(path), address=address)
+        self._reply("rcpt_ok", path=path.as_sent, address=address)
 
     def _recipient_verdict(self, address: str) -> str | None:
         """None if accepted, else the reply key (user_unknown, relay_denied)."""
@@ -694,12 +696,12 @@ class SmtpServer:
         self._move(Step.AWAIT)
 
     def _bdat_cmd(self, verb: str, argument: str) -> None:
-        words = _words(argument)
-        last = len(words) == 2 and words[1].upper() == "LAST"
-        if not words or len(words) > 2 or (len(words) == 2 and not last) or not _is_number(words[0]) or len(words[0]) >= 20:
+        args = words(argument)
+        last = len(args) == 2 and args[1].upper() == "LAST"
+        if not args or len(args) > 2 or (len(args) == 2 and not last) or not _is_number(args[0]) or len(args[0]) >= 20:
             self._reply("bdat_syntax")
             return self._close()
-        size = int(words[0])
+        size = int(args[0])
         transaction = self._transaction
         self._chunk_left, self._chunk_size, self._chunk_keep, self._chunk_last = size, size, False, last
         if transaction is None:
@@ -765,7 +767,7 @@ class SmtpServer:
     def _vrfy_cmd(self, verb: str, argument: str) -> None:
         if not argument:
             return self._reply("vrfy_syntax")
-        address = _words(argument)[0].strip("<>")
+        address = words(argument)[0].strip("<>")
         verdict = self._recipient_verdict(address) if address else None
         if verdict is not None:
             self._reply(verdict, address=address)
@@ -806,15 +808,15 @@ class SmtpServer:
             return self._reply("auth_already")
         if self._transaction is not None:
             return self._reply("auth_in_transaction")
-        words = _words(argument)
-        if not words or len(words) > 2:
+        args = words(argument)
+        if not args or len(args) > 2:
             return self._reply("auth_syntax", argument=argument)
-        mechanism = words[0].upper()
+        mechanism = args[0].upper()
         if mechanism not in mechanisms:
             self._login_failed(mechanism, None, reason="unsupported mechanism")
-            return self._reply("auth_bad_mechanism", argument=words[0])
+            return self._reply("auth_bad_mechanism", argument=args[0])
         self._sasl = SaslExchange(mechanism, cram_challenge=self.env.cram_challenge())
-        self._sasl_outcome(self._sasl.start(words[1] if len(words) == 2 else None), initial=True)
+        self._sasl_outcome(self._sasl.start(args[1] if len(args) == 2 else None), initial=True)
 
     def _sasl_response(self, line: bytes) -> None:
         self._sasl_outcome(self._sasl.respond(line), initial=False)
@@ -886,33 +888,6 @@ class _Blanks(dict):
         return ""
 
 
-def _after_keyword(argument: str, keyword: str) -> str | None:
-    """The path after FROM: / TO: (a space after the colon is tolerated)."""
-    if argument[: len(keyword)].upper() != keyword:
-        return None
-    return argument[len(keyword) :].lstrip(" \t")
-
-
-def _split_path(path: str) -> tuple[str | None, list[str]]:
-    """(address without brackets, or None if malformed; parameters)."""
-    if path.startswith("<"):
-        close = path.find(">")
-        if close < 0:
-            return None, []
-        address, params = path[1:close], _words(path[close + 1 :])
-    else:
-        address, _, rest = path.partition(" ")
-        params = _words(rest)
-    if "\0" in address or (" " in address and '"' not in address):
-        return None, params
-    return address, params
-
-
-def _path_as_sent(path: str) -> str:
-    """The path with its brackets, as the client wrote it (sendmail echoes it)."""
-    return path[: path.find(">") + 1] if path.startswith("<") else _words(path)[0]
-
-
 def _valid_recipient(address: str) -> bool:
     domain = address.rpartition("@")[2] if "@" in address else ""
     if domain.startswith("["):
@@ -960,11 +935,3 @@ _HANDLERS = {
 def _is_number(text: str) -> bool:
     """ASCII digits only: str.isdigit() takes '²' and '①', which int() refuses."""
     return text.isascii() and text.isdigit()
-
-
-def _words(text: str) -> list[str]:
-    """Words as SMTP has them: split at ASCII white space only, as Postfix
-    does (and as the command line was split). str.split() would also split
-    at \x1c-\x1f and Unicode spaces, so that a command logged as one word
-    could be read as two: an AUTH's secret would reach the log."""
-    return [word.decode("utf-8") for word in text.encode("utf-8").split()]

@@ -195,9 +195,9 @@ class Driver:
             if event.eventid == "looper.smtp.limit" and event.fields.get("limit") == "input while waiting":
                 outcome.refused_while_waiting = True
             outcome.events.append(event)
-        check(len(machine._inbuf) <= MAX_WAITING_INPUT_BYTES + machine.persona.command_line_limit, "input buffer")
+        check(machine._buffered_bytes() <= MAX_WAITING_INPUT_BYTES + machine.persona.command_line_limit, "input buffer")
         if machine.mode in (Mode.COMMAND, Mode.SASL):
-            check(len(machine._inbuf) <= machine.persona.command_line_limit, "a partial line over the limit is kept")
+            check(machine._buffered_bytes() <= machine.persona.command_line_limit, "a partial line over the limit is kept")
 
     def resolve(self) -> None:
         """The pending store is written (or failed): tell the machine."""

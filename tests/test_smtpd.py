@@ -215,7 +215,7 @@ def test_a_flood_while_waiting_is_bounded():
     client.machine.receive_data(b"STARTTLS\r\n")
     assert client.machine.paused  # not carried out yet: the adapter would stop reading
     client.machine.receive_data(b"x" * (MAX_WAITING_INPUT_BYTES + 1))
-    assert len(client.machine._inbuf) <= MAX_WAITING_INPUT_BYTES
+    assert client.machine._buffered_bytes() <= MAX_WAITING_INPUT_BYTES
     assert [e.fields["limit"] for e in client.machine.events() if e.eventid == "looper.smtp.limit"]
 
 
@@ -240,7 +240,7 @@ def test_any_input_split_anywhere_never_raises_and_stays_bounded(pieces, random)
         step = random.randint(1, 64)
         client.say(stream[position : position + step])
         position += step
-        assert len(client.machine._inbuf) <= MAX_WAITING_INPUT_BYTES + 64
+        assert client.machine._buffered_bytes() <= MAX_WAITING_INPUT_BYTES + 64
         assert client.machine.mode in Mode
     if not client.closed:
         client.say(b"")

@@ -38,6 +38,7 @@ from typing import Any
 
 from looper.events import Event
 from looper.proto.address import parse_path
+from looper.proto.lines import LineReader, Refused
 from looper.proto.message import DotDecoder, MessageScanner
 from looper.proto.reply import Reply, parse_reply_line
 from looper.proto.text import as_text
@@ -207,16 +208,17 @@ class Observer:
         # Queue of what awaits a reply, oldest first; the greeting comes first.
         self._pending: deque[_Command] = deque([_Command(Kind.GREETING)])
         self._pending_bytes = 0
-        # Client side: a partial command line, or (AWAIT_REPLY) the held bytes.
-        self._client_buffer = bytearray()
+        # Client side: command lines (a partial one held), BDAT chunks, and
+        # (AWAIT_REPLY) the bytes held until the reply.
+        self._client_lines = LineReader(MAX_LINE_BYTES)
+        self._client_held = bytearray()
         self._dot: DotDecoder | None = None  # DATA content being read
         self._message: _Message | None = None  # its message
         self._bdat_message: _Message | None = None  # BDAT chunks so far, no LAST yet
-        self._chunk_message: _Message | None = None  # the chunk being read
-        self._chunk_bytes_left = 0
+        self._chunk_message: _Message | None = None  # the chunk being read (_client_lines counts its bytes)
         self._sasl_command: _Command | None = None  # AUTH, awaiting its SASL response line
-        # Server side: a partial reply line, the lines of the reply so far.
-        self._server_line = bytearray()
+        # Server side: reply lines (a partial one held), the lines of the reply so far.
+        self._server_lines = LineReader(MAX_LINE_BYTES)
         self._reply_code = 0
         self._reply_lines: list[str] = []
         self._reply_bytes = 0
@@ -297,8 +299,9 @@ class Observer:
         """Everything held in buffers now, for the tests' bounds checks."""
         scanners = {m.scanner for m in (self._message, self._bdat_message, self._chunk_message) if m}
         return (
-            len(self._client_buffer)
-            + len(self._server_line)
+            len(self._client_held)
+            + self._client_lines.buffered
+            + self._server_lines.buffered
             + len(self._held)
             + self._reply_bytes
             + self._pending_bytes
@@ -317,8 +320,9 @@ class Observer:
     def _move(self, step: Step) -> None:
         self._state = TRANSITIONS[self._state, step]
         if self._state is ClientState.OPAQUE:
-            self._client_buffer.clear()
-            self._server_line.clear()
+            self._client_held.clear()
+            self._client_lines.clear()
+            self._server_lines.clear()
             self._reply_lines.clear()
             self._reply_bytes = 0
             self._holding = False  # what is held goes out with the next server bytes
@@ -345,47 +349,36 @@ class Observer:
             elif state is ClientState.BDAT:
                 position = self._read_chunk(data, position)
             elif state is ClientState.AWAIT_REPLY:
-                if len(self._client_buffer) + len(data) - position > MAX_HELD_BYTES:
+                if len(self._client_held) + len(data) - position > MAX_HELD_BYTES:
                     self._give_up("client", WHY_NO_REPLY_IN_TIME)
                 else:
-                    self._client_buffer += memoryview(data)[position:]
+                    self._client_held += memoryview(data)[position:]
                 return
             else:
                 return
 
     def _release_client(self) -> None:
         """Read the client bytes held while awaiting a reply, now that it came."""
-        if self._client_buffer and self._state is not ClientState.OPAQUE:
-            held = bytes(self._client_buffer)
-            self._client_buffer.clear()
+        if self._client_held and self._state is not ClientState.OPAQUE:
+            held = bytes(self._client_held)
+            self._client_held.clear()
             self._read_client(held)
 
     def _read_line(self, data: bytes, position: int) -> int:
-        lf = data.find(b"\n", position)
-        end = len(data) if lf < 0 else lf
         # A line is refused at its first byte that breaks a rule, wherever the
-        # reads split it: a control byte, or the byte past MAX_LINE_BYTES.
-        too_long_at = position + MAX_LINE_BYTES - len(self._client_buffer)
-        if self._state is ClientState.COMMAND and _CONTROL.search(data, position, min(end, too_long_at)):
-            self._give_up("client", WHY_BINARY_COMMAND)
+        # reads split it: a control byte (in a command), or the byte past MAX_LINE_BYTES.
+        command = self._state is ClientState.COMMAND
+        line, position = self._client_lines.read_line(data, position, forbidden=_CONTROL if command else None)
+        if line is None:
+            return position
+        if type(line) is Refused:
+            self._give_up("client", WHY_BINARY_COMMAND if line is Refused.FORBIDDEN_BYTE else WHY_LINE_TOO_LONG)
             return len(data)
-        if end > too_long_at:
-            self._give_up("client", WHY_LINE_TOO_LONG)
-            return len(data)
-        if lf < 0:
-            self._client_buffer += memoryview(data)[position:]
-            return len(data)
-        line = data[position:lf]
-        if self._client_buffer:
-            line = bytes(self._client_buffer) + line
-            self._client_buffer.clear()
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if self._state is ClientState.SASL:
-            self._read_sasl_response()
-        else:
+        if command:
             self._read_command(line)
-        return lf + 1
+        else:
+            self._read_sasl_response()
+        return position
 
     def _read_sasl_response(self) -> None:
         command, self._sasl_command = self._sasl_command, None
@@ -433,7 +426,8 @@ class Observer:
             self._move(Step.SENT_TURN_COMMAND)
         elif kind is Kind.BDAT:
             self._move(Step.SENT_BDAT)
-            self._chunk_message, self._chunk_bytes_left = command.message, chunk_bytes
+            self._chunk_message = command.message
+            self._client_lines.expect(chunk_bytes)
             if not chunk_bytes:
                 self._end_chunk()
 
@@ -469,15 +463,11 @@ class Observer:
 
     def _read_chunk(self, data: bytes, position: int) -> int:
         assert self._chunk_message is not None
-        taken = min(self._chunk_bytes_left, len(data) - position)
-        if position or taken < len(data):
-            self._chunk_message.scanner.feed(data[position : position + taken])
-        else:
-            self._chunk_message.scanner.feed(data)
-        self._chunk_bytes_left -= taken
-        if not self._chunk_bytes_left:
+        piece, position = self._client_lines.read_raw(data, position)
+        self._chunk_message.scanner.feed(piece)
+        if not self._client_lines.raw_left:
             self._end_chunk()
-        return position + taken
+        return position
 
     def _end_chunk(self) -> None:
         message, self._chunk_message = self._chunk_message, None
@@ -491,44 +481,38 @@ class Observer:
     def _read_server(self, chunk: bytes) -> bytes | None:
         """Read a chunk of server bytes; None if it passes unchanged, else the bytes to forward."""
         forwarded: list[bytes] | None = None  # built once something is held or rewritten
+        lines = self._server_lines
         position = 0
         while position < len(chunk) and self._state is not ClientState.OPAQUE:
             if not self._holding and self._rewrites_ehlo and self._at_reply_start() and self._ehlo_is_next():
                 self._holding = True
-            lf = chunk.find(b"\n", position)
-            line_end = len(chunk) if lf < 0 else lf
-            end = len(chunk) if lf < 0 else lf + 1
+            # As for client lines: refused at the first byte that breaks a rule.
+            if lines.buffered < 4 and not _REPLY_START.match(lines.head(chunk, position, 4)):
+                self._give_up("server", WHY_NOT_A_REPLY)
+                break
+            held_bytes = lines.buffered
+            line, end = lines.read_line(chunk, position)
+            if line is Refused.TOO_LONG:
+                self._give_up("server", WHY_LINE_TOO_LONG)
+                break
             if self._holding:
                 if forwarded is None:
                     forwarded = [chunk[:position]]
                 self._held += memoryview(chunk)[position:end]
             elif forwarded is not None:
                 forwarded.append(chunk[position:end])
-            line_start = position
+            line_bytes = held_bytes + end - position  # its CR and LF included
             position = end
-            # As for client lines: refused at the first byte that breaks a rule.
-            if len(self._server_line) < 4:
-                head = bytes(self._server_line) + chunk[line_start : min(line_start + 4, line_end)]
-                if not _REPLY_START.match(head, 0, 4):
-                    self._give_up("server", WHY_NOT_A_REPLY)
-                    break
-            if line_end - line_start + len(self._server_line) > MAX_LINE_BYTES:
-                self._give_up("server", WHY_LINE_TOO_LONG)
+            if line is None:
                 break
-            if lf < 0:
-                self._server_line += memoryview(chunk)[line_start:]
-                break
-            line = chunk[line_start:lf]
-            if self._server_line:
-                line = bytes(self._server_line) + line
-                self._server_line.clear()
-            rewritten = self._read_reply_line(line)
+            rewritten = self._read_reply_line(line, line_bytes)
             if rewritten is not None:
                 assert forwarded is not None
                 forwarded.append(rewritten)
-        if self._state is ClientState.OPAQUE and forwarded is not None:
+        if self._state is ClientState.OPAQUE and (forwarded is not None or self._held):
             # Gave up (here or while reading released client bytes) after
             # something was held: what is held goes out, then the rest.
+            forwarded = [chunk[:position]] if forwarded is None else forwarded
             forwarded += [self._take_held(), chunk[position:]]
         if forwarded is None:
             return None
@@ -536,7 +520,7 @@ class Observer:
         return None if joined == chunk else joined
 
     def _at_reply_start(self) -> bool:
-        return not self._server_line and not self._reply_lines
+        return not self._server_lines.buffered and not self._reply_lines
 
     def _ehlo_is_next(self) -> bool:
         return bool(self._pending) and self._pending[0].kind is Kind.EHLO
@@ -546,14 +530,13 @@ class Observer:
         self._held.clear()
         return held
 
-    def _read_reply_line(self, line: bytes) -> bytes | None:
-        """Read one server line (without its LF); return the rewritten EHLO reply when it completes one."""
-        self._reply_bytes += len(line) + 1
+    def _read_reply_line(self, line: bytes, line_bytes: int) -> bytes | None:
+        """Read one server line (without its line end; line_bytes with it);
+        return the rewritten EHLO reply when it completes one."""
+        self._reply_bytes += line_bytes
         if self._reply_bytes > MAX_REPLY_BYTES:
             self._give_up("server", WHY_REPLY_TOO_LONG)
             return None
-        if line.endswith(b"\r"):
-            line = line[:-1]
         parsed = parse_reply_line(line)
         if parsed is None:
             self._give_up("server", WHY_NOT_A_REPLY)

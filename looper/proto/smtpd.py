@@ -9,7 +9,7 @@ Rules (Debian's Postfix 3.7 smtpd, recorded in tests/data/postfix/):
   lists every move. Input that arrives while waiting is kept and read after.
 - A command line ends at LF (a CR before it is dropped); past the persona's
   limit (2048) the line is cut there and the rest of it discarded, and the
-  session goes on.
+  session goes on (lines.py: Ending.LF, Overlong.TRUNCATE).
 - Replies to pipelined commands go out in one write. Every 4xx/5xx reply
   is an error; from the soft limit on, each reply line waits error_sleep_s;
   at the hard limit the session ends with 421. Junk commands (NOOP, VRFY,
@@ -32,6 +32,7 @@ from looper.events import Event
 from looper.proto.actions import Action, Close, Send, StartTLS, Store
 from looper.proto.address import parse_path
 from looper.proto.budget import MessageMemory
+from looper.proto.lines import LineReader, Overlong
 from looper.proto.message import DotDecoder, MessageScanner
 from looper.proto.personas import Persona
 from looper.proto.reply import Reply
@@ -171,9 +172,9 @@ class SmtpServer:
 
     # Thousands of idle sessions at once: no per-instance dict.
     __slots__ = (
-        "settings", "persona", "client", "env", "idle_timeout_s", "_mode", "_inbuf", "_skipping_long_line",
+        "settings", "persona", "client", "env", "idle_timeout_s", "_mode", "_lines", "_waiting",
         "_out", "_actions", "_events", "_errors", "_junk", "_helo", "_esmtp", "_tls", "_authenticated",
-        "_auth_failures", "_sasl", "_transaction", "_chunk_left", "_chunk_size", "_chunk_keep", "_chunk_last",
+        "_auth_failures", "_sasl", "_transaction", "_chunk_size", "_chunk_keep", "_chunk_last",
         "_pending_store", "_held_bytes", "_last_reply", "_eof_pending",
     )
 
@@ -184,8 +185,9 @@ class SmtpServer:
         self.env = environment
         self.idle_timeout_s = settings.idle_timeout_s
         self._mode = Mode.COMMAND
-        self._inbuf = bytearray()
-        self._skipping_long_line = False
+        # Command lines and SASL responses, and the byte count of a BDAT chunk.
+        self._lines = LineReader(self.persona.command_line_limit, overlong=Overlong.TRUNCATE)
+        self._waiting = bytearray()  # what came while WAITING for a store, read after it
         self._out = bytearray()
         self._actions: list[Action] = []
         self._events: list[Event] = []
@@ -198,7 +200,6 @@ class SmtpServer:
         self._auth_failures = client.earlier_auth_failures
         self._sasl: SaslExchange | None = None
         self._transaction: _Transaction | None = None
-        self._chunk_left = 0
         self._chunk_size = 0
         self._chunk_keep = False
         self._chunk_last = False
@@ -247,12 +248,15 @@ class SmtpServer:
                 return
             self._client_closed()
             return
-        if self._mode is Mode.WAITING and len(self._inbuf) + len(data) > MAX_WAITING_INPUT_BYTES:
-            # The adapter stops reading while we wait; this is a client that
-            # pipelined a megabyte past a 354 or a STARTTLS.
-            self._emit("looper.smtp.limit", limit="input while waiting", bytes=len(data))
-            return
-        self._inbuf += data
+        if self._mode is Mode.WAITING:
+            if len(self._waiting) + len(data) > MAX_WAITING_INPUT_BYTES:
+                # The adapter stops reading while we wait; this is a client that
+                # pipelined a megabyte past a 354 or a STARTTLS.
+                self._emit("looper.smtp.limit", limit="input while waiting", bytes=len(data))
+                return
+            self._waiting += data
+        else:
+            self._read(bytes(data))  # a view of the adapter's buffer: what is kept is copied
         self._resume()
 
     def connection_closed(self) -> None:
@@ -285,7 +289,8 @@ class SmtpServer:
         self._tls = True
         # RFC 3207 4.2: everything known before the handshake is forgotten.
         self._helo, self._esmtp, self._transaction = None, False, None
-        self._inbuf.clear()
+        self._waiting.clear()
+        self._lines.clear()
         self._move(Step.RESUMED)
         self._resume()
 
@@ -329,7 +334,10 @@ class SmtpServer:
 
     def _resume(self) -> None:
         """Read what arrived while we waited."""
-        self._process()
+        if self._waiting and self._mode is not Mode.WAITING:
+            waiting = bytes(self._waiting)
+            self._waiting.clear()
+            self._read(waiting)
         if self._eof_pending and self._mode is not Mode.WAITING and self._mode is not Mode.CLOSED:
             self._eof_pending = False
             self._client_closed()
@@ -354,11 +362,12 @@ class SmtpServer:
 
     # -- input ------------------------------------------------------------------
 
-    def _process(self) -> None:
-        while self._inbuf:
+    def _read(self, data: bytes) -> None:
+        position = 0
+        while position < len(data):
             mode = self._mode
             if mode is Mode.COMMAND or mode is Mode.SASL:
-                line = self._take_line()
+                line, position = self._lines.read_line(data, position)
                 if line is None:
                     return
                 if mode is Mode.SASL:
@@ -367,33 +376,18 @@ class SmtpServer:
                     self._command(line)
                     self._after_command()
             elif mode is Mode.DATA:
-                self._take_data()
+                position = self._take_data(data, position)
             elif mode is Mode.BDAT:
-                self._take_chunk()
-            else:
+                position = self._take_chunk(data, position)
+            elif mode is Mode.WAITING and self._pending_store is not None:
+                self._waiting += memoryview(data)[position:]  # pipelined behind the message
                 return
+            else:
+                return  # closed, or STARTTLS: plaintext pipelined after it is dropped (CVE-2011-0411)
 
-    def _take_line(self) -> bytes | None:
-        buffer = self._inbuf
-        limit = self.persona.command_line_limit
-        if self._skipping_long_line:
-            newline = buffer.find(b"\n")
-            if newline < 0:
-                buffer.clear()
-                return None
-            del buffer[: newline + 1]
-            self._skipping_long_line = False
-        newline = buffer.find(b"\n", 0, limit + 1)
-        if newline >= 0:
-            line = bytes(buffer[:newline])
-            del buffer[: newline + 1]
-            return line[:-1] if line.endswith(b"\r") else line
-        if len(buffer) > limit:
-            line = bytes(buffer[:limit])
-            del buffer[:limit]
-            self._skipping_long_line = True
-            return line
-        return None
+    def _buffered_bytes(self) -> int:
+        """Input held now, for the tests' bounds checks."""
+        return len(self._waiting) + self._lines.buffered
 
     def _client_closed(self) -> None:
         self._cut_message("client_closed")
@@ -462,7 +456,7 @@ class SmtpServer:
         self._flush()
         self._actions.append(Close())
         self._move(Step.CLOSE)
-        self._inbuf.clear()
+        self._waiting.clear()
         if self._pending_store is None:
             self._transaction = None
             self._account_memory()
@@ -637,16 +631,15 @@ class SmtpServer:
         self._reply("data_go")
         self._move(Step.DATA_ACCEPTED)
 
-    def _take_data(self) -> None:
+    def _take_data(self, data: bytes, position: int) -> int:
         transaction = self._transaction
-        content, used = transaction.decoder.feed(bytes(self._inbuf))
+        content, used = transaction.decoder.feed(data[position:] if position else data)
         self._keep_content(transaction, content)
         if used < 0:
-            self._inbuf.clear()
-            return
-        del self._inbuf[:used]
+            return len(data)
         self._move(Step.CONTENT_ENDED)
         self._end_of_message("queued")
+        return position + used
 
     def _keep_content(self, transaction: _Transaction, content: bytes) -> None:
         if not content:
@@ -703,7 +696,8 @@ class SmtpServer:
             return self._close()
         size = int(args[0])
         transaction = self._transaction
-        self._chunk_left, self._chunk_size, self._chunk_keep, self._chunk_last = size, size, False, last
+        self._lines.expect(size)
+        self._chunk_size, self._chunk_keep, self._chunk_last = size, False, last
         if transaction is None:
             self._reply("need_rcpt")
         elif transaction.bdat_failed:
@@ -727,15 +721,14 @@ class SmtpServer:
         else:
             self._end_chunk()
 
-    def _take_chunk(self) -> None:
-        taken = min(self._chunk_left, len(self._inbuf))
+    def _take_chunk(self, data: bytes, position: int) -> int:
+        piece, position = self._lines.read_raw(data, position)
         if self._chunk_keep:
-            self._keep_content(self._transaction, bytes(self._inbuf[:taken]))
-        del self._inbuf[:taken]
-        self._chunk_left -= taken
-        if not self._chunk_left:
+            self._keep_content(self._transaction, piece)
+        if not self._lines.raw_left:
             self._move(Step.CONTENT_ENDED)
             self._end_chunk()
+        return position
 
     def _end_chunk(self) -> None:
         transaction = self._transaction
@@ -795,8 +788,7 @@ class SmtpServer:
         self._flush()
         self._actions.append(StartTLS())
         self._transaction = None
-        self._inbuf.clear()  # plaintext pipelined after STARTTLS is dropped (CVE-2011-0411)
-        self._move(Step.AWAIT)
+        self._move(Step.AWAIT)  # what was pipelined after it is dropped: see _read
 
     # -- AUTH -------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from looper.net.capture import MessageStore, Stored
 from looper.net.session import ServerSession
 from looper.net.splice import SpliceEnd
 from looper.net.tls import CERT_VALID_DAYS, TLSSetupError, server_context
-from looper.proto.actions import Close, Send, StartTLS, Store
+from looper.proto.actions import Close, CloseReason, Send, StartTLS, Store
 
 HOST = "127.0.0.1"
 GREETING = b"220 toy ready\r\n"
@@ -52,7 +52,7 @@ class ToyMachine:
         self.calls.append(("data", data))
         if not data:
             self._events.append(Event("toy.eof"))
-            self._actions += [Send(b"221 bye\r\n"), Close()]
+            self._actions += [Send(b"221 bye\r\n"), Close(CloseReason.CLOSED_BY_CLIENT)]
             return
         self._buffer += data
         self._lines()
@@ -66,7 +66,7 @@ class ToyMachine:
     def _line(self, line: bytes) -> None:
         self._events.append(Event("toy.line", {"line": line.decode("latin-1")}))
         if line == b"QUIT":
-            self._actions += [Send(b"221 bye\r\n"), Close()]
+            self._actions += [Send(b"221 bye\r\n"), Close(CloseReason.CLOSED_BY_SERVER)]
         elif line.startswith(b"DELAY "):
             self._actions.append(Send(b"250 late\r\n", delay_s=float(line[6:])))
         elif line == b"TLS":
@@ -83,11 +83,11 @@ class ToyMachine:
 
     def timed_out(self) -> None:
         self.calls.append(("timed_out",))
-        self._actions += [Send(b"421 timeout\r\n"), Close()]
+        self._actions += [Send(b"421 timeout\r\n"), Close(CloseReason.TIMEOUT)]
 
-    def shutting_down(self, reason: str) -> None:
+    def shutting_down(self, reason: CloseReason) -> None:
         self.calls.append(("shutting_down", reason))
-        self._actions += [Send(b"421 going down\r\n"), Close()]
+        self._actions += [Send(b"421 going down\r\n"), Close(reason)]
 
     def connection_closed(self) -> None:
         self.connections_closed += 1  # not in calls: those are the conversation

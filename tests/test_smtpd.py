@@ -10,7 +10,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from looper.proto.actions import Close, Send, StartTLS, Store
+from looper.proto.actions import Close, CloseReason, Send, StartTLS, Store
 from looper.proto.budget import MessageMemory
 from looper.proto.personas import POSTFIX
 from looper.proto.sasl import cram_md5_digest
@@ -342,3 +342,35 @@ def test_each_mail_and_rcpt_is_logged_with_its_verdict_and_a_message_with_its_lo
     assert client.of("looper.smtp.rcpt")[0]["reply"] == "4.7.1 <v@far.example>: Relay access denied"
     (message,) = client.of("looper.smtp.message")
     assert message["username"] == "admin" and message["rcpt_to"] == ["v@far.example"]
+
+
+def closes(machine: SmtpServer) -> list:
+    return [action.reason for action in machine.actions() if isinstance(action, Close)]
+
+
+def test_the_machine_says_why_it_closes():
+    quit_ = SmtpServer(SETTINGS, ClientInfo("192.0.2.7"), FixedEnvironment())
+    quit_.receive_data(b"QUIT\r\n")
+    assert closes(quit_) == [CloseReason.CLOSED_BY_SERVER]
+    eof = SmtpServer(SETTINGS, ClientInfo("192.0.2.7"), FixedEnvironment())
+    eof.receive_data(b"")
+    assert closes(eof) == [CloseReason.CLOSED_BY_CLIENT]
+    idle = SmtpServer(SETTINGS, ClientInfo("192.0.2.7"), FixedEnvironment())
+    idle.timed_out()
+    assert closes(idle) == [CloseReason.TIMEOUT]
+    for reason in (CloseReason.SHUTDOWN, CloseReason.MAX_SECONDS):
+        stopping = SmtpServer(SETTINGS, ClientInfo("192.0.2.7"), FixedEnvironment())
+        stopping.shutting_down(reason)
+        assert closes(stopping) == [reason]
+
+
+def test_a_quit_pipelined_before_the_clients_eof_closes_as_the_client():
+    """Exim sends the message, QUIT, and half-closes at once: the session
+    was ended by the client, whatever we answered after storing."""
+    machine = SmtpServer(SETTINGS, ClientInfo("192.0.2.7"), FixedEnvironment())
+    machine.receive_data(b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n")
+    machine.receive_data(b"hi\r\n.\r\nQUIT\r\n")
+    machine.receive_data(b"")
+    assert machine.paused and not closes(machine)
+    machine.stored("/logs/messages/x.eml")
+    assert closes(machine) == [CloseReason.CLOSED_BY_CLIENT]

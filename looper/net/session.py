@@ -9,8 +9,9 @@ only moves bytes and carries out the machine's actions, strictly in order:
   pause that is exactly the same every time is a fingerprint.
 - StartTLS, Store: one Task while it runs, and nothing is read meanwhile;
   the machine hears the outcome (tls_started, stored, store_failed).
-- Close: after the writes before it; a peer that never reads cannot hold a
-  closing session beyond CLOSE_GRACE_SECONDS.
+- Close: after the writes before it, for the reason the machine gives; a
+  peer that never reads cannot hold a closing session beyond
+  CLOSE_GRACE_SECONDS.
 
 Reading pauses while an action is pending, while the machine says it is
 paused, and while the client does not read what we write (the write buffer
@@ -32,9 +33,8 @@ from typing import Callable
 
 from looper.eventlog import EventLog, SessionInfo
 from looper.net.capture import MessageStore, StoreFailed
-from looper.net.reasons import CloseReason
 from looper.net.splice import CLOSE_GRACE_SECONDS
-from looper.proto.actions import Action, Close, Send, ServerMachine, StartTLS, Store
+from looper.proto.actions import Action, Close, CloseReason, Send, ServerMachine, StartTLS, Store
 
 
 # Replies are short: 64 KiB of unread replies means a client that does not
@@ -89,7 +89,6 @@ class ServerSession(asyncio.BufferedProtocol):
         "_tls",  # the transport is TLS (implicit, or after STARTTLS)
         "_held",  # what arrives between the handshake and tls_started()
         "_eof",
-        "_close_cause",  # the reason a Close from the machine will get
         "_goodbye_due",  # why the machine is to say goodbye when it can (shutdown, max_seconds), or None
         "_deadline",  # loop time when the session has lasted long enough, or None
         "_reason",  # set once the session is closing
@@ -129,10 +128,9 @@ class ServerSession(asyncio.BufferedProtocol):
         self._tls = False
         self._held: list[bytes] | None = None
         self._eof = False
-        self._close_cause: str | None = None
-        self._goodbye_due: str | None = None
+        self._goodbye_due: CloseReason | None = None
         self._deadline = None if max_session_s is None else self._loop.time() + max_session_s
-        self._reason: str | None = None
+        self._reason: CloseReason | None = None
         self._done = False
 
     # -- starting -------------------------------------------------------------
@@ -195,7 +193,6 @@ class ServerSession(asyncio.BufferedProtocol):
         try:
             self._eof = True
             if self._reason is None:
-                self._close_cause = CloseReason.CLOSED_BY_CLIENT
                 self.machine.receive_data(b"")
                 self._pump()
         except Exception as err:
@@ -242,7 +239,7 @@ class ServerSession(asyncio.BufferedProtocol):
 
     # -- the trap's stop ------------------------------------------------------
 
-    def say_goodbye(self, reason: str = CloseReason.SHUTDOWN) -> None:
+    def say_goodbye(self, reason: CloseReason = CloseReason.SHUTDOWN) -> None:
         """The trap is stopping (or the session has lasted long enough):
         once what it is doing now is done (a store, a paced reply), the
         machine says its goodbye (SMTP's 421) and closes for `reason`.
@@ -281,8 +278,8 @@ class ServerSession(asyncio.BufferedProtocol):
         if self._pending is None and self._queue is not None:
             self._run_queue()
         if self._goodbye_due and self._pending is None and self._reason is None:
-            self._close_cause, self._goodbye_due = self._goodbye_due, None
-            machine.shutting_down(self._close_cause)
+            reason, self._goodbye_due = self._goodbye_due, None
+            machine.shutting_down(reason)
             return self._pump()
         self._update_reading()
         self._arm_idle()
@@ -310,7 +307,7 @@ class ServerSession(asyncio.BufferedProtocol):
                 self._pending = self._loop.create_task(self._store(action))
                 break
             if type(action) is Close:
-                self._close(self._close_cause or CloseReason.CLOSED_BY_SERVER)
+                self._close(action.reason)
                 break
             raise TypeError(f"not an action: {action!r}")
         self._write(batch)
@@ -495,11 +492,8 @@ class ServerSession(asyncio.BufferedProtocol):
             if now + TIMER_SLACK_S < due:
                 return self._arm_idle()
             self._last_read_at = now  # a machine that does not close gets another period
-            cause, self._close_cause = self._close_cause, CloseReason.TIMEOUT
             self.machine.timed_out()
             self._pump()
-            if self._reason is None and self._queue is None and self._pending is None:
-                self._close_cause = cause  # it did not close: a later Close is not the timeout's
         except Exception as err:
             self._fail(err)
 
@@ -510,7 +504,7 @@ class ServerSession(asyncio.BufferedProtocol):
 
     # -- ending -----------------------------------------------------------------
 
-    def _close(self, reason: str, *, abort: bool = False) -> None:
+    def _close(self, reason: CloseReason, *, abort: bool = False) -> None:
         """Close for `reason`: after what is written (a closing session is
         then aborted after the grace period) or, with abort, at once."""
         if self._reason is not None and not abort:

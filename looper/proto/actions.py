@@ -8,14 +8,37 @@ adapter carries them out one after the other and reports back the outcome
 of those that need one (`tls_started`, `stored`, `store_failed`). While an
 action is pending the machine reads nothing more (`paused`): it keeps what
 arrives, within its own bounds.
+
+A machine that closes says why (Close.reason): the adapter does not guess.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 from looper.events import Event
+
+
+class CloseReason(StrEnum):
+    """Why a session ended: the values of looper.session.closed's `reason`,
+    named once (docs/events.md explains each), for the machines here and
+    for every session kind in net/. A StrEnum: logged as the string it is."""
+
+    CLOSED = "closed"  # both directions ended with a FIN
+    CLOSED_BY_CLIENT = "closed_by_client"
+    CLOSED_BY_SERVER = "closed_by_server"
+    RESET_BY_CLIENT = "reset_by_client"
+    RESET_BY_SERVER = "reset_by_server"
+    MAX_BYTES = "max_bytes"  # splice.max_bytes reached
+    MAX_SECONDS = "max_seconds"  # splice.max_seconds or smtp.max_session_seconds reached
+    IDLE = "idle"  # splice.idle_seconds of silence
+    TIMEOUT = "timeout"  # smtp.idle_timeout of silence
+    SHUTDOWN = "shutdown"  # the trap stopped
+    TLS_FAILED = "tls_failed"
+    LOG_FAILED = "log_failed"  # a stored message's events could not be logged: no 250
+    ERROR = "error"  # a bug of ours: looper.session.error says which
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +66,12 @@ class Store:
 
 @dataclass(frozen=True, slots=True)
 class Close:
-    """Close the connection once the sends before it are written."""
+    """Close the connection once the sends before it are written; the
+    session ends for `reason` (closed_by_server: the machine decided, on a
+    QUIT or an error; closed_by_client: after the client's EOF; timeout,
+    shutdown, max_seconds: after timed_out() or shutting_down())."""
+
+    reason: CloseReason
 
 
 Action = Send | StartTLS | Store | Close
@@ -56,8 +84,8 @@ class ServerMachine(Protocol):
     paused: bool  # waiting for the outcome of StartTLS or Store
 
     def receive_data(self, data: bytes) -> None: ...
-    def timed_out(self) -> None: ...
-    def shutting_down(self, reason: str) -> None: ...  # trap stopping, or session too long: goodbye, then Close
+    def timed_out(self) -> None: ...  # goodbye, then Close(CloseReason.TIMEOUT)
+    def shutting_down(self, reason: CloseReason) -> None: ...  # trap stopping, or session too long: goodbye, then Close(reason)
     def connection_closed(self) -> None: ...  # gone, however it ended: let go of what it holds
     def tls_started(self, version: str, cipher: str) -> None: ...
     def stored(self, path: str) -> None: ...

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from looper.events import Event
-from looper.proto.actions import Action, Close, Send, StartTLS, Store
+from looper.proto.actions import Action, Close, CloseReason, Send, StartTLS, Store
 from looper.proto.address import parse_path
 from looper.proto.budget import MessageMemory
 from looper.proto.lines import LineReader, Overlong
@@ -273,9 +273,9 @@ class SmtpServer:
             return
         self._emit("looper.smtp.limit", limit="timeout", seconds=self.idle_timeout_s)
         self._reply("timeout", count_error=False)
-        self._close()
+        self._close(CloseReason.TIMEOUT)
 
-    def shutting_down(self, reason: str = "shutdown") -> None:
+    def shutting_down(self, reason: CloseReason = CloseReason.SHUTDOWN) -> None:
         """The trap is stopping, or the session has lasted long enough
         (reason max_seconds): a message under way is cut, the client hears
         421 (RFC 5321 3.8), and the connection closes."""
@@ -283,7 +283,7 @@ class SmtpServer:
             return
         self._cut_message(reason)
         self._reply("shutdown", count_error=False)
-        self._close()
+        self._close(reason)
 
     def tls_started(self, version: str = "", cipher: str = "") -> None:
         self._tls = True
@@ -394,7 +394,7 @@ class SmtpServer:
         self._transaction = None
         self._account_memory()
         self._flush()
-        self._actions.append(Close())
+        self._actions.append(Close(CloseReason.CLOSED_BY_CLIENT))
         self._move(Step.CLOSE)
 
     def _cut_message(self, reason: str) -> None:
@@ -452,9 +452,14 @@ class SmtpServer:
             self._actions.append(Send(bytes(self._out)))
             self._out.clear()
 
-    def _close(self) -> None:
+    def _close(self, reason: CloseReason | None = None) -> None:
+        """Say nothing more and close: for `reason`, or, when the machine
+        decides (QUIT, errors), as closed by the server, unless the
+        client's EOF came first (it half-closed behind a pipelined QUIT)."""
+        if reason is None:
+            reason = CloseReason.CLOSED_BY_CLIENT if self._eof_pending else CloseReason.CLOSED_BY_SERVER
         self._flush()
-        self._actions.append(Close())
+        self._actions.append(Close(reason))
         self._move(Step.CLOSE)
         self._waiting.clear()
         if self._pending_store is None:

@@ -574,6 +574,15 @@ def check_runtime(config: Config, source: str) -> None:
         raise ConfigError(source, "log.dir", problem)
 
 
+class TLSFileError(Exception):
+    """A certificate or key file that cannot be used: `setting` names its
+    setting (smtp.tls_cert or smtp.tls_key), the message says why."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(problem)
+        self.setting = setting
+
+
 class _KeyNeedsPassphrase(Exception):
     pass
 
@@ -583,35 +592,45 @@ def _refuse_passphrase() -> bytes:
     raise _KeyNeedsPassphrase
 
 
-def _check_tls_files(smtp: Smtp, source: str) -> None:
-    cert, key = smtp.tls_cert, smtp.tls_key
-    if cert is None:  # a self-signed pair is made in log.dir (a key alone is refused by parse_config)
-        return
+def load_tls_files(context: ssl.SSLContext, cert: str, key: str | None) -> None:
+    """Load the certificate and its key into `context` (key None: the key is
+    in the certificate's file, as Postfix allows), or raise TLSFileError
+    naming the file at fault and why. The one way looper reads them: the
+    server's context (net/tls.py) and check_runtime both come here."""
     for name, path in (("smtp.tls_cert", cert), ("smtp.tls_key", key)):
         if path is not None:
             try:  # ssl's own errors do not say which file
                 with open(path, "rb"):
                     pass
             except OSError as err:
-                raise ConfigError(source, name, f"cannot read {path}: {err.strerror or err}") from None
-    # The stdlib's way to check a pair is to load it: a plain server context
-    # accepts what the server's own context (net/tls.py) accepts.
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_verify_locations(cafile=cert)  # the certificate file first, so a failure below is the key's
-    except ssl.SSLError:
-        raise ConfigError(source, "smtp.tls_cert", f"{cert} holds no PEM certificate") from None
+                raise TLSFileError(name, f"cannot read {path}: {err.strerror or err}") from None
     key_name, key_file = ("smtp.tls_key", key) if key is not None else ("smtp.tls_cert", cert)
     try:
         context.load_cert_chain(cert, key, password=_refuse_passphrase)
     except _KeyNeedsPassphrase:
-        raise ConfigError(
-            source, key_name,
+        raise TLSFileError(
+            key_name,
             f"the key in {key_file} needs a passphrase, which looper cannot ask for:"
             f" store it without one (openssl pkey -in {key_file} -out NEW.key)",
         ) from None
     except ssl.SSLError as err:
-        raise ConfigError(source, key_name, _key_problem(err, cert, key)) from None
+        # Which file? The certificate's, if it holds no certificate at all
+        # (asked of a scratch context, not to touch the caller's).
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=cert)
+        except ssl.SSLError:
+            raise TLSFileError("smtp.tls_cert", f"{cert} holds no PEM certificate") from None
+        raise TLSFileError(key_name, _key_problem(err, cert, key)) from None
+
+
+def _check_tls_files(smtp: Smtp, source: str) -> None:
+    if smtp.tls_cert is None:  # a self-signed pair is made in log.dir (a key alone is refused by parse_config)
+        return
+    # A plain server context takes what the server's own (net/tls.py) takes.
+    try:
+        load_tls_files(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), smtp.tls_cert, smtp.tls_key)
+    except TLSFileError as err:
+        raise ConfigError(source, err.setting, str(err)) from None
 
 
 def _key_problem(err: ssl.SSLError, cert: str, key: str | None) -> str:

@@ -613,3 +613,29 @@ def test_a_configured_certificate_is_loaded_and_a_bad_one_is_named(tls_context, 
         server_context(pem, missing, hostname="ignored", folder=str(tmp_path))
     with pytest.raises(TLSSetupError, match="mail.example.test.pem"):
         server_context(pem, pem, hostname="ignored", folder=str(tmp_path))  # no key in it
+
+
+def test_the_server_reads_its_certificate_as_check_config_does(tls_context, tls_folder, tmp_path):
+    """One way to read the pair (config.load_tls_files): the same words from
+    both, and a key with a passphrase is refused, never asked for on a terminal."""
+    from cryptography.hazmat.primitives import serialization
+
+    from looper.config import ConfigError, check_runtime, parse_config
+
+    pem = os.path.join(tls_folder, "tls", "mail.example.test.pem")
+    key = serialization.load_pem_private_key(Path(tls_folder, "tls", "mail.example.test.key").read_bytes(), None)
+    locked = tmp_path / "locked.key"
+    locked.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    ))
+    said = []
+    for cert_path, key_path in ((pem, str(locked)), (pem, pem), (pem, str(tmp_path / "missing.key"))):
+        with pytest.raises(TLSSetupError) as served:
+            server_context(cert_path, key_path, hostname="ignored", folder=str(tmp_path))
+        config = parse_config(f"log: {{dir: '{tmp_path}'}}\nsmtp: {{tls_cert: {cert_path}, tls_key: {key_path}}}\n", "f.yaml")
+        with pytest.raises(ConfigError) as checked:
+            check_runtime(config, "f.yaml")
+        assert str(checked.value) == f"f.yaml: smtp.tls_key: {served.value}"
+        said.append(str(served.value))
+    assert "needs a passphrase, which looper cannot ask for" in said[0]

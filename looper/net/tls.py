@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from looper.config import TLSFileError, load_tls_files
+
 TLS_FOLDER = "tls"
 
 RSA_KEY_BITS = 2048
@@ -58,20 +60,11 @@ def server_context(cert_path: str | None, key_path: str | None, *, hostname: str
         if key_path is not None:
             raise TLSSetupError(f"a TLS key ({key_path}) is configured without its certificate")
         cert_path, key_path = ensure_self_signed(hostname, folder)
-    for what, path in (("certificate", cert_path), ("key", key_path)):
-        if path is not None:
-            try:  # load_cert_chain's own error does not say which file
-                with open(path, "rb"):
-                    pass
-            except OSError as err:
-                raise TLSSetupError(f"cannot read TLS {what} {path}: {err.strerror or err}") from err
     context = _postfix_like_context()
     try:
-        context.load_cert_chain(cert_path, key_path)
-    except ssl.SSLError as err:
-        raise TLSSetupError(
-            f"cannot use TLS certificate {cert_path} with key {key_path or cert_path}: {err.reason or err}"
-        ) from err
+        load_tls_files(context, cert_path, key_path)  # as check-config checks them
+    except TLSFileError as err:
+        raise TLSSetupError(str(err)) from err
     return context
 
 

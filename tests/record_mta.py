@@ -488,7 +488,12 @@ FACTS: dict[str, dict] = {
             "(30 Received: headers: 250), too_many_hops_31.json (31: 250), "
             "too_many_hops.json (51: 250). loop_end and self_detect: Exim's source "
             "(exim-4.96: src/src/receive.c, deliver.c, spool_in.c, globals.c, "
-            "transports/smtp.c, routers/rf_self_action.c); not looped through the trap. "
+            "transports/smtp.c, routers/rf_self_action.c), checked once with the real "
+            "daemon (tests/record_personas.py's Exim, queue_only, then 'exim -M <id>'): "
+            "a message sent with 29 Received: headers went on to routing ('** "
+            "rcpt@example.net: Unrouteable address', no DNS here), one with 30 failed with "
+            "'** rcpt@example.net: Too many \"Received\" headers - suspected mail loop'; "
+            "both had got '250 OK id=...'. Not looped through the trap. "
             "The greeting's date is the time of the connection."),
         "client_ehlo": "EHLO $primary_hostname (smtp transport helo_data default)",
         "loop_end": {
@@ -543,8 +548,15 @@ FACTS: dict[str, dict] = {
             "'Connect:127 RELAY'), too_many_hops_100.json (101 Received: headers: 250). "
             "loop_end and self_detect: sendmail's source (Debian's sendmail 8.17.1.9-2 "
             "source package: sendmail/deliver.c, headers.c, envelope.c, conf.c, "
-            "srvrsmtp.c, usersmtp.c, err.c; debian/cf/domain/debian-mta.m4.in); not "
-            "looped through the trap. The greeting has the date and the client's "
+            "srvrsmtp.c, usersmtp.c, err.c; debian/cf/domain/debian-mta.m4.in), checked "
+            "once with the real daemon (tests/record_personas.py's sendmail, queueonly): "
+            "a message with 99 Received: headers got 250 and a queue run tried to relay "
+            "it; one with 100 got '250 2.0.0 <qid> Message accepted for delivery' and "
+            "the server had already replaced it in the queue with a DSN to the sender: "
+            "'(reason: 554 5.4.6 Too many hops)', transcript '554 5.4.6 Too many hops "
+            "101 (100 max): from <sender@example.test> via [127.0.0.5], to "
+            "<rcpt@example.net>'. The self check was not run. Not looped through the "
+            "trap. The greeting has the date and the client's "
             "address and reverse-DNS result."),
         "relay_denied_variants": {
             "client with forward-confirmed reverse DNS (cf/m4/proto.m4 confRELAY_MSG; "

@@ -224,14 +224,14 @@ class ServerSession(asyncio.BufferedProtocol):
         self._finish()
 
     def pause_writing(self) -> None:
-        self._writing_paused = True
-        try:
-            self._update_reading()
-        except Exception as err:
-            self._fail(err)
+        self._set_writing_paused(True)
 
     def resume_writing(self) -> None:
-        self._writing_paused = False
+        self._set_writing_paused(False)
+
+    def _set_writing_paused(self, paused: bool) -> None:
+        """The client reads what we write, or stops: so do we read it."""
+        self._writing_paused = paused
         try:
             self._update_reading()
         except Exception as err:

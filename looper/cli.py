@@ -1,4 +1,4 @@
-"""Command line: `looper run`, `looper check-config`, `looper report`.
+"""Command line: `looper run`, `looper check-config`, `looper report`, `looper tail`.
 
 A trap that cannot start says why in one line on stderr, naming the file,
 the key and the problem, never in a traceback: exit status 2 for the
@@ -49,6 +49,19 @@ def _parser() -> argparse.ArgumentParser:
     ):
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument("-c", "--config", metavar="FILE", help="YAML configuration (default: built-in defaults)")
+        if name == "run":
+            command.add_argument("--no-view", action="store_true",
+                                 help="in a terminal, do not show the events on stderr as they happen")
+    text = "follow an event log, one readable line per event"
+    tail = commands.add_parser("tail", help=text, description=text)
+    tail.add_argument("log", nargs="?", metavar="LOG", help="the event log (default: <log.dir>/events.jsonl)")
+    tail.add_argument("-c", "--config", metavar="FILE", help="YAML configuration (for log.dir)")
+    tail.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="show the last N events first (10)")
+    tail.add_argument("--no-follow", action="store_true", help="print the last events and stop")
+    tail.add_argument("--json", action="store_true", help="pass the JSON lines through unchanged")
+    tail.add_argument("--event", action="append", metavar="PREFIX",
+                      help="only events whose id starts so (reflect, looper.login., ...; repeatable)")
+    tail.add_argument("--ip", action="append", metavar="ADDRESS", help="only this address's events (repeatable)")
     text = "analyse event logs: open relays, loop chains, what the emulated servers caught"
     report = commands.add_parser("report", help=text, description=text)
     report.add_argument("logs", nargs="*", metavar="LOG",
@@ -82,6 +95,8 @@ def _command(args: argparse.Namespace) -> int:
     source = args.config or DEFAULTS_SOURCE
     if args.command == "report":
         return _report(args, source)
+    if args.command == "tail":
+        return _tail(args)
     try:
         config = load_config(args.config)
         check_runtime(config, source)  # the same check for both commands: OK means run starts
@@ -92,7 +107,31 @@ def _command(args: argparse.Namespace) -> int:
         print(config.to_yaml(), end="")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s looper: %(message)s", stream=sys.stderr)
-    return _run(config, source)
+    from looper.tail import colour_wanted
+
+    return _run(config, source, view=not args.no_view and colour_wanted(sys.stderr))
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from looper.tail import tail
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        return _cannot_start(err)
+    path = args.log or os.path.join(config.log.dir, "events.jsonl")
+    if args.no_follow and not os.path.exists(path):
+        print(f"looper tail: {path}: no such file", file=sys.stderr)
+        return EXIT_RUNTIME
+    try:
+        tail(path, count=args.lines, keep_following=not args.no_follow, as_json=args.json, prefixes=args.event,
+             ips=set(args.ip) if args.ip else None)
+    except KeyboardInterrupt:
+        return 0
+    except OSError as err:
+        print(f"looper tail: {path}: {_os_problem(err)}", file=sys.stderr)
+        return EXIT_RUNTIME
+    return 0
 
 
 def _report(args: argparse.Namespace, source: str) -> int:
@@ -204,7 +243,8 @@ def _raise_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _run(config: Config, source: str) -> int:
+def _run(config: Config, source: str, *, view: bool = False) -> int:
+    """`view`: show each event on stderr as it happens (a terminal)."""
     from looper.net.server import Trap  # the CLI's only path into net/
     from looper.net.tls import TLSSetupError
 
@@ -222,6 +262,14 @@ def _run(config: Config, source: str) -> int:
         )
     except OSError as err:
         return _cannot_start(ConfigError(source, "log.dir", _os_problem(err)))
+
+    if view:
+        from looper.view import render
+
+        def show(record: dict) -> None:
+            sys.stderr.write(render(record, colour=True) + "\n")
+
+        eventlog.listeners.append(show)
 
     async def serve() -> int:
         trap = Trap(config, eventlog)

@@ -11,6 +11,7 @@ import asyncio
 import gzip
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -371,3 +372,57 @@ def test_emulated_side_credentials_and_captured_mail():
     assert captured["helo_names"] == [{"value": "spambot", "count": 3}]
     assert report["emulated_activity"][0]["ip"] == "198.51.100.4"
     assert "admin" in render_text(report)
+
+
+# -- fingerprints and loop ends, from the real MTAs (tests/data/mta/) ---------------
+
+MTA_DATA = Path(__file__).parent / "data" / "mta"
+
+
+def _text(line: str) -> str:
+    return line[4:]  # "250-PIPELINING" -> "PIPELINING"
+
+
+@pytest.mark.parametrize("family", ["postfix", "exim", "sendmail", "opensmtpd"])
+def test_each_real_mta_is_fingerprinted_and_its_loop_end_read(family):
+    """The relay as the trap would see it: its greeting, EHLO reply and
+    relay refusal as recorded from Debian's package, then a loop from 1
+    Received: header up to the recorded end (a reply, or silence)."""
+    fixture = json.loads((MTA_DATA / f"{family}.json").read_text())
+    end = fixture["loop_end"]
+    stream = Stream()
+    ip = "203.0.113.20"
+    greeting = _text(fixture["greeting"])
+    ehlo = [_text(line) for line in fixture["ehlo_reply"]]
+    for hops in range(1, end["received_hops"] + 1):
+        last = hops == end["received_hops"]
+        refused = last and end["how"] == "refused"
+        stream.serial += 1
+        sid = f"{stream.serial:012x}"
+        stream.event(sid, ip, "looper.reflect.greeting", code=220, text=greeting, pregreet_bytes=0)
+        stream.event(sid, ip, "looper.reflect.helo", verb="EHLO", name="relay.example", code=250, reply="\n".join(ehlo))
+        stream.event(sid, ip, "looper.reflect.ehlo_reply", code=250, name=ehlo[0].split()[0], extensions=ehlo[1:],
+                     starttls_stripped=False, masked_as="trap.example")
+        if hops == 1:
+            code, reply = fixture["relay_denied"].split(" ", 1)
+            stream.event(sid, ip, "looper.reflect.rcpt", address="rcpt@example.net", params=[], code=int(code),
+                         reply=reply)
+        stream.event(sid, ip, "looper.reflect.message", chain="c1", received_hops=hops, complete=True, size=100,
+                     code=end["code"] if refused else 250, reply=end["text"] if refused else "Ok")
+        stream.event(sid, ip, "looper.session.closed", mode="reflect", reason="closed", duration=0.1, bytes_in=1,
+                     bytes_out=1)
+    analysis = offline(stream.records)
+    found = analysis.relays[ip].fingerprint()
+    assert found.family == family, found
+    if family in ("exim", "sendmail"):
+        assert found.version == fixture["version"]
+    if family in ("postfix", "sendmail"):
+        assert found.distribution == "Debian"
+    [chain] = analysis.chains()
+    if end["how"] == "refused":
+        assert (chain.end, chain.end_code, chain.end_inferred) == (ChainEnd.HOP_LIMIT, end["code"], False)
+    else:  # silent: an accepted last pass, then nothing, until the quiet time is over
+        assert chain.end is None
+        analysis.advance(analysis.last + analysis.quiet_seconds + 10)
+        assert (chain.end, chain.end_inferred) == (ChainEnd.HOP_LIMIT, True)
+    assert chain.end_hops == end["received_hops"]

@@ -593,9 +593,9 @@ class Analysis:
     def _quiet_end(self, chain: Chain) -> None:
         relay = self.relays.get(chain.relay_ip)
         family = relay.fingerprint().family if relay is not None else None
-        limit = SILENT_HOP_LIMITS.get(family or "")
         top = chain.max_hops
-        if chain.last_accepted and limit is not None and limit - 1 <= top <= limit + 1:
+        limit = next((n for n in SILENT_HOP_LIMITS.get(family or "", ()) if n - 1 <= top <= n + 1), None)
+        if chain.last_accepted and limit is not None:
             text = f"silent after an accepted pass at {top} hops: {family}'s limit is {limit} (inferred)"
             self._end(chain, ChainEnd.HOP_LIMIT, chain.last_pass, None, text, None, hops=top, inferred=True)
         else:

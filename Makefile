@@ -56,10 +56,40 @@ fuzz: venv $(VENV)/.fuzz-installed
 fuzz-long: venv $(VENV)/.fuzz-installed
 	$(BIN)/python fuzz/run.py --seconds $(FUZZ_LONG_SECONDS)
 
-bench: venv
+# The benchmarks' peers (README, Benchmarks): the `bench` extra (uvloop,
+# aiosmtpd) in the venv; socat and Postfix's smtp-sink from Debian's packages,
+# installed as root (Postfix with no configuration and not started), named
+# otherwise. `bench` runs the quick benches (a minute each at most),
+# `bench-full` the full ones (several minutes each).
+.PHONY: bench-tools bench-full
+$(VENV)/.bench-installed: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[bench]'
+	touch $@
+
+bench-tools: venv $(VENV)/.bench-installed
+	@missing=$$(command -v socat >/dev/null || echo socat; \
+	            PATH="$$PATH:/usr/sbin" command -v smtp-sink >/dev/null || echo postfix); \
+	[ -z "$$missing" ] && exit 0; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "bench: missing Debian packages:" $$missing "(socat; postfix for smtp-sink): sudo apt-get" \
+	       "install" $$missing "(the benches skip them meanwhile)" >&2; exit 0; fi; \
+	echo "installing $$(echo $$missing) (Debian packages) for the benchmarks"; \
+	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
+	policy=; [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; \
+	  chmod 755 /usr/sbin/policy-rc.d; policy=1; }; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  $$missing >/dev/null; status=$$?; \
+	[ -z "$$policy" ] || rm -f /usr/sbin/policy-rc.d; exit $$status
+
+bench: bench-tools
+	$(BIN)/python bench/splice.py --quick
+	$(BIN)/python bench/smtp.py --quick
+	$(BIN)/python bench/load.py --quick
+
+bench-full: bench-tools
 	$(BIN)/python bench/splice.py
 	$(BIN)/python bench/smtp.py
+	$(BIN)/python bench/load.py
 
 clean:
 	rm -rf $(VENV) .venv-3.13 .pytest_cache .hypothesis fuzz/logs

@@ -99,9 +99,11 @@ class LineReader:
         known from what is held and data[start:], and not past an LF: for a
         check that a line must pass before its end arrives (an SMTP reply's
         "ddd ")."""
-        held = bytes(self._partial[:size])
-        if len(held) < size:
+        if self._partial:
+            held = bytes(self._partial[:size])
             held += data[start : start + size - len(held)]
+        else:
+            held = data[start : start + size]
         lf = held.find(b"\n")
         return held if lf < 0 else held[:lf]
 
@@ -123,7 +125,10 @@ class LineReader:
                 return None, len(data)
         partial = self._partial
         limit_at = start + self.max_line_bytes - len(partial)  # the first byte past the limit
-        lf = self._find_end(data, start, min(len(data), limit_at + 1))
+        if self.ending is Ending.LF:
+            lf = data.find(b"\n", start, limit_at + 1)
+        else:
+            lf = self._find_end(data, start, min(len(data), limit_at + 1))
         end = len(data) if lf < 0 else lf
         if forbidden is not None:
             found = forbidden.search(data, start, min(end, limit_at))
@@ -163,9 +168,7 @@ class LineReader:
     # -- inside -----------------------------------------------------------------
 
     def _find_end(self, data: bytes, start: int, stop: int) -> int:
-        """The index of the LF that ends the line in data[start:stop], or -1."""
-        if self.ending is Ending.LF:
-            return data.find(b"\n", start, stop)
+        """Ending.CRLF: the index of the LF that ends the line in data[start:stop], or -1."""
         if start < stop and data[start] == _LF and self._partial.endswith(b"\r"):
             return start
         crlf = data.find(b"\r\n", start, stop)

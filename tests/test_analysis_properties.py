@@ -95,3 +95,13 @@ def test_memory_follows_open_sessions_and_relays_not_events(monkeypatch):
     assert len(analysis.open_chains) < 2 * 60 * 10 / 5 + 10  # those within the quiet time
     assert all(len(r.facts.replies) <= 24 and len(r.evidence) <= 6 for r in analysis.relays.values())
     assert len(analysis.credentials["smtp"]) <= 2 * analysis.credentials["smtp"].keep
+
+
+def test_an_event_without_a_client_address_makes_no_relay():
+    """Found by hypothesis: a report sorted relays by an address of None."""
+    analysis = Analysis()
+    for ip in (None, "203.0.113.1"):
+        analysis.feed({"timestamp": "2026-12-01T00:00:00.000000Z", "eventid": "looper.dialback.failed",
+                       "session": None, "src_ip": ip, "reason": "refused", "target": "x"})
+    assert list(analysis.relays) == ["203.0.113.1"]
+    assert [r["ip"] for r in build_report(analysis)["relays"]] == ["203.0.113.1"]

@@ -282,6 +282,8 @@ class Analysis:
         ip = record["src_ip"]
         relay = self.relays.get(ip)
         if relay is None:
+            if not isinstance(ip, str):
+                raise TypeError("an event without a client address")  # skipped by feed()
             relay = self.relays[ip] = Relay(ip, when, when)
         if when > relay.last_seen:
             relay.last_seen = when

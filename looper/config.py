@@ -385,6 +385,13 @@ class Log:
 
 
 @dataclass(frozen=True)
+class Capture:
+    # The content of reflected mail kept in <log.dir>/messages/ like captured
+    # mail: the first pass of each loop chain, every pass, or none.
+    reflected: str = _setting("first", _choice("first", "all", "none"))
+
+
+@dataclass(frozen=True)
 class Analysis:
     # A loop chain with no pass for this long has ended: `vanished`, or
     # `hop_limit` (inferred) when it stopped at its relay's known limit.
@@ -409,6 +416,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     log: Log = field(default_factory=Log)
     analysis: Analysis = field(default_factory=Analysis)
+    capture: Capture = field(default_factory=Capture)
 
     @property
     def ehlo_mask_name(self) -> str | None:

@@ -64,7 +64,7 @@ EVENT_FIELDS: dict[str, dict[str, str]] = {
     "looper.reflect.message": {
         "mail_from": "str|null", "rcpt_to": "list", "transport": "str", "size": "int", "sha256": "str",
         "received_hops": "int", "headers_truncated": "bool", "message_id": "str|null", "subject": "str|null",
-        "chain": "str", "complete": "bool", "code": "int|null", "reply": "str|null",
+        "chain": "str", "complete": "bool", "code": "int|null", "reply": "str|null", "path": "str|null",
     },
     "looper.reflect.command": {"verb": "str|null", "argument": "str|null", "code": "int|null", "reply": "str|null"},
     "looper.reflect.tls": {},

@@ -150,3 +150,49 @@ async def test_starttls_is_stripped_from_the_ehlo_reply(start_trap, strip):
     assert {r["starttls_stripped"] for r in replies} == {strip}
     assert all("STARTTLS" in r["extensions"] for r in replies)
     assert_full_loop(trap, relay)
+
+
+# -- reflected mail kept as evidence (capture.reflected) -----------------------------
+
+import hashlib  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+def kept_files(trap) -> dict[str, bytes]:
+    folder = Path(trap.trap.config.log.dir) / "messages"
+    return {p.name: p.read_bytes() for p in folder.glob("*.eml")} if folder.exists() else {}
+
+
+@pytest.mark.parametrize("mode", ["first", "all", "none"])
+async def test_reflected_mail_is_kept_as_evidence(start_trap, mode):
+    trap, relay = await run_loop(start_trap, {"capture": {"reflected": mode}})
+    await trap.trap.stop()  # the writes are done
+    messages = trap.events.of("looper.reflect.message")
+    assert len(messages) == HOP_LIMIT
+    files = kept_files(trap)
+    paths = [m["path"] for m in messages]
+    if mode == "none":
+        assert paths == [None] * HOP_LIMIT and files == {}
+        return
+    kept = [m for m in messages if m["path"] is not None]
+    if mode == "first":
+        assert kept == [messages[0]] and kept[0]["received_hops"] == 1
+    else:
+        assert kept == messages
+    for m in kept:
+        content = Path(m["path"]).read_bytes()
+        assert hashlib.sha256(content).hexdigest() == m["sha256"] and len(content) == m["size"]
+        assert Path(m["path"]).name == f"{m['sha256']}.eml"
+    assert len(files) == len(kept)
+    # The first pass is the message as the relay's own client sent it: ours
+    # plus the relay's Received: header, dot-unstuffed.
+    first = Path(kept[0]["path"]).read_bytes()
+    assert first.endswith(MESSAGE.split(b"\r\n\r\n", 1)[1]) and b"Message-ID: <loop-1@sender.test>" in first
+
+
+async def test_reflected_mail_is_not_kept_past_the_message_memory(start_trap):
+    trap, relay = await run_loop(start_trap, {"limits": {"message_memory_bytes": 200}})
+    await trap.trap.stop()
+    assert [m["path"] for m in trap.events.of("looper.reflect.message")] == [None] * HOP_LIMIT
+    assert kept_files(trap) == {}
+    assert trap.trap.context.message_memory.held_bytes == 0  # everything held was given back

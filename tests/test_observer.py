@@ -996,3 +996,28 @@ big_conversations = st.lists(
 def test_long_hostile_conversations_stay_bounded(transcript: Transcript, cuts: list[int]):
     assert run(transcript, at(cuts)) == run(transcript)  # run() checks the bound after every read
 
+
+
+@settings(max_examples=150, deadline=None)
+@given(transcript=conversations, keep=st.integers(1, 200))
+def test_kept_content_is_bounded_and_is_exactly_each_whole_message(transcript: Transcript, keep: int):
+    """capture.reflected: the content kept is what the message's sha256 says,
+    never more than keep_bytes a message under way, and none after drop_kept."""
+    observer = Observer(relay_ip=RELAY_IP, keep_bytes=keep)
+    kept = []
+    for side, data in transcript:
+        if not data:
+            continue
+        if side == C:
+            observer.client_data(data)
+        else:
+            observer.server_data(data)
+        assert observer.kept_bytes() <= 3 * keep + sum(len(c) for _, _, c in observer._kept)
+        kept += observer.take_kept()
+        assert observer.kept_bytes() <= 3 * keep
+    messages = {e["sha256"]: e for e in of(observer.events(), ob.MESSAGE)}
+    for sha256, chain, content in kept:
+        assert hashlib.sha256(content).hexdigest() == sha256 and len(content) <= keep
+        assert messages[sha256]["complete"] and messages[sha256]["chain"] == chain
+    observer.drop_kept()
+    assert observer.kept_bytes() == 0

@@ -39,6 +39,10 @@ class MessageStore:
         self._folder_syncing = False
         self._folder_sync_next: asyncio.Future | None = None
 
+    def path_of(self, sha256: str) -> str:
+        """Where the content with this hex SHA-256 is (or will be) stored."""
+        return str(self.folder / f"{sha256}.eml")
+
     async def put(self, content: bytes, sha256: str) -> Stored:
         """Store `content` (whose hex SHA-256 is `sha256`) durably."""
         path = self.folder / f"{sha256}.eml"

@@ -13,10 +13,13 @@ from typing import TYPE_CHECKING, Protocol
 from looper.config import Config
 from looper.eventlog import EventLog, SessionInfo, new_session_id
 from looper.net.dns import ReverseDns
+from looper.proto.budget import MessageMemory
 from looper.policy import Denial, Policy
 
 if TYPE_CHECKING:
+    from looper.net.capture import MessageStore
     from looper.net.emulate import EmulatedRelay
+    from looper.net.live import LiveAnalysis
     from looper.net.splice import SpliceThrottle
 
 
@@ -68,6 +71,10 @@ class TrapContext:
     splice_throttle: SpliceThrottle | None
     emulated: EmulatedRelay | None = None
     sessions: SessionTable = field(default_factory=SessionTable)
+    # Captured mail on disk, and the memory all sessions' messages may hold.
+    store: MessageStore | None = None
+    message_memory: MessageMemory | None = None
+    live: LiveAnalysis | None = None  # what the trap has concluded so far
 
 
 class Connection:

@@ -68,12 +68,13 @@ def smtp_settings(config: Config, hostname: str, message_memory: MessageMemory |
 
 
 class EmulatedRelay:
-    def __init__(self, config: Config, eventlog: EventLog, hostname: str) -> None:
+    def __init__(self, config: Config, eventlog: EventLog, hostname: str, *, store: MessageStore,
+                 message_memory: MessageMemory) -> None:
         smtp = config.smtp
         self.hostname = hostname
         self.eventlog = eventlog
-        self.settings = smtp_settings(config, hostname, MessageMemory(config.limits.message_memory_bytes))
-        self.store = MessageStore(config.log.dir)
+        self.settings = smtp_settings(config, hostname, message_memory)
+        self.store = store
         self.tls_context = server_context(smtp.tls_cert, smtp.tls_key, hostname=hostname, folder=config.log.dir)
         self.environment = SystemEnvironment(hostname)
         self.max_session_s = smtp.max_session_seconds
@@ -119,4 +120,4 @@ class EmulatedRelay:
         return session
 
     def close(self) -> None:
-        self.store.close()
+        pass  # the store is the trap's: it closes it

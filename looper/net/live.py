@@ -39,6 +39,11 @@ class LiveAnalysis:
         if self._heard in self.eventlog.listeners:
             self.eventlog.listeners.remove(self._heard)
 
+    def knows_chain(self, chain: str) -> bool:
+        """A pass of this loop chain was seen before (and not long forgotten)."""
+        analysis = self.analysis
+        return chain in analysis.open_chains or chain in analysis.settling or chain in analysis.ended_chains
+
     def _heard(self, record: dict[str, Any]) -> None:
         found = self.analysis.feed(record)
         if found:

@@ -18,6 +18,8 @@ from looper.net.fallback import HANGUP_REPLY, hang_up
 from looper.net.reasons import CloseReason, SessionMode
 from looper.net.splice import Splice, SpliceEnd
 from looper.policy import Denial, DenialReason
+from looper.net.capture import StoreFailed
+from looper.proto.observer import MESSAGE as MESSAGE_EVENT
 from looper.proto.observer import Observer
 
 
@@ -35,6 +37,8 @@ class ReflectSession:
         self._local_end: tuple[str, int] | None = None
         self._client_name: asyncio.Task | None = None
         self.emulated = None  # the ServerSession, once the emulated relay took over
+        self._capturing = context.config.capture.reflected != "none" and context.store is not None
+        self._held_bytes = 0  # of context.message_memory, by the content the observer keeps
 
     def start(self) -> None:
         # Nothing is read or answered until we know the way: reflect or not.
@@ -105,6 +109,7 @@ class ReflectSession:
             strip_starttls=config.splice.strip_starttls,
             mask_name=config.ehlo_mask_name,
             pregreet_bytes=len(self.inbound.early),
+            keep_bytes=config.splice.max_bytes if self._capturing else 0,
         )
         self.splice = Splice(
             self.inbound,
@@ -165,13 +170,55 @@ class ReflectSession:
         if observer is not None:
             observer.close()
             self._emit_observed()
+            if self._capturing:
+                self.context.message_memory.held_bytes -= self._held_bytes
+                self._held_bytes = 0
         if self._local_end is not None:
             self.context.policy.forget_dialback(self._local_end)
         self._finish(reason, self.splice.bytes_from_client, self.splice.bytes_from_server)
 
     def _emit_observed(self) -> None:
-        for event in self.observer.events():
+        observer = self.observer
+        if self._capturing:
+            self._account_memory()  # what was kept in this chunk fits, or is let go
+        kept = {sha256: (chain, content) for sha256, chain, content in observer.take_kept()}
+        for event in observer.events():
+            if event.eventid == MESSAGE_EVENT:
+                event.fields["path"] = self._keep(event, kept.pop(event.fields["sha256"], None))
             self.context.eventlog.emit_event(self.info, event)
+        if self._capturing:
+            self._account_memory()
+
+    def _keep(self, event, kept: tuple[str, bytes] | None) -> str | None:
+        """Reflected mail is evidence: store the first pass of each chain
+        (capture.reflected), named in its event. The path is the content's
+        hash, so it is known before the file is written."""
+        if kept is None:
+            return None
+        chain, content = kept
+        context = self.context
+        if context.config.capture.reflected == "first" and context.live is not None and context.live.knows_chain(chain):
+            return None
+        sha256 = event.fields["sha256"]
+        task = asyncio.get_running_loop().create_task(context.store.put(content, sha256))
+        task.add_done_callback(lambda done: self._stored(done, sha256))
+        return context.store.path_of(sha256)
+
+    def _stored(self, done: asyncio.Task, sha256: str) -> None:
+        if not done.cancelled() and isinstance(done.exception(), StoreFailed):
+            self.context.eventlog.emit(self.info, "looper.smtp.store_failed", sha256=sha256,
+                                       reason=str(done.exception()))
+
+    def _account_memory(self) -> None:
+        """The content kept counts against limits.message_memory_bytes, with
+        the emulated relay's messages; when it is used up, none is kept."""
+        memory, observer = self.context.message_memory, self.observer
+        held = observer.kept_bytes()
+        if held > self._held_bytes and not memory.fits(held - self._held_bytes):
+            observer.drop_kept()
+            held = observer.kept_bytes()
+        memory.held_bytes += held - self._held_bytes
+        self._held_bytes = held
 
     def say_goodbye(self) -> None:
         """The trap is stopping. A splice has nothing of ours to say: it is

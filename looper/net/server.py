@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from looper.config import Config, Endpoint
 from looper.eventlog import EventLog
+from looper.net.capture import MessageStore
 from looper.net.live import LiveAnalysis
+from looper.proto.budget import MessageMemory
 from looper.net.context import Connection, SessionTable, TrapContext
 from looper.net.dns import ReverseDns
 from looper.net.emulate import EmulatedRelay
@@ -76,6 +78,9 @@ class Trap:
         """Bind every listener (port 0 picks a free port: see `listening`)."""
         config, context = self.config, self.context
         self.live.start()
+        context.live = self.live
+        context.message_memory = MessageMemory(config.limits.message_memory_bytes)
+        context.store = MessageStore(config.log.dir)
         served = [kind for kind in LISTENER_KINDS if not kind.dials_back and getattr(config.listen, kind.name)]
         if config.dialback.on_failure == "emulate" or served:
             hostname = config.smtp.hostname or await context.dns.our_name([e.host for e in config.listen.smtp])
@@ -84,7 +89,8 @@ class Trap:
                     "the emulated relay calls itself %r: no reverse DNS name and no fully qualified host name;"
                     " a real mail server has one, so set smtp.hostname", hostname,
                 )
-            context.emulated = EmulatedRelay(config, context.eventlog, hostname)
+            context.emulated = EmulatedRelay(config, context.eventlog, hostname, store=context.store,
+                                             message_memory=context.message_memory)
         try:
             for kind in LISTENER_KINDS:
                 for endpoint in getattr(config.listen, kind.name):
@@ -126,6 +132,8 @@ class Trap:
         self._servers.clear()
         if self.emulated is not None:
             self.emulated.close()
+        if self.context.store is not None:
+            self.context.store.close()
         await self.context.dns.close()
         self.live.stop()
         self.eventlog.flush()  # stopped means logged: what the last turn emitted too

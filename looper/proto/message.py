@@ -122,10 +122,17 @@ class MessageScanner:
     and the content with its top-level Received: fields removed (the one thing
     each pass through a relay changes). That second hash runs only when there
     is no Message-ID.
+
+    With `keep_bytes`, the content itself is kept too (a copy: what it is fed
+    may be a view of a buffer that is reused), up to that many bytes; past
+    them, or after drop_kept(), none of it is.
     """
 
-    def __init__(self, relay_ip: str) -> None:
+    def __init__(self, relay_ip: str, keep_bytes: int = 0) -> None:
         self._relay = relay_ip.encode("utf-8", "replace") + b"\0"
+        self._keep_bytes = keep_bytes
+        self._kept: list[bytes] | None = [] if keep_bytes > 0 else None
+        self._kept_size = 0
         self._size = 0
         self._sha256 = hashlib.sha256()
         # The header block read so far, after a made-up LF so that an empty
@@ -149,9 +156,29 @@ class MessageScanner:
         """Content bytes so far."""
         return self._size
 
+    @property
+    def kept_bytes(self) -> int:
+        """Content bytes kept now (for the shared memory budget)."""
+        return self._kept_size
+
+    def drop_kept(self) -> None:
+        """Keep none of the content (it is too big, or memory is short)."""
+        self._kept, self._kept_size = None, 0
+
+    def take_content(self) -> bytes | None:
+        """The whole content, if it was all kept; the scanner lets go of it."""
+        kept, self._kept, self._kept_size = self._kept, None, 0
+        return b"".join(kept) if kept is not None else None
+
     def feed(self, content: bytes) -> None:
         if self._facts is not None:
             return  # the message was already reported
+        if self._kept is not None:
+            if self._kept_size + len(content) > self._keep_bytes:
+                self.drop_kept()
+            else:
+                self._kept.append(bytes(content))
+                self._kept_size += len(content)
         self._size += len(content)
         self._sha256.update(content)
         header = self._header

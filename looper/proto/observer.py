@@ -192,6 +192,7 @@ class Observer:
         strip_starttls: bool = True,
         mask_name: str | None = None,
         pregreet_bytes: int = 0,
+        keep_bytes: int = 0,
     ) -> None:
         if mask_name is not None and not _MASK_NAME.match(mask_name):
             raise ValueError(f"mask_name must be one word of printable ASCII: {mask_name!r}")
@@ -200,6 +201,10 @@ class Observer:
         self._mask_name = mask_name
         self._rewrites_ehlo = strip_starttls or mask_name is not None
         self._pregreet_bytes = pregreet_bytes
+        # Messages' content kept up to this size each (0: none), handed out by
+        # take_kept() once a message is over: (sha256, chain, content).
+        self._keep_bytes = keep_bytes
+        self._kept: list[tuple[str, str, bytes]] = []
         self._state = ClientState.COMMAND
         self._events: list[Event] = []
         self._closed = False
@@ -294,6 +299,25 @@ class Observer:
             if message is not None:
                 self._emit_message(message, None)
         self._message = self._bdat_message = None
+
+    def kept_bytes(self) -> int:
+        """Content kept now, of messages under way and over (for the shared
+        message memory budget)."""
+        scanners = {m.scanner for m in (self._message, self._bdat_message, self._chunk_message) if m}
+        return sum(s.kept_bytes for s in scanners) + sum(len(c) for _, _, c in self._kept)
+
+    def drop_kept(self) -> None:
+        """Memory is short: keep no content, of the messages under way or over."""
+        self._kept.clear()
+        for message in (self._message, self._bdat_message, self._chunk_message):
+            if message is not None:
+                message.scanner.drop_kept()
+
+    def take_kept(self) -> list[tuple[str, str, bytes]]:
+        """(sha256, chain, content) of each message read whole and kept since
+        the last call, in the order of their events."""
+        kept, self._kept = self._kept, []
+        return kept
 
     def _buffered_bytes(self) -> int:
         """Everything held in buffers now, for the tests' bounds checks."""
@@ -414,7 +438,7 @@ class Observer:
         elif kind is Kind.BDAT:
             command.argument = as_text(rest)
             if self._bdat_message is None:
-                self._bdat_message = _Message(MessageScanner(self._relay_ip), "bdat")
+                self._bdat_message = _Message(MessageScanner(self._relay_ip, self._keep_bytes), "bdat")
             command.message, command.last = self._bdat_message, last
             if last:
                 self._bdat_message = None  # the LAST command reports it
@@ -624,7 +648,7 @@ class Observer:
         if step is Step.REFUSED or step is Step.TLS_READY:
             self._emit_command(command, reply.code, reply.text)
         if step is Step.GO_AHEAD:
-            self._message = _Message(MessageScanner(self._relay_ip), "data")
+            self._message = _Message(MessageScanner(self._relay_ip, self._keep_bytes), "data")
             self._dot = DotDecoder()
         elif step is Step.CHALLENGE:
             self._sasl_command = command
@@ -673,6 +697,9 @@ class Observer:
 
     def _emit_message(self, message: _Message, reply: Reply | None) -> None:
         facts = message.scanner.facts()
+        content = message.scanner.take_content()
+        if content is not None and message.complete:
+            self._kept.append((facts.sha256, facts.chain, content))
         self._emit(
             MESSAGE,
             received_hops=facts.received_hops,

@@ -442,9 +442,9 @@ def test_each_chart_has_a_bar_per_value():
     assert all(float(a["height"]) >= 0 and float(a["width"]) > 0 for a in bars)
     # The known limits are drawn, and the bars at them are the MTA's colour.
     labels = "".join(page.text)
-    assert "sendmail 25" in labels and "Exim 30" in labels and "Postfix 50" in labels
+    assert "sendmail 25" in labels and "Exim 30" in labels and "Postfix 49" in labels
     lines = [a["class"] for a in page.all("line") if "reference" in a.get("class", "")]
-    assert lines == ["reference mta-sendmail", "reference mta-exim", "reference mta-postfix"]
+    assert lines == ["reference mta-sendmail", "reference mta-exim", "reference mta-postfix", "reference mta-sendmail"]
     hop_bars = [a["class"] for a in page.all("rect") if "bar" in a.get("class", "").split()][
         expected["verdicts-bar"] + expected["ends-bar"]:][: expected["hop-histogram"]]
     assert hop_bars == ["bar", "bar mta-sendmail", "bar mta-exim", "bar", "bar mta-postfix", "bar", "bar"]

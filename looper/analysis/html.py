@@ -31,8 +31,15 @@ RELAY_ROWS = 1000  # rows in the relay table (in the document's order: verdict, 
 TOP_RELAYS = 15  # bars in the top relays chart
 TOP_VALUES = 15  # rows in each captured-mail and credentials table
 
-# The known default hop limits, drawn on the histogram: (hops, MTA, class).
-REFERENCE_LIMITS = ((25, "sendmail", "mta-sendmail"), (30, "Exim", "mta-exim"), (50, "Postfix", "mta-postfix"))
+# Where the real servers' loops end, as the trap counts Received: headers on
+# the last pass (tests/data/mta/): (hops, MTA, class). Postfix refuses the
+# pass that arrives with 49 (its own header makes 50); Exim goes silent after
+# 30; sendmail after 25 upstream, 100 in Debian's configuration, where
+# OpenSMTPD refuses too.
+REFERENCE_LIMITS = (
+    (25, "sendmail", "mta-sendmail"), (30, "Exim", "mta-exim"), (49, "Postfix", "mta-postfix"),
+    (100, "sendmail (Debian), OpenSMTPD", "mta-sendmail"),
+)
 
 VERDICTS = {  # verdict: (label, what it means)
     "open_relay": ("open relay", "its own server accepted a message for relaying (a loop pass)"),
@@ -742,9 +749,10 @@ def render_html(document: dict) -> str:
     document = _dict(document)
     hops_intro = ("Each bar counts the loops that ended by a hop limit with that many Received: headers on the "
                   "pass that ended them: refused with a hop or loop reply, or silent after an accepted pass at the "
-                  "fingerprinted MTA's known limit. The dashed lines are the default limits of sendmail (25, the "
-                  "lab's configuration), Exim (30 Received: headers) and Postfix (50 hops): peaks there say which "
-                  "software the open relays run.")
+                  "fingerprinted MTA's known limit. The dashed lines are where the real servers stop, counted the "
+                  "same way: sendmail upstream (25), Exim (30), Postfix (49: its own header makes its limit of 50), "
+                  "sendmail as Debian configures it and OpenSMTPD (100). Peaks there say which software the open "
+                  "relays run.")
     time_intro = ("Reflected passes per time slot from the first event to the last (a chain's passes are spread "
                   "evenly over its duration).")
     body = [

@@ -447,7 +447,8 @@ def test_each_chart_has_a_bar_per_value():
     assert lines == ["reference mta-sendmail", "reference mta-exim", "reference mta-postfix", "reference mta-sendmail"]
     hop_bars = [a["class"] for a in page.all("rect") if "bar" in a.get("class", "").split()][
         expected["verdicts-bar"] + expected["ends-bar"]:][: expected["hop-histogram"]]
-    assert hop_bars == ["bar", "bar mta-sendmail", "bar mta-exim", "bar", "bar mta-postfix", "bar", "bar"]
+    # (the made-up Postfix loops end at 50, a hop past where the real one does)
+    assert hop_bars == ["bar", "bar mta-sendmail", "bar mta-exim", "bar", "bar", "bar", "bar mta-sendmail"]
 
 
 def test_tables_show_verdicts_fingerprints_and_the_busiest_chains():

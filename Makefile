@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 FUZZ_SECONDS      ?= 20
 FUZZ_LONG_SECONDS ?= 600
 
-.PHONY: run test check-config bench clean venv test-tools fuzz fuzz-long
+.PHONY: run demo test check-config bench clean venv test-tools fuzz fuzz-long
 
 # A virtualenv belongs to one Python: refuse to use it with another.
 venv: $(VENV)/.installed
@@ -31,6 +31,10 @@ $(VENV)/.installed: pyproject.toml
 
 run: venv
 	$(BIN)/looper run -c $(CONFIG)
+
+# The trap at work in half a minute, on loopback, as any user.
+demo: venv
+	$(BIN)/looper demo
 
 check-config: venv
 	$(BIN)/looper check-config -c $(CONFIG)

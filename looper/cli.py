@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             command.add_argument("--no-view", action="store_true",
                                  help="in a terminal, do not show the events on stderr as they happen")
+    text = "see the trap at work in half a minute: loops through simulated relays on loopback, unprivileged"
+    demo = commands.add_parser("demo", help=text, description=text)
+    demo.add_argument("--keep", action="store_true", help="keep the demo's log and captured mail")
     text = "follow an event log, one readable line per event"
     tail = commands.add_parser("tail", help=text, description=text)
     tail.add_argument("log", nargs="?", metavar="LOG", help="the event log (default: <log.dir>/events.jsonl)")
@@ -92,11 +95,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
-    source = args.config or DEFAULTS_SOURCE
+    source = getattr(args, "config", None) or DEFAULTS_SOURCE
     if args.command == "report":
         return _report(args, source)
     if args.command == "tail":
         return _tail(args)
+    if args.command == "demo":
+        from looper.demo import main as demo
+
+        return demo(keep=args.keep)
     try:
         config = load_config(args.config)
         check_runtime(config, source)  # the same check for both commands: OK means run starts

@@ -531,6 +531,11 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         # PyYAML's constructors raise these for some explicit tags (`!!int `
         # with no value: IndexError); the file is no less invalid for that.
         raise ConfigError(source, "", f"invalid YAML: {type(err).__name__}: {err}") from None
+    return config_from_mapping(raw, source)
+
+
+def config_from_mapping(raw: Any, source: str) -> Config:
+    """Validate settings given as data (what the YAML holds); raises ConfigError."""
     config = _build(Config, raw, source, "")
     if config.limits.per_ip > config.limits.total:
         raise ConfigError(source, "limits.per_ip", f"cannot exceed limits.total ({config.limits.total})")

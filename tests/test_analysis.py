@@ -20,7 +20,7 @@ from looper.analysis.logs import analyse
 from looper.analysis.report import build_report, render_text
 from looper.cli import main
 from tests.conftest import free_port
-from tests.relaysim import RelaySim
+from looper.relaysim import RelaySim
 
 HOP_LIMIT = 12
 MESSAGE = (

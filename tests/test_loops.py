@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.relaysim import RelaySim
+from looper.relaysim import RelaySim
 
 RELAY = "127.0.0.2"
 HOP_LIMIT = 30

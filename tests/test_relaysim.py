@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.relaysim import (
+from looper.relaysim import (
     RelaySim,
     count_received,
     dot_stuff,

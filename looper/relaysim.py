@@ -1,4 +1,4 @@
-"""RelaySim: an asyncio open-relay simulator for looper's integration tests.
+"""RelaySim: an asyncio open-relay simulator, for `looper demo` and the tests.
 
 A RelaySim is both halves of a small open relay:
 

@@ -98,15 +98,6 @@ def run_role(roles: dict) -> bool:
     return True
 
 
-class _NoObserver:
-    """looper's Observer replaced by nothing: opaque from the start, the splice passes every chunk on."""
-
-    opaque = True
-    __init__ = client_data = close = lambda self, *args, **kw: None
-    server_data = staticmethod(lambda data: data)
-    events = staticmethod(tuple)
-
-
 def role_trap(a) -> None:
     """`looper run -c CONFIG` on the loop asked for, with the observer or not, under cProfile if asked."""
     import asyncio
@@ -117,8 +108,8 @@ def role_trap(a) -> None:
 
     if a.loop == "uvloop":
         asyncio.set_event_loop_policy(__import__("uvloop").EventLoopPolicy())
-    if a.observer == "off":
-        looper.net.reflect.Observer = _NoObserver
+    if a.observer == "off":  # looper's Observer opaque from the start: the splice passes every chunk on unparsed
+        looper.net.reflect.Observer = type("NoObserver", (looper.net.reflect.Observer,), {"opaque": True})
     profiler = cProfile.Profile()
     try:
         sys.exit(profiler.runcall(looper.cli.main, ["run", "-c", a.config]) if a.profile else

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from looper.analysis.core import RANK, Analysis, Chain, Relay, chain_summary
 from looper.analysis.logs import ReadStats
 from looper.analysis.timestamps import format_timestamp
@@ -143,6 +145,13 @@ def build_report(analysis: Analysis, stats: ReadStats | None = None, *, top: int
             for r in activity[:top]
         ],
     }
+
+
+def report_json(document: dict[str, Any]) -> str:
+    """The document as indented JSON. (The standard library's encoder turns
+    to pure Python when asked to indent: orjson writes a big report in a
+    tenth of the time, without holding its pieces.)"""
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode("utf-8") + "\n"
 
 
 def _rank(relay: Relay) -> int:

@@ -61,7 +61,7 @@ fuzz-long: venv $(VENV)/.fuzz-installed
 	$(BIN)/python fuzz/run.py --seconds $(FUZZ_LONG_SECONDS)
 
 # The benchmarks' peers (README, Benchmarks): the `bench` extra (uvloop,
-# aiosmtpd) in the venv; socat and Postfix's smtp-sink from Debian's packages,
+# aiosmtpd) in the venv; socat, jq and Postfix's smtp-sink from Debian's packages,
 # installed as root (Postfix with no configuration and not started), named
 # otherwise. `bench` runs the quick benches (a minute each at most),
 # `bench-full` the full ones (several minutes each).
@@ -72,10 +72,11 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 
 bench-tools: venv $(VENV)/.bench-installed
 	@missing=$$(command -v socat >/dev/null || echo socat; \
-	            PATH="$$PATH:/usr/sbin" command -v smtp-sink >/dev/null || echo postfix); \
+	            PATH="$$PATH:/usr/sbin" command -v smtp-sink >/dev/null || echo postfix; \
+	            command -v jq >/dev/null || echo jq); \
 	[ -z "$$missing" ] && exit 0; \
 	if [ "$$(id -u)" != 0 ]; then \
-	  echo "bench: missing Debian packages:" $$missing "(socat; postfix for smtp-sink): sudo apt-get" \
+	  echo "bench: missing Debian packages:" $$missing "(socat; postfix for smtp-sink; jq): sudo apt-get" \
 	       "install" $$missing "(the benches skip them meanwhile)" >&2; exit 0; fi; \
 	echo "installing $$(echo $$missing) (Debian packages) for the benchmarks"; \
 	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
@@ -89,11 +90,13 @@ bench: bench-tools
 	$(BIN)/python bench/splice.py --quick
 	$(BIN)/python bench/smtp.py --quick
 	$(BIN)/python bench/load.py --quick
+	$(BIN)/python bench/report.py --quick
 
 bench-full: bench-tools
 	$(BIN)/python bench/splice.py
 	$(BIN)/python bench/smtp.py
 	$(BIN)/python bench/load.py
+	$(BIN)/python bench/report.py
 
 clean:
 	rm -rf $(VENV) .venv-3.13 .pytest_cache .hypothesis fuzz/logs

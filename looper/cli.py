@@ -1,4 +1,4 @@
-"""Command line: `looper run`, `looper check-config`, `looper report`, `looper tail`.
+"""Command line: `looper run`, `looper check-config`, `looper report`, `looper tail`, `looper replay`.
 
 A trap that cannot start says why in one line on stderr, naming the file,
 the key and the problem, never in a traceback: exit status 2 for the
@@ -78,7 +78,26 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", metavar="FILE", help="write the report here (default: standard output)")
     report.add_argument("--quiet-seconds", type=float, metavar="S",
                         help="a chain with no pass for this long has ended (default: analysis.quiet_seconds)")
+    text = "show what was said in one session, both directions, with timing"
+    replay = commands.add_parser("replay", help=text, description=text)
+    replay.add_argument("session", metavar="SESSION", help="the session id (of its events), or the start of it")
+    replay.add_argument("logs", nargs="*", metavar="LOG",
+                        help="transcripts, plain or gzip (default: <log.dir>/transcripts.jsonl*)")
+    replay.add_argument("-c", "--config", metavar="FILE", help="YAML configuration (for log.dir)")
+    replay.add_argument("--speed", type=_speed, metavar="X",
+                        help="play it back in real time, X times as fast (0.5: half as fast)")
+    replay.add_argument("--json", action="store_true", help="the session's lines as they are stored")
     return parser
+
+
+def _speed(text: str) -> float:
+    try:
+        speed = float(text)
+    except ValueError:
+        speed = 0.0
+    if not 0 < speed < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return speed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +119,8 @@ def _command(args: argparse.Namespace) -> int:
         return _report(args, source)
     if args.command == "tail":
         return _tail(args)
+    if args.command == "replay":
+        return _replay(args)
     if args.command == "demo":
         from looper.demo import main as demo
 
@@ -138,6 +159,29 @@ def _tail(args: argparse.Namespace) -> int:
     except OSError as err:
         print(f"looper tail: {path}: {_os_problem(err)}", file=sys.stderr)
         return EXIT_RUNTIME
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from looper.replay import ReplayError, default_transcripts, find_session, replay
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        return _cannot_start(err)
+    paths = args.logs or default_transcripts(config.log.dir)
+    if not paths:
+        print(f"looper replay: no transcripts in {config.log.dir}/ (give the files to read)", file=sys.stderr)
+        return EXIT_RUNTIME
+    try:
+        lines = find_session(paths, args.session)
+    except ReplayError as err:
+        print(f"looper replay: {err}", file=sys.stderr)
+        return EXIT_RUNTIME
+    try:
+        replay(lines, sys.stdout, speed=args.speed, as_json=args.json)
+    except KeyboardInterrupt:
+        return 0
     return 0
 
 

@@ -399,6 +399,19 @@ class Analysis:
 
 
 @dataclass(frozen=True)
+class Transcripts:
+    # Each spliced or emulated session's conversation, both directions with
+    # timing, in <log.dir>/transcripts.jsonl (docs/transcripts.md; `looper
+    # replay` shows one). A session keeps at most session_bytes of it (0:
+    # only the counts); TLS that passes through a splice is only counted.
+    enabled: bool = _setting(True, _bool)
+    session_bytes: int = _setting(65536, _int(0, 1 << 30))
+    # transcripts.jsonl rotates at max_bytes, keeping `backups` old files.
+    max_bytes: int = _setting(1 << 30, _int(1 << 16, 2**62))
+    backups: int = _setting(10, _int(1, 1000))
+
+
+@dataclass(frozen=True)
 class Config:
     sensor: str = _setting(socket.gethostname, _name)
     # On SIGTERM, how long sessions may go on before each protocol says its
@@ -417,6 +430,7 @@ class Config:
     log: Log = field(default_factory=Log)
     analysis: Analysis = field(default_factory=Analysis)
     capture: Capture = field(default_factory=Capture)
+    transcripts: Transcripts = field(default_factory=Transcripts)
 
     @property
     def ehlo_mask_name(self) -> str | None:
@@ -566,10 +580,11 @@ def load_config(path: str | None) -> Config:
 # -- what `looper run` needs before it listens -------------------------------
 
 # What `run` writes in log.dir, under the names their owners give them
-# (eventlog.EVENTS_FILE; net/capture.MESSAGES_FOLDER, net/tls.TLS_FOLDER).
+# (eventlog.EVENTS_FILE, transcripts.TRANSCRIPTS_FILE; net/capture.MESSAGES_FOLDER,
+# net/tls.TLS_FOLDER).
 # config sits below those modules and may not import them: a test keeps
 # these copies equal.
-LOG_DIR_FILES = ("events.jsonl",)
+LOG_DIR_FILES = ("events.jsonl", "transcripts.jsonl")
 LOG_DIR_FOLDERS = ("messages", "tls")
 
 

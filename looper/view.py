@@ -84,8 +84,17 @@ def _clean(value: Any) -> Any:
         return value
     if isinstance(value, list):
         value = ", ".join(str(v) for v in value)
-    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+    text = escape_controls(str(value))
     return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 1] + "…"
+
+
+def escape_controls(text: str) -> str:
+    """`text` with its control characters shown as \\xNN: safe on a terminal."""
+    return _CONTROL.sub(_escaped, text)
+
+
+def _escaped(match: re.Match) -> str:
+    return f"\\x{ord(match.group()):02x}"
 
 
 def describe(record: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ from looper.eventlog import EventLog, SessionInfo, new_session_id
 from looper.net.dns import ReverseDns
 from looper.proto.budget import MessageMemory
 from looper.policy import Denial, Policy
+from looper.transcripts import Transcript, TranscriptLog
 
 if TYPE_CHECKING:
     from looper.net.capture import MessageStore
@@ -75,14 +76,15 @@ class TrapContext:
     store: MessageStore | None = None
     message_memory: MessageMemory | None = None
     live: LiveAnalysis | None = None  # what the trap has concluded so far
+    transcripts: TranscriptLog | None = None  # None: transcripts.enabled is false
 
 
 class Connection:
     """One accepted connection's record, whatever serves it: its common
-    event fields, its admission against the session limits, and the one
-    looper.session.closed that ends it (and frees its place)."""
+    event fields, its admission against the session limits, its transcript,
+    and the one looper.session.closed that ends it (and frees its place)."""
 
-    __slots__ = ("context", "session", "info", "started", "admitted", "closed")
+    __slots__ = ("context", "session", "info", "started", "admitted", "closed", "transcript")
 
     def __init__(self, context: TrapContext, session: Session, transport: asyncio.BaseTransport,
                  protocol: str = "smtp") -> None:
@@ -94,6 +96,10 @@ class Connection:
         self.started = time.monotonic()
         self.admitted = False
         self.closed = False
+        # Written from when the session is spliced or served (its begin()).
+        self.transcript: Transcript | None = (
+            None if context.transcripts is None else context.transcripts.transcript(self.info, self.started)
+        )
         context.sessions.add(session)
         self.emit("looper.session.connect")
 
@@ -117,4 +123,6 @@ class Connection:
             "looper.session.closed", mode=mode, reason=reason,
             duration=round(time.monotonic() - self.started, 6), bytes_in=bytes_in, bytes_out=bytes_out,
         )
+        if self.transcript is not None:
+            self.transcript.end(reason)
         self.context.sessions.discard(self.session)

@@ -250,22 +250,41 @@ class ReflectSession:
 
 
 class _Inspect:
-    """Feeds the observer; what it saw is logged once the chunk is forwarded."""
+    """Feeds the observer and the session's transcript (what the client
+    sent, and what it was sent: the bytes the observer hands back); what
+    the observer saw is logged once the chunk is forwarded."""
 
-    __slots__ = ("observer", "session")
+    __slots__ = ("observer", "session", "transcript")
 
     def __init__(self, observer: Observer, session: ReflectSession) -> None:
         self.observer = observer
         self.session = session
+        self.transcript = session.connection.transcript
+        if self.transcript is not None:
+            self.transcript.begin(SessionMode.REFLECT)
 
     def client_data(self, data: bytes) -> None:
+        transcript = self.transcript
         if not data or not self.observer.opaque:
+            if transcript is not None:
+                transcript.client(data) if data else transcript.client_eof()
             self.observer.client_data(data)
+        elif transcript is not None:
+            transcript.client_unread(data)
 
     def server_data(self, data: bytes) -> bytes:
+        transcript = self.transcript
         if data and self.observer.opaque:
+            if transcript is not None:
+                transcript.server_unread(data)
             return data
-        return self.observer.server_data(data)
+        seen = self.observer.server_data(data)
+        if transcript is not None:
+            if seen:
+                transcript.server(seen)
+            if not data:
+                transcript.server_eof()
+        return seen
 
     def forwarded(self) -> None:
         self.session._emit_observed()

@@ -22,6 +22,7 @@ from looper.net.reasons import SessionMode
 from looper.net.reflect import ReflectSession
 from looper.net.splice import SpliceEnd, SpliceThrottle
 from looper.policy import Policy
+from looper.transcripts import open_transcript_log
 
 log = logging.getLogger("looper")
 
@@ -81,6 +82,11 @@ class Trap:
         context.live = self.live
         context.message_memory = MessageMemory(config.limits.message_memory_bytes)
         context.store = MessageStore(config.log.dir)
+        if config.transcripts.enabled:
+            context.transcripts = open_transcript_log(
+                config.log.dir, sensor=self.eventlog.sensor, session_bytes=config.transcripts.session_bytes,
+                max_bytes=config.transcripts.max_bytes, backups=config.transcripts.backups,
+            )
         served = [kind for kind in LISTENER_KINDS if not kind.dials_back and getattr(config.listen, kind.name)]
         if config.dialback.on_failure == "emulate" or served:
             hostname = config.smtp.hostname or await context.dns.our_name([e.host for e in config.listen.smtp])
@@ -137,6 +143,8 @@ class Trap:
         await self.context.dns.close()
         self.live.stop()
         self.eventlog.flush()  # stopped means logged: what the last turn emitted too
+        if self.context.transcripts is not None:
+            self.context.transcripts.close()
 
 
 class _InboundEnd(SpliceEnd):

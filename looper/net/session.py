@@ -33,8 +33,10 @@ from typing import Callable
 
 from looper.eventlog import EventLog, SessionInfo
 from looper.net.capture import MessageStore, StoreFailed
+from looper.net.reasons import SessionMode
 from looper.net.splice import CLOSE_GRACE_SECONDS
 from looper.proto.actions import Action, Close, CloseReason, Send, ServerMachine, StartTLS, Store
+from looper.transcripts import Transcript, transcript_of
 
 
 # Replies are short: 64 KiB of unread replies means a client that does not
@@ -77,6 +79,7 @@ class ServerSession(asyncio.BufferedProtocol):
         "transport",
         "bytes_in",
         "bytes_out",
+        "transcript",  # what the client sent and was sent, as the machine saw it (after TLS too), or None
         "_on_closed",
         "_loop",
         "_queue",  # actions not yet carried out, or None (the idle case)
@@ -116,6 +119,9 @@ class ServerSession(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.bytes_in = 0
         self.bytes_out = 0
+        self.transcript: Transcript | None = transcript_of(info.session)
+        if self.transcript is not None:
+            self.transcript.begin(SessionMode.EMULATE)
         self._on_closed = on_closed
         self._loop = asyncio.get_running_loop()
         self._queue: deque[Action] | None = None
@@ -171,6 +177,8 @@ class ServerSession(asyncio.BufferedProtocol):
     def data_received(self, data: bytes | memoryview) -> None:
         """`data` is valid during this call only: whoever keeps it copies it."""
         self.bytes_in += len(data)
+        if self.transcript is not None:
+            self.transcript.client(data)
         if self._handshaking:
             self._hold(bytes(data))
         else:
@@ -187,6 +195,8 @@ class ServerSession(asyncio.BufferedProtocol):
             self._fail(err)
 
     def eof_received(self) -> bool:
+        if self.transcript is not None:
+            self.transcript.client_eof()
         if self._handshaking:
             self._hold(b"")
             return False
@@ -321,6 +331,8 @@ class ServerSession(asyncio.BufferedProtocol):
         if data:
             self.transport.write(data)
             self.bytes_out += len(data)
+            if self.transcript is not None:
+                self.transcript.server(data)
 
     def _delay_over(self) -> None:
         try:

@@ -1,0 +1,280 @@
+"""Session transcripts: what each spliced or emulated session said, both
+directions, with timing, in `<log.dir>/transcripts.jsonl` (the format is
+in docs/transcripts.md; `looper replay` reads it).
+
+One JSON line per chunk as it was read or written, `t` seconds after the
+session's connect. A session keeps at most `transcripts.session_bytes` of
+content: past it only the counts go on (one addition per chunk, the cost
+a 2.5 GB/s splice can bear), and its last line says how much was cut. TLS
+that passes through a splice is counted, never kept.
+
+The write contract is the event log's (looper/eventlog.py): lines are
+formatted at once (nothing keeps a view of a read buffer), batched, and
+written a loop turn at a time, whole lines, one write per turn, to a
+LogFile rotated at `transcripts.max_bytes`. A write that fails is counted
+and dropped, never raised into a session; the next good write starts with
+one line saying how many were lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import time
+import weakref
+from datetime import datetime, timezone
+from pathlib import Path
+
+from looper.eventlog import LinesLost, LogFile, SessionInfo, rfc3339_now
+
+TRANSCRIPTS_FILE = "transcripts.jsonl"
+
+CLIENT, SERVER = "client", "server"
+
+# As the event log: a turn of many busy sessions is written in pieces this
+# big rather than held (and joined) all at once.
+MAX_BATCH_CHARS = 256 * 1024
+
+# The first byte of a TLS record that carries a handshake (RFC 8446 5.1):
+# what a client sends first once a STARTTLS has gone through.
+TLS_HANDSHAKE_RECORD = b"\x16"
+
+log = logging.getLogger("looper.transcripts")
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+# The transcripts of the sessions not yet spliced nor served, by session
+# id. The emulated servers' adapter (net/session.py) is built by the
+# emulated relay, which knows nothing of transcripts: it finds its
+# session's transcript here. Weak: a transcript lives as long as its
+# session holds it, whatever becomes of the session.
+_open: weakref.WeakValueDictionary[str, Transcript] = weakref.WeakValueDictionary()
+
+
+def transcript_of(session: str) -> Transcript | None:
+    """The transcript of an open session, or None (transcripts are off)."""
+    return _open.get(session)
+
+
+class Transcript:
+    """One session's conversation, as the trap saw it pass."""
+
+    __slots__ = (
+        "book", "info", "started", "room", "client_bytes", "server_bytes", "tls_bytes", "tls", "begun", "ended",
+        "__weakref__",
+    )
+
+    def __init__(self, book: TranscriptLog, info: SessionInfo, started: float) -> None:
+        self.book = book
+        self.info = info
+        self.started = started  # time.monotonic() of the connect
+        self.room = book.session_bytes  # of content still to be kept
+        self.client_bytes = 0
+        self.server_bytes = 0
+        self.tls_bytes = 0
+        self.tls: bool | None = None  # decided by the first chunk the splice passes unread
+        self.begun = False
+        self.ended = False
+        _open[info.session] = self
+
+    def begin(self, mode: str) -> None:
+        """The session is spliced (reflect) or served (emulate): its first line."""
+        if self.begun or self.ended:
+            return
+        self.begun = True
+        info = self.info
+        if _open.get(info.session) is self:
+            del _open[info.session]  # found, if it was to be: an idle session keeps no entry
+        t = self._t()
+        self.book.add(_encode({
+            "session": info.session, "t": t, "start": _rfc3339(time.time() - t), "sensor": self.book.sensor,
+            "mode": mode, "protocol": info.protocol, "src_ip": info.src_ip, "src_port": info.src_port,
+            "dst_ip": info.dst_ip, "dst_port": info.dst_port,
+        }))
+
+    def client(self, data: bytes | bytearray | memoryview) -> None:
+        """Bytes the client sent (not empty)."""
+        self.client_bytes += len(data)
+        if self.room > 0:
+            self._keep(CLIENT, data)
+
+    def server(self, data: bytes | bytearray | memoryview) -> None:
+        """Bytes the client was sent (not empty)."""
+        self.server_bytes += len(data)
+        if self.room > 0:
+            self._keep(SERVER, data)
+
+    def client_eof(self) -> None:
+        """The client has finished sending (a half-close, or its close)."""
+        self._eof(CLIENT)
+
+    def server_eof(self) -> None:
+        self._eof(SERVER)
+
+    def client_unread(self, data: bytes | bytearray | memoryview) -> None:
+        """Bytes of the client's that a splice passes without reading them
+        (its observer went opaque). TLS is counted, not kept. The first
+        such chunk tells: a client's TLS handshake record means a STARTTLS
+        went through; anything else is the observer giving up on what it
+        cannot follow, and that is kept like any other chunk."""
+        if self.tls is None:
+            self._went_opaque(data[:1] == TLS_HANDSHAKE_RECORD)
+        if self.tls:
+            self.client_bytes += len(data)
+            self.tls_bytes += len(data)
+        else:
+            self.client(data)
+
+    def server_unread(self, data: bytes | bytearray | memoryview) -> None:
+        """As client_unread: a server never speaks first in TLS."""
+        if self.tls is None:
+            self._went_opaque(False)
+        if self.tls:
+            self.server_bytes += len(data)
+            self.tls_bytes += len(data)
+        else:
+            self.server(data)
+
+    def end(self, reason: str) -> None:
+        """The session is over: its last line, with the counts."""
+        if self.ended:
+            return
+        self.ended = True
+        if _open.get(self.info.session) is self:  # refused or hung up: never begun
+            del _open[self.info.session]
+        if not self.begun:
+            return  # never spliced nor served (refused, hung up): nothing was said
+        kept = self.book.session_bytes - self.room
+        self.book.add(_encode({
+            "session": self.info.session, "t": self._t(), "end": reason,
+            "bytes": {CLIENT: self.client_bytes, SERVER: self.server_bytes},
+            "cut": self.client_bytes + self.server_bytes - self.tls_bytes - kept, "tls_bytes": self.tls_bytes,
+        }))
+
+    def _eof(self, direction: str) -> None:
+        if self.begun and not self.ended:
+            self.book.add(_encode({"session": self.info.session, "t": self._t(), "dir": direction, "eof": True}))
+
+    def _went_opaque(self, tls: bool) -> None:
+        self.tls = tls
+        if tls and self.begun and not self.ended:
+            self.book.add(_encode({"session": self.info.session, "t": self._t(), "tls": True}))
+
+    def _keep(self, direction: str, data: bytes | bytearray | memoryview) -> None:
+        if not self.begun or self.ended:
+            return
+        room = self.room
+        piece = data if len(data) <= room else data[:room]  # str() and b64encode copy this much, no more
+        self.room = room - len(piece)
+        record = {"session": self.info.session, "t": self._t(), "dir": direction}
+        try:
+            record["text"] = str(piece, "utf-8")
+        except UnicodeDecodeError:
+            record["b64"] = base64.b64encode(piece).decode("ascii")
+        self.book.add(_encode(record))
+
+    def _t(self) -> float:
+        return round(time.monotonic() - self.started, 6)
+
+
+class TranscriptLog:
+    """transcripts.jsonl: the lines of every session, a loop turn at a time."""
+
+    def __init__(self, path: str, *, sensor: str, session_bytes: int, max_bytes: int, backups: int) -> None:
+        self.sensor = sensor
+        self.session_bytes = session_bytes
+        self._file = LogFile(path, max_bytes=max_bytes, backups=backups)  # raises: the operator's to fix
+        self._pending: list[str] = []
+        self._pending_chars = 0
+        self._flush_loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self.dropped = 0  # lines lost since the last good write
+        self._error = ""
+        self._since = ""
+
+    def __str__(self) -> str:
+        return str(self._file)
+
+    def transcript(self, info: SessionInfo, started: float) -> Transcript:
+        """A new session's transcript; nothing is written before begin()."""
+        return Transcript(self, info, started)
+
+    def add(self, line: str) -> None:
+        self._pending.append(line)
+        self._pending_chars += len(line)
+        if self._closed:
+            # A session that ends after the trap stopped (an abort's last
+            # callbacks): its line is written now, and the file closed again.
+            self.flush()
+            self._file.close()
+        elif self._pending_chars >= MAX_BATCH_CHARS:
+            self.flush()
+        else:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+            else:
+                if loop is not self._flush_loop:
+                    self._flush_loop = loop
+                    loop.call_soon(self._end_of_turn)
+
+    def flush(self) -> None:
+        """Write what is pending now: whole lines, one write."""
+        lines, self._pending = self._pending, []
+        self._pending_chars = 0
+        if not lines:
+            return
+        recovering = self.dropped > 0
+        batch = [self._dropped_line(), *lines] if recovering else lines
+        try:
+            self._file.write(batch)
+        except LinesLost as lost:
+            written = lost.written
+            if recovering and written:  # the note is out; what follows it is a new outage
+                self._recovered()
+                written -= 1
+            self._lost(len(lines) - written, f"{type(lost.cause).__name__}: {lost.cause}")
+        except Exception as err:  # a bug of the sink must not reach a session either
+            self._lost(len(lines), f"{type(err).__name__}: {err}")
+        else:
+            if recovering:
+                self._recovered()
+
+    def close(self) -> None:
+        self.flush()
+        self._closed = True
+        self._file.close()
+
+    def _end_of_turn(self) -> None:
+        self._flush_loop = None
+        self.flush()
+
+    def _lost(self, count: int, error: str) -> None:
+        if not self.dropped:
+            self._error, self._since = error, rfc3339_now()
+            log.warning("cannot write transcripts to %s (%s): counting the lines dropped", self, error)
+        self.dropped += count
+
+    def _recovered(self) -> None:
+        log.warning("writing transcripts to %s again; %d lines dropped since %s", self, self.dropped, self._since)
+        self.dropped, self._error, self._since = 0, "", ""
+
+    def _dropped_line(self) -> str:
+        return _encode({"dropped": self.dropped, "since": self._since, "error": self._error})
+
+
+def _rfc3339(seconds: float) -> str:
+    """As the event log's timestamps: UTC, microseconds."""
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def open_transcript_log(log_dir: str, *, sensor: str, session_bytes: int, max_bytes: int,
+                        backups: int) -> TranscriptLog:
+    """<log_dir>/transcripts.jsonl of a running trap."""
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    return TranscriptLog(os.path.join(log_dir, TRANSCRIPTS_FILE), sensor=sensor, session_bytes=session_bytes,
+                         max_bytes=max_bytes, backups=backups)

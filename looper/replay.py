@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import glob
 import json
 import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
-from looper.analysis.logs import LogError, ReadStats, _lines
+from looper.analysis.logs import LogError, ReadStats, default_logs, file_lines
 from looper.transcripts import CLIENT, TRANSCRIPTS_FILE
 from looper.view import escape_controls
 
@@ -45,14 +44,7 @@ class ReplayError(Exception):
 
 def default_transcripts(log_dir: str) -> list[str]:
     """`<log.dir>/transcripts.jsonl*`, oldest rotation first."""
-    found = glob.glob(os.path.join(glob.escape(log_dir), TRANSCRIPTS_FILE + "*"))
-    return sorted(found, key=_rotation_order)
-
-
-def _rotation_order(path: str) -> tuple[int, str]:
-    """transcripts.jsonl.3(.gz) before .2 before .1 before the live file."""
-    number = path.rpartition(TRANSCRIPTS_FILE)[2].lstrip(".").split(".", 1)[0]
-    return (-int(number) if number.isdigit() else 0, path)
+    return default_logs(log_dir, TRANSCRIPTS_FILE)
 
 
 def find_session(paths: Iterable[str], prefix: str) -> list[tuple[dict[str, Any], str]]:
@@ -68,7 +60,7 @@ def find_session(paths: Iterable[str], prefix: str) -> list[tuple[dict[str, Any]
     found: list[tuple[dict[str, Any], str]] = []
     try:
         for path in paths:
-            for line in _lines(path, ReadStats()):
+            for line in file_lines(path, ReadStats()):
                 if not line.startswith(key):
                     continue
                 session = line[start:line.find('"', start)]

@@ -54,15 +54,15 @@ class ReadStats:
         return total
 
 
-def default_logs(log_dir: str) -> list[str]:
-    """`<log.dir>/events.jsonl*`, oldest rotation first."""
-    found = glob.glob(os.path.join(glob.escape(log_dir), "events.jsonl*"))
-    return sorted(found, key=_rotation_order)
+def default_logs(log_dir: str, name: str = "events.jsonl") -> list[str]:
+    """`<log.dir>/<name>*` (events.jsonl, transcripts.jsonl), oldest rotation first."""
+    found = glob.glob(os.path.join(glob.escape(log_dir), glob.escape(name) + "*"))
+    return sorted(found, key=lambda path: _rotation_order(path, name))
 
 
-def _rotation_order(path: str) -> tuple[int, str]:
-    suffix = path.rpartition("events.jsonl")[2].lstrip(".")
-    number = suffix.split(".", 1)[0]
+def _rotation_order(path: str, name: str) -> tuple[int, str]:
+    """name.3(.gz) before .2 before .1 before the live file."""
+    number = path.rpartition(name)[2].lstrip(".").split(".", 1)[0]
     return (-int(number) if number.isdigit() else 0, path)
 
 
@@ -97,7 +97,8 @@ def _open(path: str, stats: ReadStats) -> io.TextIOBase:
         raise LogError(f"{path}: {err.strerror or err}") from None
 
 
-def _lines(path: str, stats: ReadStats) -> Iterator[str]:
+def file_lines(path: str, stats: ReadStats) -> Iterator[str]:
+    """The lines of one log file, plain or gzip; LogError names it."""
     with _open(path, stats) as stream:
         try:
             yield from stream
@@ -127,7 +128,7 @@ def read_events(
     stats = stats if stats is not None else ReadStats()
     paths = list(paths)
     stats.files.extend(paths)
-    streams = [_lines(path, stats) for path in paths]
+    streams = [file_lines(path, stats) for path in paths]
     merged = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=_timestamp)
     window = since is not None or until is not None
     lines = 0

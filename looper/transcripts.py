@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import time
-import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -46,25 +45,11 @@ log = logging.getLogger("looper.transcripts")
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
-# The transcripts of the sessions not yet spliced nor served, by session
-# id. The emulated servers' adapter (net/session.py) is built by the
-# emulated relay, which knows nothing of transcripts: it finds its
-# session's transcript here. Weak: a transcript lives as long as its
-# session holds it, whatever becomes of the session.
-_open: weakref.WeakValueDictionary[str, Transcript] = weakref.WeakValueDictionary()
-
-
-def transcript_of(session: str) -> Transcript | None:
-    """The transcript of an open session, or None (transcripts are off)."""
-    return _open.get(session)
-
-
 class Transcript:
     """One session's conversation, as the trap saw it pass."""
 
     __slots__ = (
         "book", "info", "started", "room", "client_bytes", "server_bytes", "tls_bytes", "tls", "begun", "ended",
-        "__weakref__",
     )
 
     def __init__(self, book: TranscriptLog, info: SessionInfo, started: float) -> None:
@@ -78,7 +63,6 @@ class Transcript:
         self.tls: bool | None = None  # decided by the first chunk the splice passes unread
         self.begun = False
         self.ended = False
-        _open[info.session] = self
 
     def begin(self, mode: str) -> None:
         """The session is spliced (reflect) or served (emulate): its first line."""
@@ -86,8 +70,6 @@ class Transcript:
             return
         self.begun = True
         info = self.info
-        if _open.get(info.session) is self:
-            del _open[info.session]  # found, if it was to be: an idle session keeps no entry
         t = self._t()
         self.book.add(_encode({
             "session": info.session, "t": t, "start": _rfc3339(time.time() - t), "sensor": self.book.sensor,
@@ -143,8 +125,6 @@ class Transcript:
         if self.ended:
             return
         self.ended = True
-        if _open.get(self.info.session) is self:  # refused or hung up: never begun
-            del _open[self.info.session]
         if not self.begun:
             return  # never spliced nor served (refused, hung up): nothing was said
         kept = self.book.session_bytes - self.room

@@ -23,6 +23,7 @@ from looper.proto.budget import MessageMemory
 from looper.proto.login import FailureMemory
 from looper.proto.personas import PERSONAS
 from looper.proto.smtpd import ClientInfo, SmtpServer, SmtpSettings
+from looper.transcripts import Transcript
 
 
 class SystemEnvironment:
@@ -90,6 +91,7 @@ class EmulatedRelay:
         client_name: str | None = None,
         implicit_tls: bool = False,
         on_closed: Callable[[str, int, int], None],
+        transcript: Transcript | None = None,
     ) -> ServerSession:
         """Take over `transport`: the client meets the emulated relay."""
         ip = info.src_ip
@@ -115,6 +117,7 @@ class EmulatedRelay:
             tls_context=None if implicit_tls else self.tls_context,
             on_closed=closed,
             max_session_s=self.max_session_s,
+            transcript=transcript,
         )
         session.attach(transport, early_bytes, early_eof=early_eof)
         return session

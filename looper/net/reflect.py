@@ -158,6 +158,7 @@ class ReflectSession:
             early_eof=inbound.early_eof,
             client_name=client_name,
             on_closed=self._finish,
+            transcript=self.connection.transcript,
         )
 
     def _client_left_early(self) -> None:

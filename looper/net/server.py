@@ -196,6 +196,7 @@ class _ServedSession:
         self.server_session = context.emulated.serve(
             self.transport, info, implicit_tls=self.kind.implicit_tls,
             on_closed=lambda reason, bytes_in, bytes_out: connection.close(SessionMode.EMULATE, reason, bytes_in, bytes_out),
+            transcript=connection.transcript,
         )
 
     def say_goodbye(self) -> None:

@@ -36,7 +36,7 @@ from looper.net.capture import MessageStore, StoreFailed
 from looper.net.reasons import SessionMode
 from looper.net.splice import CLOSE_GRACE_SECONDS
 from looper.proto.actions import Action, Close, CloseReason, Send, ServerMachine, StartTLS, Store
-from looper.transcripts import Transcript, transcript_of
+from looper.transcripts import Transcript
 
 
 # Replies are short: 64 KiB of unread replies means a client that does not
@@ -109,6 +109,7 @@ class ServerSession(asyncio.BufferedProtocol):
         on_closed: OnClosed,
         tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S,
         max_session_s: float | None = None,
+        transcript: Transcript | None = None,
     ) -> None:
         self.machine = machine
         self.info = info
@@ -119,7 +120,7 @@ class ServerSession(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.bytes_in = 0
         self.bytes_out = 0
-        self.transcript: Transcript | None = transcript_of(info.session)
+        self.transcript = transcript
         if self.transcript is not None:
             self.transcript.begin(SessionMode.EMULATE)
         self._on_closed = on_closed

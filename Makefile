@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 FUZZ_SECONDS      ?= 20
 FUZZ_LONG_SECONDS ?= 600
 
-.PHONY: run demo test check-config bench clean venv test-tools fuzz fuzz-long
+.PHONY: run demo test check-config bench clean venv test-tools fuzz fuzz-long install
 
 # A virtualenv belongs to one Python: refuse to use it with another.
 venv: $(VENV)/.installed
@@ -29,7 +29,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+# As root, the trap runs as run_as.user (looper) once port 25 is bound: that
+# system user is added here if missing, as `make install` adds it.
 run: venv
+	@user=$$($(BIN)/python -c 'import sys; from looper.config import load_config; r = load_config(sys.argv[1]).run_as; \
+	  print(r.user if r else "")' $(CONFIG) 2>/dev/null); \
+	[ "$$(id -u)" != 0 ] || [ -z "$$user" ] || getent passwd "$$user" >/dev/null || { \
+	  echo "adding the system user $$user, which looper runs as once port 25 is bound (run_as in $(CONFIG))"; \
+	  useradd --system --user-group --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin "$$user"; }
 	$(BIN)/looper run -c $(CONFIG)
 
 # The trap at work in half a minute, on loopback, as any user.
@@ -38,6 +45,14 @@ demo: venv
 
 check-config: venv
 	$(BIN)/looper check-config -c $(CONFIG)
+
+# looper as a systemd service, as root: its own virtualenv in /opt/looper,
+# /etc/looper/looper.yaml if absent, the looper user, /var/log/looper, the
+# unit and the logrotate file. Running it again changes nothing. Where things
+# go: PREFIX, SYSCONFDIR, LOGDIR, UNITDIR, LOGROTATEDIR, LOOPER_USER (see
+# contrib/install.sh), e.g. make install PREFIX=/srv/looper
+install:
+	sh contrib/install.sh
 
 test: venv
 	$(BIN)/python -m pytest -q

@@ -21,7 +21,8 @@ import sys
 
 from looper import __version__
 from looper.config import Config, ConfigError, check_runtime, load_config
-from looper.eventlog import open_event_log
+from looper.eventlog import open_event_log, reopen_log_files
+from looper.privileges import RunAsUser, become, hand_over, run_as_user
 
 log = logging.getLogger("looper")
 
@@ -128,6 +129,7 @@ def _command(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
         check_runtime(config, source)  # the same check for both commands: OK means run starts
+        who = run_as_user(config, source)  # started as root: the user it becomes (it must exist)
     except ConfigError as err:
         return _cannot_start(err)
     if args.command == "check-config":
@@ -137,7 +139,7 @@ def _command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s looper: %(message)s", stream=sys.stderr)
     from looper.tail import colour_wanted
 
-    return _run(config, source, view=not args.no_view and colour_wanted(sys.stderr))
+    return _run(config, source, view=not args.no_view and colour_wanted(sys.stderr), who=who)
 
 
 def _tail(args: argparse.Namespace) -> int:
@@ -294,8 +296,10 @@ def _raise_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _run(config: Config, source: str, *, view: bool = False) -> int:
-    """`view`: show each event on stderr as it happens (a terminal)."""
+def _run(config: Config, source: str, *, view: bool = False, who: RunAsUser | None = None) -> int:
+    """`view`: show each event on stderr as it happens (a terminal).
+    `who`: the user to become once every listener is bound and every file
+    open (run_as, started as root)."""
     from looper.net.server import Trap  # the CLI's only path into net/
     from looper.net.tls import TLSSetupError
 
@@ -318,7 +322,10 @@ def _run(config: Config, source: str, *, view: bool = False) -> int:
         from looper.view import render
 
         def show(record: dict) -> None:
-            sys.stderr.write(render(record, colour=True) + "\n")
+            try:
+                sys.stderr.write(render(record, colour=True) + "\n")
+            except OSError:  # the terminal has gone (and SIGHUP no longer ends the trap): the view stops
+                eventlog.listeners.remove(show)
 
         eventlog.listeners.append(show)
 
@@ -337,10 +344,28 @@ def _run(config: Config, source: str, *, view: bool = False) -> int:
             key, address = _listener_that_failed(config, err)
             print(cannot_listen_line(source, key, address, err.errno), file=sys.stderr)
             return EXIT_RUNTIME
+        # Every port bound, every file open (events, messages, TLS key): root is done.
+        if who is not None:
+            try:
+                hand_over(config.log.dir, who, source)
+                become(who, config.log.dir, source)
+            except ConfigError as err:
+                await trap.stop()
+                return _cannot_start(err)
+            log.info("running as %s", who)
+        elif os.geteuid() == 0:
+            log.warning("running as root (run_as: null): set run_as.user to a user of its own, so that a flaw"
+                        " in looper is not a flaw of root's")
         shutdown = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, shutdown.set)
+
+        def reopen() -> None:  # SIGHUP, from logrotate: the log files anew, no session disturbed
+            eventlog.flush()  # what was logged before the signal, in the file it was logged to
+            log.info("SIGHUP: reopened %s", ", ".join(reopen_log_files()) or "no log file")
+
+        loop.add_signal_handler(signal.SIGHUP, reopen)
         log.info(
             "listening on %s, dialing back on port %d, events in %s/events.jsonl",
             ", ".join(map(str, trap.listening)), config.dialback.port, config.log.dir,

@@ -385,6 +385,16 @@ class Log:
 
 
 @dataclass(frozen=True)
+class RunAs:
+    # Started as root, `looper run` binds its ports, opens its files, makes
+    # log.dir theirs, then runs as this user; started as anyone else, it
+    # stays who it is. null for the whole section: stay root (a warning).
+    user: str = _setting("looper", _name)
+    # null: the user's own (primary) group.
+    group: str | None = _setting(None, _optional(_name))
+
+
+@dataclass(frozen=True)
 class Capture:
     # The content of reflected mail kept in <log.dir>/messages/ like captured
     # mail: the first pass of each loop chain, every pass, or none.
@@ -417,6 +427,8 @@ class Config:
     # On SIGTERM, how long sessions may go on before each protocol says its
     # goodbye (SMTP's 421) and the connection is closed.
     shutdown_grace_s: float = _setting(10.0, _non_negative_seconds)
+    # Who the trap runs as once its ports are bound, when started as root.
+    run_as: RunAs | None = field(default_factory=RunAs, metadata={"nullable": True})
     listen: Listen = field(default_factory=Listen)
     dialback: Dialback = field(default_factory=Dialback)
     splice: Splice = field(default_factory=Splice)
@@ -474,6 +486,9 @@ def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
         if name not in raw:
             continue
         if "parse" not in f.metadata:  # a nested section
+            if raw[name] is None and f.metadata.get("nullable"):  # `run_as: null`: none at all
+                values[name] = None
+                continue
             values[name] = _build(f.default_factory, raw[name], source, f"{prefix}{name}.")
             continue
         try:
@@ -600,6 +615,12 @@ def check_runtime(config: Config, source: str) -> None:
     problem = _log_dir_problem(Path(config.log.dir))
     if problem is not None:
         raise ConfigError(source, "log.dir", problem)
+
+
+def log_dir_problem(folder: str) -> str | None:
+    """What check_runtime finds wrong with log.dir, or None: `run` asks it
+    again once it runs as run_as.user, who may not reach what root did."""
+    return _log_dir_problem(Path(folder))
 
 
 class TLSFileError(Exception):

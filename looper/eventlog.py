@@ -37,6 +37,7 @@ import secrets
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable
@@ -307,14 +308,31 @@ class LogFile(Sink):
             fd, self._fd = self._fd, None
             os.close(fd)
 
+    def reopen(self) -> None:
+        """Go on in a file opened again by its name: after logrotate has
+        renamed it, a new one. Every line written so far is in the old file,
+        every line from now on in the new one. If the name cannot be opened,
+        the old file goes on taking the lines (none lost; a warning)."""
+        try:
+            fd, size = self._opened()
+        except OSError as err:
+            log.warning("cannot reopen %s (%s): still writing to the file it was", self.path, _describe(err))
+            return
+        old, self._fd, self._size = self._fd, fd, size
+        if old is not None:
+            os.close(old)
+
     def _open(self) -> None:
+        self._fd, self._size = self._opened()
+        _log_files.add(self)
+
+    def _opened(self) -> tuple[int, int]:
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
-            self._size = _cut_partial_line(fd, self.path)
+            return fd, _cut_partial_line(fd, self.path)
         except BaseException:
             os.close(fd)
             raise
-        self._fd = fd
 
     def _append(self, data: bytes) -> None:
         fd = self._fd
@@ -341,6 +359,21 @@ class LogFile(Sink):
                 os.replace(older, f"{self.path}.{number + 1}")
         os.replace(self.path, f"{self.path}.1")
         self._open()
+
+
+# Every LogFile of this process (events.jsonl, transcripts.jsonl), for SIGHUP.
+_log_files: weakref.WeakSet[LogFile] = weakref.WeakSet()
+
+
+def reopen_log_files() -> list[str]:
+    """Reopen every open LogFile by its name (`looper run` on SIGHUP, after
+    logrotate); the paths reopened."""
+    reopened = []
+    for log_file in list(_log_files):
+        if log_file._fd is not None:  # a closed one opens by its name at its next write anyway
+            log_file.reopen()
+            reopened.append(log_file.path)
+    return sorted(reopened)
 
 
 def _cut_partial_line(fd: int, path: str) -> int:

@@ -29,6 +29,27 @@ def free_port(host: str = TRAP_HOST) -> int:
         return probe.getsockname()[1]
 
 
+SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "config" / "looper.yaml"
+
+
+def shipped_config_here(folder: Path) -> Path:
+    """config/looper.yaml as `looper check-config` and `run` take it on this
+    machine: as root without the user it names in run_as (a test machine
+    where `make install` never ran), a copy in `folder` with `run_as: null`."""
+    import os
+    import pwd
+
+    shipped = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    try:
+        pwd.getpwnam(shipped["run_as"]["user"])
+    except KeyError:
+        if os.geteuid() == 0:
+            copy = folder / "looper-shipped.yaml"
+            copy.write_text(yaml.safe_dump({**shipped, "run_as": None}, sort_keys=False))
+            return copy
+    return SHIPPED_CONFIG
+
+
 class EventFile:
     """The trap's events.jsonl, read as the analyst would read it."""
 

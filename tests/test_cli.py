@@ -6,14 +6,10 @@ import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
 import time
 
 from looper import cli
-from tests.conftest import free_port
-
-# The shipped configuration, wherever pytest runs from.
-SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "config" / "looper.yaml"
+from tests.conftest import free_port, shipped_config_here
 
 
 def test_run_serves_until_sigterm(tmp_path):
@@ -22,7 +18,7 @@ def test_run_serves_until_sigterm(tmp_path):
     config.write_text(
         f"sensor: cli-test\nlisten: {{smtp: ['127.0.0.1:{port}']}}\n"
         f"dialback: {{port: 1, allow_private: true}}\nlog: {{dir: '{tmp_path / 'logs'}'}}\n"
-        "smtp: {hostname: mx.cli.test}\n"
+        "smtp: {hostname: mx.cli.test}\nrun_as: null\n"  # as root too: test_privileges.py drops
     )
     trap = subprocess.Popen(
         [sys.executable, "-m", "looper", "run", "-c", str(config)],
@@ -64,7 +60,7 @@ def test_run_says_why_it_cannot_listen(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         config = tmp_path / "looper.yaml"
-        config.write_text(f"listen: {{smtp: ['127.0.0.1:{port}']}}\nlog: {{dir: '{tmp_path / 'logs'}'}}\n")
+        config.write_text(f"listen: {{smtp: ['127.0.0.1:{port}']}}\nlog: {{dir: '{tmp_path / 'logs'}'}}\nrun_as: null\n")
         result = subprocess.run(
             [sys.executable, "-m", "looper", "run", "-c", str(config)], capture_output=True, text=True, timeout=30
         )
@@ -81,7 +77,7 @@ def config_file(tmp_path, smtp: str = "") -> str:
     config = tmp_path / "looper.yaml"
     config.write_text(
         f"listen: {{smtp: ['127.0.0.1:{free_port()}']}}\nlog: {{dir: '{tmp_path / 'logs'}'}}\n"
-        f"smtp: {{hostname: mx.cli.test, {smtp}}}\n"
+        f"smtp: {{hostname: mx.cli.test, {smtp}}}\nrun_as: null\n"
     )
     return str(config)
 
@@ -152,7 +148,7 @@ def test_run_names_the_address_it_cannot_bind_and_what_to_do(tmp_path):
         config = tmp_path / "looper.yaml"
         config.write_text(
             f"listen: {{smtp: ['127.0.0.2:{free_port('127.0.0.2')}', '127.0.0.1:{port}']}}\n"
-            f"log: {{dir: '{tmp_path / 'logs'}'}}\nsmtp: {{hostname: mx.cli.test}}\n"
+            f"log: {{dir: '{tmp_path / 'logs'}'}}\nsmtp: {{hostname: mx.cli.test}}\nrun_as: null\n"
         )
         result = looper("run", "-c", str(config))
     assert result.returncode == 1
@@ -170,11 +166,11 @@ def test_a_port_that_needs_privileges_says_how_to_get_them():
     )
 
 
-def test_check_config_into_a_closed_pipe_exits_quietly():
+def test_check_config_into_a_closed_pipe_exits_quietly(tmp_path):
     # `looper check-config | head -1`, once head has gone: closing our end of
     # the pipe before the child writes makes that certain, not a race.
     child = subprocess.Popen(
-        [sys.executable, "-m", "looper", "check-config", "-c", str(SHIPPED_CONFIG)],
+        [sys.executable, "-m", "looper", "check-config", "-c", str(shipped_config_here(tmp_path))],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     child.stdout.close()

@@ -119,7 +119,7 @@ def test_overrides_are_typed():
         ("limits: {block: [10]}", "f.yaml: limits.block: item 1: expected an address or CIDR (e.g. 192.0.2.0/24), got 10"),
         ("splice: {max_bytes: 1.5}", "f.yaml: splice.max_bytes: expected an integer 1-4611686018427387904, got 1.5"),
         ("splice: {ehlo_nam: mask}", "f.yaml: splice.ehlo_nam: unknown key (known: max_bytes, max_seconds, idle_seconds, bytes_per_minute, strip_starttls, ehlo_name, mask_name)"),
-        ("dialbak: {}", "f.yaml: dialbak: unknown key (known: sensor, shutdown_grace_s, listen, dialback, splice, smtp, credentials, limits, log, analysis, capture, transcripts)"),
+        ("dialbak: {}", "f.yaml: dialbak: unknown key (known: sensor, shutdown_grace_s, run_as, listen, dialback, splice, smtp, credentials, limits, log, analysis, capture, transcripts)"),
         ("shutdown_grace_s: -1", "f.yaml: shutdown_grace_s: expected a number of seconds, 0 or more, got -1"),
         ("shutdown_grace_s: soon", "f.yaml: shutdown_grace_s: expected a number of seconds, 0 or more, got 'soon'"),
         ("limits: {message_memory_bytes: -1}", "f.yaml: limits.message_memory_bytes: expected an integer 0-4611686018427387904, got -1"),
@@ -176,9 +176,11 @@ def test_check_config_command_exits_2_with_one_line(tmp_path):
     assert result.stdout == ""
 
 
-def test_check_config_command_prints_effective_settings():
+def test_check_config_command_prints_effective_settings(tmp_path):
+    from tests.conftest import shipped_config_here
+
     result = subprocess.run(
-        [sys.executable, "-m", "looper", "check-config", "-c", str(SHIPPED_CONFIG)],
+        [sys.executable, "-m", "looper", "check-config", "-c", str(shipped_config_here(tmp_path))],
         capture_output=True, text=True, timeout=30,
     )
     assert result.returncode == 0, result.stderr

@@ -4,6 +4,7 @@ resident memory, its signals, its exit. Listens on 127.0.0.1 only."""
 from __future__ import annotations
 
 import json
+import os
 import select
 import signal
 import subprocess
@@ -33,6 +34,27 @@ sys.exit(main(["run", "-c", sys.argv[1]]))
 """
 
 
+def read_stderr_until(child: subprocess.Popen, text: str, timeout_s: float) -> str:
+    """What the child writes to stderr, up to and including the first line
+    that holds `text` (less if it closes stderr or the time runs out).
+
+    Straight from the descriptor, never through the file object's buffer:
+    select() on a buffered reader misses the lines its last read took in
+    along with the one it returned (two log lines written together)."""
+    fd, said = child.stderr.fileno(), b""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = said.decode(errors="replace").splitlines(keepends=True)
+        for index, line in enumerate(lines):
+            if text in line and line.endswith("\n"):
+                return "".join(lines[:index + 1])
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(fd, 65536) if ready else b""
+        if not chunk:
+            return said.decode(errors="replace")
+        said += chunk
+
+
 class TrapProcess:
     def __init__(self, tmp_path: Path, *, audit_connects: bool = False, **settings: Any) -> None:
         self.port = settings.pop("listen_port", None) or free_port()
@@ -44,6 +66,7 @@ class TrapProcess:
             "dialback": {"port": 1, "allow_private": True, "timeout": 2},
             "smtp": {"hostname": "mx.proc.test"},
             "log": {"dir": str(self.log_dir)},
+            "run_as": None,  # root stays root here (with a warning); test_privileges.py drops
         }
         for section, values in settings.items():
             if isinstance(values, dict):
@@ -71,15 +94,11 @@ class TrapProcess:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         # Ready when it says so: a probe connection would be a session of its own.
-        self.startup_lines = []
-        deadline = time.monotonic() + timeout_s
-        while not any("listening on" in line for line in self.startup_lines):
-            ready, _, _ = select.select([self.child.stderr], [], [], max(0.0, deadline - time.monotonic()))
-            line = self.child.stderr.readline() if ready else ""
-            if not line:
-                self.kill()
-                raise AssertionError(f"the trap did not start: {''.join(self.startup_lines)}{self.child.stderr.read()}")
-            self.startup_lines.append(line)
+        said = read_stderr_until(self.child, "listening on", timeout_s)
+        self.startup_lines = said.splitlines(keepends=True)
+        if "listening on" not in said:
+            self.kill()
+            raise AssertionError(f"the trap did not start: {said}{self.child.stderr.read()}")
         return self
 
     def stderr(self) -> str:

@@ -34,7 +34,8 @@ class Stored:
 class MessageStore:
     def __init__(self, log_dir: str) -> None:
         self.folder = Path(log_dir) / MESSAGES_FOLDER
-        self.folder.mkdir(parents=True, exist_ok=True)
+        # Captured mail is the trap's user's alone (privileges.py hands an older folder over so).
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._pool = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="looper-capture")
         self._folder_syncing = False
         self._folder_sync_next: asyncio.Future | None = None
@@ -91,7 +92,7 @@ def _write_durably(path: Path, content: bytes) -> bool:
     if path.exists():
         return False
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{id(content):x}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         view = memoryview(content)
         while view:

@@ -96,7 +96,7 @@ def ensure_self_signed(hostname: str, folder: str) -> tuple[str, str]:
     if cert_path.exists() and key_path.exists() and not _expired(cert_path):
         return str(cert_path), str(key_path)
     try:
-        cert_path.parent.mkdir(parents=True, exist_ok=True)
+        cert_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the key is in it
         cert_pem, key_pem = make_self_signed(hostname)
         # The key first: a certificate on disk always has its key beside it.
         _write_atomically(key_path, key_pem, 0o600)

@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import errno
 import ipaddress
-import json
 import logging
 import os
 import resource
@@ -189,7 +188,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace, source: str) -> int:
     from looper.analysis.logs import LogError, analyse, default_logs, parse_when
-    from looper.analysis.report import build_report, render_text
+    from looper.analysis.report import build_report, render_text, report_json
 
     try:
         config = load_config(args.config)
@@ -220,7 +219,7 @@ def _report(args: argparse.Namespace, source: str) -> int:
             progress.done()
     document = build_report(analysis, stats)
     if args.format == "json":
-        text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+        text = report_json(document)
     elif args.format == "html":
         from looper.analysis.html import render_html
 

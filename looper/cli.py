@@ -331,7 +331,7 @@ def _run(config: Config, source: str, *, view: bool = False, who: RunAsUser | No
     async def serve() -> int:
         trap = Trap(config, eventlog)
         try:
-            await trap.start()
+            await trap.start(accepting=who is None)  # as root: not one connection before the drop
         except TLSSetupError as err:
             await trap.stop()
             # Without smtp.tls_cert the trap makes its own in log.dir.
@@ -352,6 +352,7 @@ def _run(config: Config, source: str, *, view: bool = False, who: RunAsUser | No
                 await trap.stop()
                 return _cannot_start(err)
             log.info("running as %s", who)
+            await trap.accept()
         elif os.geteuid() == 0:
             log.warning("running as root (run_as: null): set run_as.user to a user of its own, so that a flaw"
                         " in looper is not a flaw of root's")

@@ -65,6 +65,7 @@ class Trap:
         self.policy = policy
         self.listening: list[Endpoint] = []
         self._servers: list[asyncio.Server] = []
+        self._accepting = True
         self.live = LiveAnalysis(eventlog, config.analysis.quiet_seconds)
 
     @property
@@ -75,8 +76,11 @@ class Trap:
     def emulated(self) -> EmulatedRelay | None:
         return self.context.emulated
 
-    async def start(self) -> None:
-        """Bind every listener (port 0 picks a free port: see `listening`)."""
+    async def start(self, *, accepting: bool = True) -> None:
+        """Bind every listener (port 0 picks a free port: see `listening`).
+        With accepting=False, nothing is accepted until accept(): a trap
+        started as root binds, drops its privileges, then accepts."""
+        self._accepting = accepting
         config, context = self.config, self.context
         self.live.start()
         context.live = self.live
@@ -113,6 +117,7 @@ class Trap:
             accept = lambda: _ServedEnd(context, kind)  # noqa: E731
         server = await asyncio.get_running_loop().create_server(
             accept, endpoint.host, endpoint.port, reuse_address=True, backlog=LISTEN_BACKLOG,
+            start_serving=self._accepting,
             ssl=context.emulated.tls_context if kind.implicit_tls else None,
         )
         self._servers.append(server)
@@ -120,6 +125,11 @@ class Trap:
             host, port = sock.getsockname()[:2]
             self.listening.append(Endpoint(host, port))
             self.policy.add_listener(Endpoint(host, port))
+
+    async def accept(self) -> None:
+        """Start accepting on every listener (after start(accepting=False))."""
+        for server in self._servers:
+            await server.start_serving()
 
     async def stop(self) -> None:
         """Stop accepting; let the sessions finish within shutdown_grace_s;

@@ -131,6 +131,7 @@ def main() -> int:
         log, result = os.path.join(folder, "events.jsonl"), os.path.join(folder, "report.json")
         started = time.perf_counter()
         made = generate(log, args.events, random.Random(7))
+        os.sync()  # its pages written back now, not while looper reads it
         print(f"log: {made['events']:,} events, {made['chains']:,} chains, {os.path.getsize(log) / 1e6:.0f} MB"
               f" (made in {time.perf_counter() - started:.1f} s)")
         seconds, peak_mib, done = timed([sys.executable, "-m", "looper", "report", "--format", "json", "-o", result,

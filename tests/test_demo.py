@@ -11,11 +11,18 @@ import sys
 import time
 
 
+NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+
+
 def demo_command() -> list[str]:
+    """As root (CI), run it as nobody: the demo needs no privilege. (Unless
+    nobody cannot run this Python at all: a pyenv build under /root.)"""
     command = [sys.executable, "-m", "looper", "demo"]
     if os.geteuid() == 0 and shutil.which("setpriv"):
-        # As root (CI), run it as nobody: the demo needs no privilege.
-        return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command]
+        probe = subprocess.run([*NOBODY, sys.executable, "-c", "import looper.demo"], capture_output=True, cwd="/",
+                               timeout=30)
+        if probe.returncode == 0:
+            return [*NOBODY, *command]
     return command
 
 

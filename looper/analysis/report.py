@@ -180,7 +180,8 @@ def render_text(report: dict[str, Any], *, top: int = TOP) -> str:
     source = report["input"]
     summary = report["summary"]
     lines = [
-        f"looper report: {source['events']} events from {len(source['files'])} file(s), "
+        f"looper report: {source['lines']} lines from {len(source['files'])} file(s) ({source['events']} events"
+        " analysed), "
         f"{source['first'] or '-'} to {source['last'] or '-'}"
         + (f", sensors {', '.join(source['sensors'])}" if source["sensors"] else ""),
     ]

@@ -123,16 +123,54 @@ class _Outage:
     since: str = ""
 
 
-class EventLog:
-    """Formats each event as one JSON line; writes them a loop turn at a time."""
+class TurnBatch:
+    """Lines written a loop turn at a time: queued, then written together
+    (whole lines, one write) once the turn is over; a flood within one turn
+    is written in batches of a bounded size. Subclasses write in flush()."""
 
-    def __init__(self, sensor: str, sinks: list[Union[Sink, logging.Handler]]) -> None:
-        self.sensor = sensor
-        self._sinks: list[Sink] = [s if isinstance(s, Sink) else _HandlerSink(s) for s in sinks]
-        self._outages = [_Outage() for _ in self._sinks]
+    def __init__(self) -> None:
         self._pending: list[str] = []
         self._pending_chars = 0
         self._flush_loop: asyncio.AbstractEventLoop | None = None  # a flush is scheduled on it
+
+    def queue(self, line: str) -> None:
+        self._pending.append(line)
+        self._pending_chars += len(line)
+        if self._pending_chars >= MAX_BATCH_CHARS:
+            # A flood of lines in one turn: written now, in batches of a
+            # bounded size, rather than held (and joined) all at once.
+            self.flush()
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        if loop is not self._flush_loop:
+            self._flush_loop = loop
+            loop.call_soon(self._end_of_turn)
+
+    def _take(self) -> list[str]:
+        lines, self._pending = self._pending, []
+        self._pending_chars = 0
+        return lines
+
+    def flush(self) -> object:
+        raise NotImplementedError
+
+    def _end_of_turn(self) -> None:
+        self._flush_loop = None
+        self.flush()
+
+
+class EventLog(TurnBatch):
+    """Formats each event as one JSON line; writes them a loop turn at a time."""
+
+    def __init__(self, sensor: str, sinks: list[Union[Sink, logging.Handler]]) -> None:
+        super().__init__()
+        self.sensor = sensor
+        self._sinks: list[Sink] = [s if isinstance(s, Sink) else _HandlerSink(s) for s in sinks]
+        self._outages = [_Outage() for _ in self._sinks]
         self._lock = threading.Lock()  # one batch at a time into the sinks
         # Called with each event's record as it is emitted (the live analysis).
         # A listener may emit events itself: it is then called with those too.
@@ -163,22 +201,7 @@ class EventLog:
             "dst_port": who.dst_port,
         }
         record.update(fields)
-        line = _encode(record)
-        self._pending.append(line)
-        self._pending_chars += len(line)
-        if self._pending_chars >= MAX_BATCH_CHARS:
-            # A flood of events in one turn: written now, in batches of a
-            # bounded size, rather than held (and joined) all at once.
-            self.flush()
-        else:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self.flush()
-            else:
-                if loop is not self._flush_loop:
-                    self._flush_loop = loop
-                    loop.call_soon(self._end_of_turn)
+        self.queue(_encode(record))
         # After the line is queued, so what a listener emits comes after it.
         for listener in self.listeners:
             listener(record)
@@ -190,8 +213,7 @@ class EventLog:
         """Write what is pending now, whole lines, one write per sink.
         Returns `healthy`: True if it all reached the OS."""
         with self._lock:
-            lines, self._pending = self._pending, []
-            self._pending_chars = 0
+            lines = self._take()
             if lines:
                 for sink, outage in zip(self._sinks, self._outages):
                     self._write(sink, outage, lines)
@@ -201,10 +223,6 @@ class EventLog:
         self.flush()
         for sink in self._sinks:
             sink.close()
-
-    def _end_of_turn(self) -> None:
-        self._flush_loop = None
-        self.flush()
 
     def _write(self, sink: Sink, outage: _Outage, lines: list[str]) -> None:
         recovering = outage.dropped > 0

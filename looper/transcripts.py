@@ -18,7 +18,6 @@ one line saying how many were lost.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -27,15 +26,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from looper.eventlog import LinesLost, LogFile, SessionInfo, rfc3339_now
+from looper.eventlog import LinesLost, LogFile, SessionInfo, TurnBatch, rfc3339_now
 
 TRANSCRIPTS_FILE = "transcripts.jsonl"
 
 CLIENT, SERVER = "client", "server"
-
-# As the event log: a turn of many busy sessions is written in pieces this
-# big rather than held (and joined) all at once.
-MAX_BATCH_CHARS = 256 * 1024
 
 # The first byte of a TLS record that carries a handshake (RFC 8446 5.1):
 # what a client sends first once a STARTTLS has gone through.
@@ -160,16 +155,14 @@ class Transcript:
         return round(time.monotonic() - self.started, 6)
 
 
-class TranscriptLog:
+class TranscriptLog(TurnBatch):
     """transcripts.jsonl: the lines of every session, a loop turn at a time."""
 
     def __init__(self, path: str, *, sensor: str, session_bytes: int, max_bytes: int, backups: int) -> None:
+        super().__init__()
         self.sensor = sensor
         self.session_bytes = session_bytes
         self._file = LogFile(path, max_bytes=max_bytes, backups=backups)  # raises: the operator's to fix
-        self._pending: list[str] = []
-        self._pending_chars = 0
-        self._flush_loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self.dropped = 0  # lines lost since the last good write
         self._error = ""
@@ -183,29 +176,18 @@ class TranscriptLog:
         return Transcript(self, info, started)
 
     def add(self, line: str) -> None:
-        self._pending.append(line)
-        self._pending_chars += len(line)
         if self._closed:
             # A session that ends after the trap stopped (an abort's last
             # callbacks): its line is written now, and the file closed again.
+            self._pending.append(line)
             self.flush()
             self._file.close()
-        elif self._pending_chars >= MAX_BATCH_CHARS:
-            self.flush()
         else:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self.flush()
-            else:
-                if loop is not self._flush_loop:
-                    self._flush_loop = loop
-                    loop.call_soon(self._end_of_turn)
+            self.queue(line)
 
     def flush(self) -> None:
         """Write what is pending now: whole lines, one write."""
-        lines, self._pending = self._pending, []
-        self._pending_chars = 0
+        lines = self._take()
         if not lines:
             return
         recovering = self.dropped > 0
@@ -228,10 +210,6 @@ class TranscriptLog:
         self.flush()
         self._closed = True
         self._file.close()
-
-    def _end_of_turn(self) -> None:
-        self._flush_loop = None
-        self.flush()
 
     def _lost(self, count: int, error: str) -> None:
         if not self.dropped:

@@ -426,3 +426,25 @@ def test_each_real_mta_is_fingerprinted_and_its_loop_end_read(family):
         analysis.advance(analysis.last + analysis.quiet_seconds + 10)
         assert (chain.end, chain.end_inferred) == (ChainEnd.HOP_LIMIT, True)
     assert chain.end_hops == end["received_hops"]
+
+
+def test_a_client_that_quits_on_its_own_name_in_the_greeting_is_self_detected():
+    """The name it quit on is one it has used as its own EHLO name before:
+    a relay's client that checks the greeting (no EHLO at all)."""
+    stream = Stream()
+    ip = "203.0.113.30"
+    stream.session(ip, "mx.relay.example ESMTP Postfix", [(1, 250, "2.0.0 Ok")])
+    stream.event(stream.records[-2]["session"], ip, "looper.reflect.helo", verb="EHLO", name="mx.relay.example",
+                 code=250, reply="trap.example")
+    for sid, greeting in (("0000000000aa", "other.example ESMTP"), ("0000000000bb", "mx.relay.example ESMTP")):
+        stream.event(sid, ip, "looper.reflect.greeting", code=220, text=greeting, pregreet_bytes=0)
+        stream.event(sid, ip, "looper.session.closed", mode="reflect", reason="closed", duration=0.1, bytes_in=1,
+                     bytes_out=1)
+    analysis = Analysis()
+    found = [f for record in stream.records for f in analysis.feed(record)]
+    detected = [f for f in found if f.eventid == "looper.reflect.self_detected"]
+    assert [(f.fields, f.about["session"]) for f in detected] == [
+        ({"name": "mx.relay.example", "where": "greeting"}, "0000000000bb")
+    ]
+    assert analysis.relays[ip].verdict == "open_relay"  # what it proved before stands
+    assert analysis.relays[ip].self_detected == 1

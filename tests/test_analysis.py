@@ -448,3 +448,19 @@ def test_a_client_that_quits_on_its_own_name_in_the_greeting_is_self_detected():
     ]
     assert analysis.relays[ip].verdict == "open_relay"  # what it proved before stands
     assert analysis.relays[ip].self_detected == 1
+
+
+def test_a_loop_that_goes_on_through_tls_or_hits_the_dialback_budget_is_over_for_the_trap():
+    stream = Stream()
+    for ip, chain in (("203.0.113.41", "c-tls"), ("203.0.113.42", "c-budget")):
+        stream.session(ip, "mx ESMTP Postfix", [(1, 250, "2.0.0 Ok")], chain=chain)
+    stream.event("0000000000cc", "203.0.113.41", "looper.reflect.greeting", code=220, text="mx ESMTP Postfix",
+                 pregreet_bytes=0)
+    stream.event("0000000000cc", "203.0.113.41", "looper.reflect.tls")
+    stream.event("0000000000dd", "203.0.113.42", "looper.dialback.failed", target="203.0.113.42:25",
+                 reason="budget", detail="60 dial-backs within the hour")
+    analysis = Analysis()
+    found = [f for record in stream.records for f in analysis.feed(record)] + analysis.finish()
+    ends = {f.fields["chain"]: (f.fields["end"], f.fields["passes"]) for f in found if f.eventid == "looper.chain.ended"}
+    assert ends == {"c-tls": ("tls_opaque", 1), "c-budget": ("capped", 1)}
+    assert analysis.relays["203.0.113.42"].verdict == "open_relay"  # a budget says nothing of the relay

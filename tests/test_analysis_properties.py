@@ -105,3 +105,18 @@ def test_an_event_without_a_client_address_makes_no_relay():
                        "session": None, "src_ip": ip, "reason": "refused", "target": "x"})
     assert list(analysis.relays) == ["203.0.113.1"]
     assert [r["ip"] for r in build_report(analysis)["relays"]] == ["203.0.113.1"]
+
+
+def test_the_live_trap_forgets_the_addresses_it_has_known_longest():
+    """Scanners from the whole internet: the live core keeps a bounded
+    number of addresses, never one with a loop under way."""
+    analysis = Analysis(keep_relays=50)
+    looping = {"timestamp": "2026-12-01T00:00:00.000000Z", "eventid": "looper.reflect.message", "session": "s0",
+               "src_ip": "198.51.100.1", "chain": "c", "received_hops": 1, "code": 250, "complete": True}
+    analysis.feed(looping)
+    for n in range(1000):
+        analysis.feed({"timestamp": "2026-12-01T00:00:01.000000Z", "eventid": "looper.dialback.failed",
+                       "session": f"{n:012x}", "src_ip": f"203.0.{n // 250}.{n % 250}", "reason": "refused",
+                       "target": "x"})
+    assert len(analysis.relays) == 50
+    assert "198.51.100.1" in analysis.relays and "203.0.3.249" in analysis.relays

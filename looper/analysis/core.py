@@ -37,6 +37,10 @@ MAX_EVIDENCE = 6  # per relay: the first three and the latest three
 MAX_OPEN_SESSIONS = 100_000  # a log cut short leaves sessions without their closed event
 MAX_HOPS_TRACKED = 4096  # received_hops beyond this are counted, not mapped
 LIVE_ENDED_KEPT = 10_000
+# The live trap meets every scanner on the internet: it forgets the addresses
+# it has known longest beyond this many (one that comes back starts afresh,
+# and its verdict is logged again).
+LIVE_RELAYS_KEPT = 100_000
 
 
 class Verdict(StrEnum):
@@ -175,9 +179,11 @@ class Analysis:
     """Feed it events in time order (per relay, order matters little: passes
     logged out of hop order are sorted out by their received_hops)."""
 
-    def __init__(self, quiet_seconds: float = QUIET_SECONDS, keep_ended: int | None = None) -> None:
+    def __init__(self, quiet_seconds: float = QUIET_SECONDS, keep_ended: int | None = None,
+                 keep_relays: int | None = None) -> None:
         self.quiet_seconds = quiet_seconds
         self.keep_ended = keep_ended
+        self.keep_relays = keep_relays
         self.relays: dict[str, Relay] = {}
         self.open_chains: OrderedDict[str, Chain] = OrderedDict()  # least recent pass first
         self.settling: OrderedDict[str, Chain] = OrderedDict()  # ended, not yet reported
@@ -284,6 +290,8 @@ class Analysis:
         if relay is None:
             if not isinstance(ip, str):
                 raise TypeError("an event without a client address")  # skipped by feed()
+            if self.keep_relays is not None and len(self.relays) >= self.keep_relays:
+                self._forget_a_relay()
             relay = self.relays[ip] = Relay(ip, when, when)
         if when > relay.last_seen:
             relay.last_seen = when
@@ -300,6 +308,13 @@ class Analysis:
             if len(self.sensors) < 1024:
                 self.sensors.add(sensor)
         return relay
+
+    def _forget_a_relay(self) -> None:
+        """The address known longest, unless a loop through it is open."""
+        for ip, relay in self.relays.items():
+            if not relay.open_chains:
+                del self.relays[ip]
+                return
 
     def _known(self, record: dict, when: float) -> Relay:
         """The record of an address seen at its connect: within a session

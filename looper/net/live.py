@@ -12,7 +12,7 @@ import asyncio
 import time
 from typing import Any
 
-from looper.analysis.core import LIVE_ENDED_KEPT, Analysis, Finding
+from looper.analysis.core import LIVE_ENDED_KEPT, LIVE_RELAYS_KEPT, Analysis, Finding
 from looper.eventlog import EventLog, SessionInfo
 
 TICK_SECONDS = 1.0
@@ -22,7 +22,8 @@ _TRAP_ITSELF = SessionInfo(None, None, None, None, None, None)  # type: ignore[a
 class LiveAnalysis:
     def __init__(self, eventlog: EventLog, quiet_seconds: float) -> None:
         self.eventlog = eventlog
-        self.analysis = Analysis(quiet_seconds=quiet_seconds, keep_ended=LIVE_ENDED_KEPT)
+        self.analysis = Analysis(quiet_seconds=quiet_seconds, keep_ended=LIVE_ENDED_KEPT,
+                                 keep_relays=LIVE_RELAYS_KEPT)
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:

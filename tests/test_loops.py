@@ -196,3 +196,23 @@ async def test_reflected_mail_is_not_kept_past_the_message_memory(start_trap):
     assert [m["path"] for m in trap.events.of("looper.reflect.message")] == [None] * HOP_LIMIT
     assert kept_files(trap) == {}
     assert trap.trap.context.message_memory.held_bytes == 0  # everything held was given back
+
+
+async def test_reflected_mail_that_cannot_be_kept_is_logged_and_the_loop_goes_on(start_trap, tmp_path):
+    relay = RelaySim(RELAY, 0, trap=("127.0.0.1", 0), hop_limit=HOP_LIMIT)
+    await relay.start()
+    try:
+        trap = await start_trap(relay.port)
+        messages = Path(trap.trap.config.log.dir) / "messages"
+        messages.rmdir()
+        messages.write_text("not a folder")  # every write into it now fails
+        relay.trap = (trap.host, trap.port)
+        await relay.inject("spam@sender.test", "user@spamtrap.test", MESSAGE)
+        assert await relay.wait_idle(30)
+        await trap.quiet()
+    finally:
+        await relay.stop()
+    [failed] = await trap.events.wait_for("looper.smtp.store_failed")
+    first = trap.events.of("looper.reflect.message")[0]
+    assert failed["sha256"] == first["sha256"] and failed["session"] == first["session"] and failed["reason"]
+    assert_full_loop(trap, relay)  # the splice never waited for the store

@@ -12,13 +12,13 @@ import asyncio
 import time
 
 from looper.config import Endpoint
+from looper.net.capture import StoreFailed
 from looper.net.context import Connection, TrapContext
 from looper.net.dialback import DialFailed, dial_back, is_local_address
 from looper.net.fallback import HANGUP_REPLY, hang_up
 from looper.net.reasons import CloseReason, SessionMode
 from looper.net.splice import Splice, SpliceEnd
 from looper.policy import Denial, DenialReason
-from looper.net.capture import StoreFailed
 from looper.proto.observer import MESSAGE as MESSAGE_EVENT
 from looper.proto.observer import Observer
 

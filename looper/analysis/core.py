@@ -159,20 +159,15 @@ class Relay:
 
 @dataclass(slots=True)
 class _Session:
-    session: str
     src_ip: str
-    record: dict  # the connect event: the common fields of findings about it
     reflected: bool = False
     greeting_name: str | None = None
-    helo_name: str | None = None
+    helo_name: str | None = None  # the name the client gave (to its server, or to the emulated relay)
     ehlo_name: str | None = None
     masked: bool = False
     saw_mail: bool = False
-    quit: bool = False
-    tls: bool = False
     self_checked: bool = False
     cut_chain: str | None = None  # a pass cut off in this session
-    helo: str | None = None  # emulated: the name it gave
 
 
 class Analysis:
@@ -333,7 +328,7 @@ class Analysis:
         self._open(record)
 
     def _open(self, record: dict) -> _Session:
-        session = self.sessions[record["session"]] = _Session(record["session"], record["src_ip"], record)
+        session = self.sessions[record["session"]] = _Session(record["src_ip"])
         if len(self.sessions) > MAX_OPEN_SESSIONS:
             self.sessions.popitem(last=False)
         return session
@@ -444,13 +439,9 @@ class Analysis:
     def _command(self, record: dict, when: float) -> None:
         session = self._session(record)
         if session is not None and record.get("verb") == "QUIT":
-            session.quit = True
             self._check_self_detected(session, record)
 
     def _tls(self, record: dict, when: float) -> None:
-        session = self._session(record)
-        if session is not None:
-            session.tls = True
         relay = self._known(record, when)
         for chain_id in list(relay.open_chains):
             chain = self.open_chains.get(chain_id)
@@ -643,7 +634,7 @@ class Analysis:
     def _smtp_helo(self, record: dict, when: float) -> None:
         session = self._session(record)
         if session is not None and record.get("name"):
-            session.helo = _text(record["name"])
+            session.helo_name = _text(record["name"])
 
     def _smtp_message(self, record: dict, when: float) -> None:
         relay = self._known(record, when)
@@ -658,8 +649,8 @@ class Analysis:
         if record.get("subject") is not None:
             self.captured["subjects"].add(_text(record["subject"]))
         session = self._session(record)
-        if session is not None and session.helo:
-            self.captured["helo_names"].add(session.helo)
+        if session is not None and session.helo_name:
+            self.captured["helo_names"].add(session.helo_name)
 
     def _login(self, record: dict, when: float) -> None:
         relay = self._known(record, when)

@@ -464,3 +464,12 @@ def test_a_loop_that_goes_on_through_tls_or_hits_the_dialback_budget_is_over_for
     ends = {f.fields["chain"]: (f.fields["end"], f.fields["passes"]) for f in found if f.eventid == "looper.chain.ended"}
     assert ends == {"c-tls": ("tls_opaque", 1), "c-budget": ("capped", 1)}
     assert analysis.relays["203.0.113.42"].verdict == "open_relay"  # a budget says nothing of the relay
+
+
+def test_report_says_which_filter_is_wrong(tmp_path, capsys):
+    log = tmp_path / "events.jsonl"
+    log.write_text("")
+    assert main(["report", str(log), "--since", "yesterday"]) == 2
+    assert "'yesterday' is not a date or time" in capsys.readouterr().err
+    assert main(["report", str(log), "--ip", "300.1.2.3"]) == 2
+    assert "300.1.2.3" in capsys.readouterr().err

@@ -12,10 +12,11 @@ sessions finish at once.
 from __future__ import annotations
 
 import asyncio
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from looper.files import fsync_folder, write_atomically
 
 MESSAGES_FOLDER = "messages"
 WRITER_THREADS = 8
@@ -69,7 +70,7 @@ class MessageStore:
     def _start_folder_sync(self) -> None:
         waiter, self._folder_sync_next = self._folder_sync_next, None
         self._folder_syncing = True
-        syncing = asyncio.get_running_loop().run_in_executor(self._pool, _fsync_folder, self.folder)
+        syncing = asyncio.get_running_loop().run_in_executor(self._pool, fsync_folder, self.folder)
 
         def done(finished: asyncio.Future) -> None:
             self._folder_syncing = False
@@ -88,29 +89,9 @@ class MessageStore:
 
 
 def _write_durably(path: Path, content: bytes) -> bool:
-    """Write, fsync and rename into place; False if it was already there."""
+    """Write, fsync and rename into place (the folder is synced for many
+    files at once); False if it was already there."""
     if path.exists():
         return False
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{id(content):x}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        view = memoryview(content)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(temporary)
-        raise
-    os.close(fd)
-    os.replace(temporary, path)
+    write_atomically(path, content, mode=0o600, sync_folder=False)
     return True
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -15,7 +15,6 @@ label; the subjectAltName is always the full name.
 from __future__ import annotations
 
 import datetime
-import os
 import ssl
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from looper.config import TLSFileError, load_tls_files
+from looper.files import write_atomically
 
 TLS_FOLDER = "tls"
 
@@ -99,8 +99,8 @@ def ensure_self_signed(hostname: str, folder: str) -> tuple[str, str]:
         cert_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the key is in it
         cert_pem, key_pem = make_self_signed(hostname)
         # The key first: a certificate on disk always has its key beside it.
-        _write_atomically(key_path, key_pem, 0o600)
-        _write_atomically(cert_path, cert_pem, 0o644)
+        write_atomically(key_path, key_pem, mode=0o600)
+        write_atomically(cert_path, cert_pem, mode=0o644)
     except OSError as err:
         raise TLSSetupError(
             f"cannot write the self-signed TLS certificate to {err.filename or cert_path.parent}: {err.strerror or err}"
@@ -141,17 +141,3 @@ def _expired(cert_path: Path) -> bool:
     except (OSError, ValueError):
         return True
     return certificate.not_valid_after_utc <= datetime.datetime.now(datetime.timezone.utc)
-
-
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)  # O_CREAT's mode is only for a new file, and umask applies
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)

@@ -1,4 +1,5 @@
-"""Command line: `looper run`, `looper check-config`, `looper report`, `looper tail`, `looper replay`.
+"""Command line: `looper run`, `looper check-config`, `looper report`, `looper blocklist`, `looper tail`,
+`looper replay`.
 
 A trap that cannot start says why in one line on stderr, naming the file,
 the key and the problem, never in a traceback: exit status 2 for the
@@ -17,9 +18,10 @@ import os
 import resource
 import signal
 import sys
+import time
 
 from looper import __version__
-from looper.config import Config, ConfigError, check_runtime, load_config
+from looper.config import BLOCKLIST_FORMATS, Config, ConfigError, check_runtime, load_config
 from looper.eventlog import open_event_log, reopen_log_files
 from looper.privileges import RunAsUser, become, hand_over, run_as_user
 
@@ -78,6 +80,27 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", metavar="FILE", help="write the report here (default: standard output)")
     report.add_argument("--quiet-seconds", type=float, metavar="S",
                         help="a chain with no pass for this long has ended (default: analysis.quiet_seconds)")
+    text = "the open-relay blocklist from event logs: for rbldnsd, Postfix, people and scripts; or delist an address"
+    blocklist = commands.add_parser("blocklist", help=text, description=text)
+    blocklist.add_argument("logs", nargs="*", metavar="LOG",
+                           help="event logs, plain or gzip, of one or many sensors (default: <log.dir>/events.jsonl*)")
+    blocklist.add_argument("-c", "--config", metavar="FILE", help="YAML configuration (log.dir, blocklist)")
+    blocklist.add_argument("--since", metavar="WHEN", help="only events from then on (2026-12-01, 2026-12-01T10:00Z)")
+    blocklist.add_argument("--until", metavar="WHEN", help="only events until then (a date: to its end)")
+    blocklist.add_argument("--sensor", action="append", metavar="NAME", help="only this sensor's events (repeatable)")
+    blocklist.add_argument("--ip", action="append", metavar="ADDRESS", help="only this address's events (repeatable)")
+    blocklist.add_argument("--format", choices=BLOCKLIST_FORMATS, help="default: blocklist.format (rbldnsd)")
+    blocklist.add_argument("--min-passes", type=_positive_int, metavar="N",
+                           help="accepted loop passes that list an address (default: blocklist.min_passes, 1)")
+    blocklist.add_argument("--expire-days", type=_positive_float, metavar="D",
+                           help="days listed after the last evidence (default: blocklist.expire_days, 30)")
+    blocklist.add_argument("--include", action="append", choices=("loop_protected",), default=[],
+                           help="also list relays that only showed loop protection")
+    blocklist.add_argument("-o", "--output", metavar="FILE",
+                           help="write it here, atomically (default: standard output)")
+    blocklist.add_argument("--delist", metavar="IP",
+                           help="take this address off the list until new evidence: logged as looper.relay.delisted")
+    blocklist.add_argument("--reason", metavar="TEXT", help="with --delist: why (kept in the event)")
     text = "show what was said in one session, both directions, with timing"
     replay = commands.add_parser("replay", help=text, description=text)
     replay.add_argument("session", metavar="SESSION", help="the session id (of its events), or the start of it")
@@ -88,6 +111,22 @@ def _parser() -> argparse.ArgumentParser:
                         help="play it back in real time, X times as fast (0.5: half as fast)")
     replay.add_argument("--json", action="store_true", help="the session's lines as they are stored")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1, got {text!r}")
+    return int(text)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        number = 0.0
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return number
 
 
 def _speed(text: str) -> float:
@@ -117,6 +156,8 @@ def _command(args: argparse.Namespace) -> int:
     source = getattr(args, "config", None) or DEFAULTS_SOURCE
     if args.command == "report":
         return _report(args, source)
+    if args.command == "blocklist":
+        return _delist(args, source) if args.delist else _blocklist(args, source)
     if args.command == "tail":
         return _tail(args)
     if args.command == "replay":
@@ -235,6 +276,90 @@ def _report(args: argparse.Namespace, source: str) -> int:
             return EXIT_RUNTIME
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _blocklist(args: argparse.Namespace, source: str) -> int:
+    from looper.analysis.blocklist import Book
+    from looper.analysis.logs import LogError, default_logs, parse_when, read_events
+    from looper.analysis.zones import listing_rules, render, zone_settings
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        return _cannot_start(err)
+    if args.reason and not args.delist:
+        print("looper blocklist: --reason goes with --delist", file=sys.stderr)
+        return EXIT_CONFIG
+    paths = args.logs or default_logs(config.log.dir)
+    if not paths:
+        print(f"looper blocklist: no event log in {config.log.dir}/ (give the files to read)", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        since = parse_when(args.since) if args.since else None
+        until = parse_when(args.until, end_of_day=True) if args.until else None
+        ips = frozenset(str(ipaddress.ip_address(ip)) for ip in args.ip) if args.ip else None
+    except ValueError as err:
+        print(f"looper blocklist: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    settings = config.blocklist
+    own = tuple(e.host for e in (*config.listen.smtp, *config.listen.submissions))
+    rules = listing_rules(settings, own_addresses=own, min_passes=args.min_passes, expire_days=args.expire_days,
+                          include_loop_protected=True if "loop_protected" in args.include else None)
+    book = Book(rules)
+    wanted = frozenset({"looper.reflect.message", "looper.relay.verdict", "looper.relay.delisted"})
+    try:
+        for record in read_events(paths, wanted=wanted, since=since, until=until,
+                                  sensors=frozenset(args.sensor) if args.sensor else None, ips=ips):
+            book.feed(record)
+    except LogError as err:
+        print(f"looper blocklist: {err}", file=sys.stderr)
+        return EXIT_RUNTIME
+    now = time.time()
+    text = render(args.format or settings.format, book.listed(now), zone_settings(settings, config.sensor), rules, now)
+    if args.output:
+        from looper.files import write_atomically
+
+        try:
+            write_atomically(args.output, text.encode("utf-8"))
+        except OSError as err:
+            print(f"looper blocklist: {args.output}: {_os_problem(err)}", file=sys.stderr)
+            return EXIT_RUNTIME
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _delist(args: argparse.Namespace, source: str) -> int:
+    from looper import delisting
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        return _cannot_start(err)
+    try:
+        fields = delisting.delisted_fields(args.delist, args.reason, delisting.who_asks())
+    except ValueError:
+        print(f"looper blocklist: --delist {args.delist!r} is not an IP address", file=sys.stderr)
+        return EXIT_CONFIG
+    log_dir = config.log.dir
+    try:
+        if delisting.trap_running(log_dir):
+            path = delisting.request(log_dir, fields)
+            for _ in range(50):  # the trap takes requests once a second
+                if not os.path.exists(path):
+                    print(f"delisted {fields['relay_ip']}: the running trap logged it and updated its feed")
+                    return 0
+                time.sleep(0.1)
+            print(f"looper blocklist: the request is in {path}; the trap has not taken it yet"
+                  " (it takes requests once a second)", file=sys.stderr)
+            return EXIT_RUNTIME
+        delisting.append_event(log_dir, config.sensor, fields)
+    except OSError as err:
+        print(f"looper blocklist: {log_dir}: {_os_problem(err)}", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(f"delisted {fields['relay_ip']}: logged in {os.path.join(log_dir, 'events.jsonl')}"
+          " (no trap is running on it; a trap started later honours it)")
     return 0
 
 

@@ -77,6 +77,12 @@ def _bool(value: Any) -> bool:
     return value
 
 
+def _positive_days(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 36500:
+        raise _Invalid(f"expected a number of days above 0, got {_show(value)}")
+    return float(value)
+
+
 def _non_negative_seconds(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise _Invalid(f"expected a number of seconds, 0 or more, got {_show(value)}")
@@ -421,6 +427,90 @@ class Transcripts:
     backups: int = _setting(10, _int(1, 1000))
 
 
+# Never on the blocklist: loopback, private, shared, link-local and
+# documentation ranges (no relay on the Internet has one; a lab's would be
+# listed by mistake). The trap's own addresses are never listed either.
+DEFAULT_NEVER_LISTED = (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24",
+    "::1/128", "fc00::/7", "fe80::/10", "2001:db8::/32",
+)
+BLOCKLIST_FORMATS = ("plain", "rbldnsd", "postfix", "csv", "json")
+_TXT_FIELDS = frozenset({"verdict", "passes", "first", "last", "expires"})
+
+
+def _answer_value(value: Any) -> str:
+    try:
+        address = ipaddress.IPv4Address(value) if isinstance(value, str) else None
+    except ValueError:
+        address = None
+    if address is None or not address.is_loopback:
+        raise _Invalid(f"expected an address in 127.0.0.0/8 (RFC 5782: e.g. 127.0.0.2), got {_show(value)}")
+    return str(address)
+
+
+def _txt_template(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or any(c in value for c in "\r\n\x00"):
+        raise _Invalid(f"expected one line of text, got {_show(value)}")
+    problem = _template_problem(value)
+    if problem is None:
+        unknown = {name for _, name, _, _ in string.Formatter().parse(value) if name} - _TXT_FIELDS
+        if unknown:
+            problem = f"no field {{{sorted(unknown)[0]}}} (known: {', '.join(sorted(_TXT_FIELDS))})"
+    if problem is None and re.search(r"\$[0-9]", value):
+        problem = "$ and a digit is an rbldnsd substitution; $ alone is the address"
+    if problem:
+        raise _Invalid(f"{problem} in {_show(value)}")
+    return value
+
+
+def _hostmaster(value: Any) -> str:
+    """A mailbox (hostmaster@example.net) or its DNS form (hostmaster.example.net)."""
+    if isinstance(value, str) and value.count("@") == 1:
+        local, _, domain = value.partition("@")
+        if local and "." not in local:
+            value = f"{local}.{domain}"
+    return _host_name(value)
+
+
+@dataclass(frozen=True)
+class BlocklistZone:
+    # The zone's name, as rbldnsd is told it (ZONE:combined:FILE); default
+    # bl.<sensor>. ns: its name server (default: the sensor name);
+    # hostmaster: who answers for it (default: hostmaster.<sensor>).
+    name: str | None = _setting(None, _optional(_host_name))
+    ns: str | None = _setting(None, _optional(_host_name))
+    hostmaster: str | None = _setting(None, _optional(_hostmaster))
+    # Seconds a resolver may keep an answer: a delisting takes this long to be seen.
+    ttl: int = _setting(300, _int(1, 604800))
+
+
+@dataclass(frozen=True)
+class Blocklist:
+    # The live feed: with a file, `looper run` rewrites it (atomically)
+    # whenever an address is listed or expires; null: no live feed.
+    file: str | None = _setting(None, _optional(_name))
+    format: str = _setting("rbldnsd", _choice(*BLOCKLIST_FORMATS))
+    # Accepted loop passes that list an address, and days it stays listed
+    # after its last evidence.
+    min_passes: int = _setting(1, _int(1, 1_000_000))
+    expire_days: float = _setting(30.0, _positive_days)
+    # Also list relays that only showed loop protection (proves no relaying).
+    include_loop_protected: bool = _setting(False, _bool)
+    never: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _setting(
+        lambda: tuple(ipaddress.ip_network(n) for n in DEFAULT_NEVER_LISTED), _list_of(_network)
+    )
+    # The answer for a listed address (rbldnsd's A record) and its text:
+    # {verdict} {passes} {first} {last} {expires}; $ is the address.
+    value: str = _setting("127.0.0.2", _answer_value)
+    txt: str = _setting("$ listed: {verdict}, last evidence {last}, accepted loop passes: {passes} (looper)",
+                        _txt_template)
+    # rbldnsd stops answering from a zone file this many seconds old (the
+    # live feed renews it well before): a dead trap does not list forever.
+    stale_after: float = _setting(86400.0, _seconds)
+    zone: BlocklistZone = field(default_factory=BlocklistZone)
+
+
 @dataclass(frozen=True)
 class Config:
     sensor: str = _setting(socket.gethostname, _name)
@@ -443,6 +533,7 @@ class Config:
     analysis: Analysis = field(default_factory=Analysis)
     capture: Capture = field(default_factory=Capture)
     transcripts: Transcripts = field(default_factory=Transcripts)
+    blocklist: Blocklist = field(default_factory=Blocklist)
 
     @property
     def ehlo_mask_name(self) -> str | None:
@@ -599,8 +690,8 @@ def load_config(path: str | None) -> Config:
 # net/tls.TLS_FOLDER).
 # config sits below those modules and may not import them: a test keeps
 # these copies equal.
-LOG_DIR_FILES = ("events.jsonl", "transcripts.jsonl")
-LOG_DIR_FOLDERS = ("messages", "tls")
+LOG_DIR_FILES = ("events.jsonl", "transcripts.jsonl", "looper.lock", "blocklist.state.json")
+LOG_DIR_FOLDERS = ("messages", "tls", "delist")
 
 
 def check_runtime(config: Config, source: str) -> None:
@@ -612,9 +703,27 @@ def check_runtime(config: Config, source: str) -> None:
     leaves nothing behind.
     """
     _check_tls_files(config.smtp, source)
+    if config.blocklist.file is not None:
+        problem = _feed_folder_problem(Path(config.blocklist.file))
+        if problem is not None:
+            raise ConfigError(source, "blocklist.file", problem)
     problem = _log_dir_problem(Path(config.log.dir))
     if problem is not None:
         raise ConfigError(source, "log.dir", problem)
+
+
+def _feed_folder_problem(path: Path) -> str | None:
+    """The live blocklist is written beside itself and renamed into place:
+    its folder must be there and writable (the folder of a server's data,
+    such as rbldnsd's, is not made up here)."""
+    folder = path.parent
+    if path.is_dir():
+        return f"{path} is a folder: name the file to write"
+    if not folder.is_dir():
+        return f"{folder} is not a folder (make it, writable by the trap's user)"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot write to {folder}: the file is written beside itself and renamed into place"
+    return None
 
 
 def log_dir_problem(folder: str) -> str | None:

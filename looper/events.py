@@ -90,6 +90,7 @@ EVENT_FIELDS: dict[str, dict[str, str]] = {
     "looper.tls.failed": {"error": "str"},
     "looper.log.dropped": {"dropped": "int", "error": "str", "since": "str"},
     "looper.relay.verdict": {"relay_ip": "str", "verdict": "str", "evidence": "str"},
+    "looper.relay.delisted": {"relay_ip": "str", "reason": "str|null", "requested_by": "str|null"},
     "looper.chain.ended": {
         "chain": "str", "relay_ip": "str", "passes": "int", "first_hops": "int|null", "last_hops": "int|null",
         "end": "str", "end_code": "int|null", "end_text": "str|null", "end_inferred": "bool", "duration": "float",

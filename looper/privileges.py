@@ -29,9 +29,11 @@ from looper.config import LOG_DIR_FOLDERS, Config, ConfigError, log_dir_problem
 USERADD = "useradd --system --user-group --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin"
 
 # looper's own files in log.dir (and their rotations: events.jsonl.1, .2.gz, ...).
-OWN_FILE_PREFIXES = ("events.jsonl", "transcripts.jsonl")
+OWN_FILE_PREFIXES = ("events.jsonl", "transcripts.jsonl", "blocklist.", "looper.lock")
 # Folders whose files are the user's alone: captured mail, the TLS key.
 PRIVATE_FOLDERS = ("messages", "tls")
+# Folders the trap must be able to empty: delisting requests (delisting.py).
+SHARED_FOLDERS = ("delist",)
 PRIVATE_MODE_BITS = 0o077  # group and others: taken away
 
 
@@ -101,6 +103,10 @@ def hand_over(folder: str, who: RunAsUser, source: str) -> None:
         for entry in entries:
             if entry.name.startswith(OWN_FILE_PREFIXES):
                 _own(Path(entry.path), who, private=False)
+        for name in SHARED_FOLDERS:
+            sub = top / name
+            if not sub.is_symlink() and sub.is_dir():
+                _own(sub, who, private=False)  # its files are requests for the trap, taken and removed
         for name in PRIVATE_FOLDERS:
             sub = top / name
             if sub.is_symlink() or not sub.is_dir():

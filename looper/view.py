@@ -47,6 +47,7 @@ FORMATS: dict[str, str] = {
     "looper.tls.failed": "TLS failed: {error}",
     "looper.log.dropped": "{dropped} events were lost since {since}: {error}",
     "looper.relay.verdict": "VERDICT {relay_ip} is {verdict}: {evidence}",
+    "looper.relay.delisted": "DELISTED {relay_ip} by {requested_by}: {reason}",
     "looper.chain.ended": "LOOP ENDED {relay_ip}: {end}{inferred} after {passes} passes, hops {first_hops}..{last_hops}"
                           " {end_code} {end_text}  [chain {chain}]",
 }
@@ -55,6 +56,7 @@ FORMATS: dict[str, str] = {
 _COLOURS = {
     "looper.relay.verdict": "1;35",  # bold magenta: the trap's conclusions
     "looper.chain.ended": "1;35",
+    "looper.relay.delisted": "1;35",
     "looper.reflect.self_detected": "1;33",
     "looper.reflect.message": "1;36",  # bold cyan: a loop pass
     "looper.smtp.message": "1;33",  # bold yellow: a catch

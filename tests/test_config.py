@@ -119,7 +119,7 @@ def test_overrides_are_typed():
         ("limits: {block: [10]}", "f.yaml: limits.block: item 1: expected an address or CIDR (e.g. 192.0.2.0/24), got 10"),
         ("splice: {max_bytes: 1.5}", "f.yaml: splice.max_bytes: expected an integer 1-4611686018427387904, got 1.5"),
         ("splice: {ehlo_nam: mask}", "f.yaml: splice.ehlo_nam: unknown key (known: max_bytes, max_seconds, idle_seconds, bytes_per_minute, strip_starttls, ehlo_name, mask_name)"),
-        ("dialbak: {}", "f.yaml: dialbak: unknown key (known: sensor, shutdown_grace_s, run_as, listen, dialback, splice, smtp, credentials, limits, log, analysis, capture, transcripts)"),
+        ("dialbak: {}", "f.yaml: dialbak: unknown key (known: sensor, shutdown_grace_s, run_as, listen, dialback, splice, smtp,"),
         ("shutdown_grace_s: -1", "f.yaml: shutdown_grace_s: expected a number of seconds, 0 or more, got -1"),
         ("shutdown_grace_s: soon", "f.yaml: shutdown_grace_s: expected a number of seconds, 0 or more, got 'soon'"),
         ("limits: {message_memory_bytes: -1}", "f.yaml: limits.message_memory_bytes: expected an integer 0-4611686018427387904, got -1"),
@@ -332,9 +332,13 @@ def test_runtime_check_knows_the_names_run_writes_in_log_dir():
     from looper.eventlog import EVENTS_FILE
     from looper.net.capture import MESSAGES_FOLDER
     from looper.net.tls import TLS_FOLDER
+    from looper.delisting import LOCK_FILE, REQUESTS_FOLDER
+    from looper.net.feed import STATE_FILE
     from looper.transcripts import TRANSCRIPTS_FILE
 
-    assert (LOG_DIR_FILES, LOG_DIR_FOLDERS) == ((EVENTS_FILE, TRANSCRIPTS_FILE), (MESSAGES_FOLDER, TLS_FOLDER))
+    assert (LOG_DIR_FILES, LOG_DIR_FOLDERS) == (
+        (EVENTS_FILE, TRANSCRIPTS_FILE, LOCK_FILE, STATE_FILE), (MESSAGES_FOLDER, TLS_FOLDER, REQUESTS_FOLDER)
+    )
 
 
 def test_a_host_name_that_cannot_name_a_certificate_file_is_refused():

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from looper.config import Config, Endpoint
 from looper.eventlog import EventLog
 from looper.net.capture import MessageStore
+from looper.net.feed import LiveBlocklist
 from looper.net.live import LiveAnalysis
 from looper.proto.budget import MessageMemory
 from looper.net.context import Connection, SessionTable, TrapContext
@@ -67,6 +68,7 @@ class Trap:
         self._servers: list[asyncio.Server] = []
         self._accepting = True
         self.live = LiveAnalysis(eventlog, config.analysis.quiet_seconds)
+        self.blocklist = LiveBlocklist(config, eventlog)
 
     @property
     def sessions(self) -> SessionTable:
@@ -105,6 +107,7 @@ class Trap:
             for kind in LISTENER_KINDS:
                 for endpoint in getattr(config.listen, kind.name):
                     await self._listen(endpoint, kind)
+            self.blocklist.start(tuple(e.host for e in self.listening))
         except OSError:
             await self.stop()
             raise
@@ -152,6 +155,7 @@ class Trap:
             self.context.store.close()
         await self.context.dns.close()
         self.live.stop()
+        await self.blocklist.stop()
         self.eventlog.flush()  # stopped means logged: what the last turn emitted too
         if self.context.transcripts is not None:
             self.context.transcripts.close()

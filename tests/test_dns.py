@@ -292,7 +292,8 @@ ZONES = ["bl.example", "clean.example", "dead.example"]  # listing, not listing,
 
 
 def dnsmasq_path() -> str | None:
-    return shutil.which("dnsmasq") or next((p for p in ("/usr/sbin/dnsmasq",) if os.path.exists(p)), None)
+    # Debian's dnsmasq-base puts it in /usr/sbin, which a user's PATH may lack.
+    return shutil.which("dnsmasq") or ("/usr/sbin/dnsmasq" if os.access("/usr/sbin/dnsmasq", os.X_OK) else None)
 
 
 def _free_udp_port() -> int:

@@ -22,6 +22,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from looper.analysis.core import merge_dns
+from looper.analysis.html import render_html
+from looper.analysis.logs import analyse
+from looper.analysis.report import build_report, render_text
 from looper.config import ConfigError, Endpoint, parse_config
 from looper.net.dns import AnswerCache, Resolver, Unanswered
 from tests.conftest import free_port
@@ -254,6 +258,25 @@ def test_the_cache_never_holds_more_than_its_cap_nor_an_expired_answer(max_entri
     assert all(cache.get(("A", other)) is None for other in "abcdefghij")
 
 
+# -- the report's view: a relay's evidence over its sessions ----------------------------
+
+
+def test_a_relay_keeps_the_latest_answers_and_an_unanswered_lookup_erases_none():
+    first = {"ptr": "a.example", "fcrdns": True, "dnsbl": {"bl.example": ["127.0.0.2"]}, "helo": "h.example",
+             "helo_resolves": True, "unanswered": []}
+    dns_down = {"ptr": None, "fcrdns": None, "dnsbl": {}, "helo": "h.example", "helo_resolves": None,
+                "unanswered": ["dnsbl:bl.example", "helo", "ptr"]}
+    delisted = {**first, "ptr": None, "fcrdns": None, "dnsbl": {"bl.example": None, "other.example": None},
+                "helo": "[192.0.2.1]", "helo_resolves": None}
+    known = merge_dns(None, first)
+    assert merge_dns(known, dns_down) == {k: v for k, v in first.items() if k != "unanswered"}
+    assert merge_dns(known, delisted) == {"ptr": None, "fcrdns": None,
+                                          "dnsbl": {"bl.example": None, "other.example": None},
+                                          "helo": "[192.0.2.1]", "helo_resolves": None}
+    damaged = {"eventid": "looper.dns.client", "ptr": 5, "fcrdns": "yes", "dnsbl": ["x"], "unanswered": "ptr"}
+    assert merge_dns(known, damaged)["dnsbl"] == known["dnsbl"]
+
+
 # -- name servers in the config: ip, ip:port, [v6]:port ---------------------------------
 
 
@@ -435,6 +458,18 @@ async def test_a_confirmed_listed_client_with_a_helo_that_resolves(start_trap, d
     # The greeting waited for the PTR name: the Received: line names the client by it, as Postfix does.
     (message,) = trap.events.of("looper.smtp.message")
     assert message["received_header"].startswith(f"Received: from {HELO_NAME} (relay.example.net [{CONFIRMED}])")
+
+    # `looper report` shows it with the relay, in each of its forms.
+    report = build_report(analyse([str(trap.events.path)], quiet_seconds=600)[0])
+    (relay,) = report["relays"]
+    assert relay["ip"] == CONFIRMED and relay["dns"] == {
+        "ptr": "relay.example.net", "fcrdns": True, "dnsbl": {"bl.example": ["127.0.0.2"], "clean.example": None},
+        "helo": HELO_NAME, "helo_resolves": True,
+    }
+    assert "relay.example.net +; listed: bl.example" in render_text(report)
+    html = render_html(report)
+    assert "relay.example.net +" in html and '<span class="badge listed">listed 1</span>' in html
+    assert "bl.example: 127.0.0.2" in html and "clean.example: not listed" in html
 
 
 async def test_a_client_whose_name_does_not_point_back_and_a_helo_that_does_not_resolve(start_trap, dnsmasq):

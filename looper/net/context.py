@@ -1,8 +1,7 @@
 """What every session shares, built once by the server and handed down:
-the configuration, the policy, the event log, the resolver and its DNS
-evidence desk, the emulated
-servers, and the table of live sessions. Session kinds get this, never the
-server itself (arrows only point down)."""
+the configuration, the policy, the event log, the resolver and its desk of
+DNS evidence, the emulated servers, and the table of live sessions.
+Session kinds get this, never the server itself (arrows only point down)."""
 
 from __future__ import annotations
 

@@ -128,6 +128,7 @@ class ClientEvidence:
         if self._logged:
             return
         self._logged = True
+        self._ptr_lookup = None  # done: an idle session keeps no finished task
         self._forget()
         self.emit(
             EVENT, ptr=self.ptr, fcrdns=self.fcrdns, dnsbl={zone: self.dnsbl[zone] for zone in sorted(self.dnsbl)},

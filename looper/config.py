@@ -204,6 +204,43 @@ def _network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     )
 
 
+DNS_PORT = 53
+
+
+def _nameserver(value: Any) -> Endpoint:
+    """A name server: "ip" (port 53), "ip:port", or "[v6]:port" (a bare
+    IPv6 address is one address, port 53)."""
+    if isinstance(value, str):
+        try:
+            return Endpoint(str(ipaddress.ip_address(value)), DNS_PORT)
+        except ValueError:
+            pass
+    try:
+        return _endpoint(value)
+    except _Invalid as problem:
+        if "port" in str(problem) and "host:port" not in str(problem):
+            raise
+        raise _Invalid(
+            f"expected a name server's IP address, ip:port or [IPv6]:port, got {_show(value)}"
+        ) from None
+
+
+_ZONE_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def _dns_zone(value: Any) -> str:
+    """A DNSBL zone, e.g. zen.spamhaus.org: the client's reversed address
+    goes in front of it, so it leaves room in a name's 253 octets for an
+    IPv6 address's 32 nibbles and their dots."""
+    problem = f"expected a DNS zone such as zen.spamhaus.org, got {_show(value)}"
+    if not isinstance(value, str):
+        raise _Invalid(problem)
+    zone = value.rstrip(".").lower()
+    if not zone or len(zone) > 253 - 64 or not all(_ZONE_LABEL.fullmatch(label) for label in zone.split(".")):
+        raise _Invalid(problem)
+    return zone
+
+
 def _setting(default: Any, parse: Callable[[Any], Any], **kw: Any) -> Any:
     if callable(default):
         return field(default_factory=default, metadata={"parse": parse}, **kw)
@@ -512,6 +549,32 @@ class Blocklist:
 
 
 @dataclass(frozen=True)
+class Dns:
+    # DNS evidence on each client (looper.dns.client: PTR, forward-confirmed
+    # reverse DNS, DNSBL listings, whether its HELO name resolves), and the
+    # PTR name in the emulated relay's Received: line.
+    # Name servers as ip, ip:port or [IPv6]:port; empty: the system's
+    # (/etc/resolv.conf).
+    nameservers: tuple[Endpoint, ...] = _setting(tuple, _list_of(_nameserver))
+    # The longest one lookup may take (no answer by then: `unanswered`).
+    timeout_s: float = _setting(3.0, _seconds)
+    # How long after its connect the emulated greeting may wait for the
+    # client's PTR name (as Postfix's does); 0: never waits. Nothing else
+    # ever waits for DNS.
+    budget_s: float = _setting(1.0, _non_negative_seconds)
+    # DNSBL zones the client's address is looked up in.
+    dnsbl: tuple[str, ...] = _setting(tuple, _list_of(_dns_zone))
+    # Look up loopback, private and other non-global addresses too (labs
+    # and tests); else they get no lookups and no looper.dns.client event.
+    lookup_private: bool = _setting(False, _bool)
+    # Answers kept at most (the least recently used go first), each for its
+    # TTL but at most cache_max_ttl_s; "no such name/record" for negative_ttl_s.
+    cache_entries: int = _setting(10_000, _int(0, 10_000_000))
+    cache_max_ttl_s: float = _setting(3600.0, _non_negative_seconds)
+    negative_ttl_s: float = _setting(60.0, _non_negative_seconds)
+
+
+@dataclass(frozen=True)
 class Config:
     sensor: str = _setting(socket.gethostname, _name)
     # On SIGTERM, how long sessions may go on before each protocol says its
@@ -534,6 +597,7 @@ class Config:
     capture: Capture = field(default_factory=Capture)
     transcripts: Transcripts = field(default_factory=Transcripts)
     blocklist: Blocklist = field(default_factory=Blocklist)
+    dns: Dns = field(default_factory=Dns)
 
     @property
     def ehlo_mask_name(self) -> str | None:

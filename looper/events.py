@@ -21,11 +21,12 @@ class Event:
 # -- every event looper logs, declared once ------------------------------------
 #
 # Each event id with its own fields and their JSON types ("str", "int",
-# "float", "bool", "list", "null"; "a|b" for either; a trailing "?" for a
-# field that only some of its events carry). docs/events.md documents
-# exactly these (tests/test_docs.py), and every event the test suite sees
-# in a log is checked against them (tests/conftest.py), so a field that is
-# logged but not declared, or declared but typed otherwise, fails a test.
+# "float", "bool", "list", "dict" (an object), "null"; "a|b" for either; a
+# trailing "?" for a field that only some of its events carry).
+# docs/events.md documents exactly these (tests/test_docs.py), and every
+# event the test suite sees in a log is checked against them
+# (tests/conftest.py), so a field that is logged but not declared, or
+# declared but typed otherwise, fails a test.
 
 # What the emitter adds to every event (null for the trap's own, such as looper.log.dropped).
 COMMON_FIELDS: dict[str, str] = {
@@ -88,6 +89,10 @@ EVENT_FIELDS: dict[str, dict[str, str]] = {
     "looper.login.failed": {**_LOGIN, "reason": "str"},
     "looper.tls.established": {"version": "str", "cipher": "str"},
     "looper.tls.failed": {"error": "str"},
+    "looper.dns.client": {
+        "ptr": "str|null", "fcrdns": "bool|null", "dnsbl": "dict", "helo": "str|null", "helo_resolves": "bool|null",
+        "unanswered": "list",
+    },
     "looper.log.dropped": {"dropped": "int", "error": "str", "since": "str"},
     "looper.relay.verdict": {"relay_ip": "str", "verdict": "str", "evidence": "str"},
     "looper.relay.delisted": {"relay_ip": "str", "reason": "str|null", "requested_by": "str|null"},
@@ -97,7 +102,9 @@ EVENT_FIELDS: dict[str, dict[str, str]] = {
     },
 }
 
-_JSON_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "list": list, "null": type(None)}
+_JSON_TYPES = {
+    "str": str, "int": int, "float": (int, float), "bool": bool, "list": list, "dict": dict, "null": type(None),
+}
 
 
 def record_problems(record: dict[str, Any]) -> list[str]:

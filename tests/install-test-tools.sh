@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Installs what the tests that use real software need, from Debian's
-# packages: Postfix for the real-MTA loop (with no running default instance:
-# the test starts its own private one on 127.0.0.2:25 and stops it), nmap
-# for the realism check, Chromium (with a font) for the HTML report,
-# loaded headless, and rbldnsd to serve the blocklist zone (the tests start
-# their own; the package's service is kept from starting). Needs root (apt-get). Safe to run again.
+# packages, and starts none of them: the tests run their own private
+# instances on 127.0.0.x and high ports, and stop them.
+# - Postfix for the real-MTA loop (no default instance running; the test
+#   starts its own on 127.0.0.2:25) and postmap for the blocklist's table;
+# - nmap for the realism check;
+# - Chromium (with a font) for the HTML report, loaded headless;
+# - rbldnsd to serve the blocklist zone;
+# - dnsmasq (the name server alone: dnsmasq-base) for the DNS evidence;
+# - rsyslog as the syslog collector.
+# apt runs under a policy-rc.d that keeps packages from starting their
+# services; a service already running is left alone. Needs root (apt-get).
+# Safe to run again.
 set -euo pipefail
 if [ "$(id -u)" != 0 ]; then
     echo "install-test-tools: run as root (sudo make test-tools)" >&2
@@ -12,7 +19,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 if ! command -v postfix >/dev/null || ! command -v ip >/dev/null || ! command -v make-ssl-cert >/dev/null \
-        || ! command -v nmap >/dev/null || ! command -v chromium >/dev/null || ! command -v rbldnsd >/dev/null \
+        || ! command -v nmap >/dev/null || ! command -v chromium >/dev/null || [ ! -x /usr/sbin/rbldnsd ] \
+        || [ ! -x /usr/sbin/dnsmasq ] || [ ! -x /usr/sbin/rsyslogd ] \
         || [ ! -d /usr/share/fonts/truetype/dejavu ]; then
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     created_policy=
@@ -23,7 +31,7 @@ if ! command -v postfix >/dev/null || ! command -v ip >/dev/null || ! command -v
     fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends postfix ssl-cert openssl iproute2 nmap \
-        chromium fonts-dejavu-core rbldnsd >/dev/null
+        chromium fonts-dejavu-core rbldnsd dnsmasq-base rsyslog >/dev/null
     if [ -n "$created_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 if [ ! -s /etc/ssl/certs/ssl-cert-snakeoil.pem ] || [ ! -s /etc/ssl/private/ssl-cert-snakeoil.key ]; then
@@ -35,4 +43,6 @@ if [ -d /run/systemd/system ]; then
 fi
 if [ -f /etc/postfix/main.cf ] && postfix status >/dev/null 2>&1; then postfix stop; fi
 echo "install-test-tools: Postfix $(postconf -dh mail_version 2>/dev/null) (no default instance running)," \
-    "$(nmap --version | head -1), $(chromium --version 2>/dev/null | head -1), rbldnsd $(dpkg-query -W -f '${Version}' rbldnsd 2>/dev/null)"
+    "$(nmap --version | head -1), $(chromium --version 2>/dev/null | head -1)," \
+    "rbldnsd $(dpkg-query -W -f '${Version}' rbldnsd 2>/dev/null), $(/usr/sbin/dnsmasq --version | head -1)," \
+    "$(/usr/sbin/rsyslogd -v | head -1)"

@@ -146,6 +146,8 @@ class Relay:
     helo_names: list[str] = field(default_factory=list)
     evidence: list[dict] = field(default_factory=list)
     open_chains: set[str] = field(default_factory=set)
+    dns: dict | None = None  # what DNS said of it (looper.dns.client), latest answers first: see merge_dns
+
     _fingerprint: Fingerprint | None = None
 
     def fingerprint(self) -> Fingerprint:
@@ -212,6 +214,7 @@ class Analysis:
             "looper.smtp.message": self._smtp_message,
             "looper.login.success": self._login,
             "looper.login.failed": self._login,
+            "looper.dns.client": self._dns_client,
         }
 
     @property
@@ -665,6 +668,12 @@ class Analysis:
             tally = self.credentials[protocol] = Tally()
         tally.add((_text(record.get("username")), secret, ok))
 
+    # -- DNS evidence ---------------------------------------------------------------------
+
+    def _dns_client(self, record: dict, when: float) -> None:
+        relay = self._known(record, when)
+        relay.dns = merge_dns(relay.dns, record)
+
     def _take(self) -> list[Finding]:
         if not self._findings:
             return []
@@ -677,6 +686,35 @@ def _text(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return repr(value)
+
+
+MAX_DNSBL_ZONES = 32  # per relay: a damaged or odd log must not grow one without bound
+
+
+def merge_dns(known: dict | None, record: dict) -> dict:
+    """A relay's DNS evidence with a looper.dns.client event taken in: each
+    answer replaces the one known before; a lookup the event names in
+    `unanswered` leaves what was known (DNS that was down for one session
+    does not erase what it said before)."""
+    listed = record.get("unanswered")
+    unanswered = {what for what in listed if isinstance(what, str)} if isinstance(listed, list) else set()
+    merged = dict(known) if known else {"ptr": None, "fcrdns": None, "dnsbl": {}, "helo": None, "helo_resolves": None}
+    if "ptr" not in unanswered:
+        merged["ptr"] = _text(record.get("ptr"))
+        if "fcrdns" not in unanswered:
+            merged["fcrdns"] = record.get("fcrdns") if isinstance(record.get("fcrdns"), bool) else None
+    dnsbl = record.get("dnsbl")
+    if isinstance(dnsbl, dict) and dnsbl:
+        zones = dict(merged["dnsbl"])
+        for zone, answer in dnsbl.items():
+            if zone in zones or len(zones) < MAX_DNSBL_ZONES:
+                zones[str(zone)] = [str(a) for a in answer][:8] if isinstance(answer, list) else None
+        merged["dnsbl"] = zones
+    helo = record.get("helo")
+    if isinstance(helo, str) and "helo" not in unanswered:
+        merged["helo"] = helo
+        merged["helo_resolves"] = record.get("helo_resolves") if isinstance(record.get("helo_resolves"), bool) else None
+    return merged
 
 
 def chain_summary(chain: Chain) -> dict[str, Any]:

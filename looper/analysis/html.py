@@ -458,6 +458,29 @@ def _verdict(relay: dict) -> str:
             f'<span class="count">{len(items)}</span></summary><ol>{rows}</ol></details>')
 
 
+def _dns(relay: dict) -> str:
+    """The relay's PTR name (+ forward-confirmed, ! not) and DNSBL listings;
+    a click shows everything DNS said."""
+    dns = relay.get("dns")
+    if not isinstance(dns, dict):
+        return "–"
+    ptr, fcrdns = dns.get("ptr"), dns.get("fcrdns")
+    zones = _dict(dns.get("dnsbl"))
+    listed = [str(zone) for zone, answer in zones.items() if answer]
+    name = f"{_text(ptr, 80)} {'+' if fcrdns is True else '!' if fcrdns is False else ''}" if ptr else "no PTR"
+    badge = f' <span class="badge listed">listed {len(listed)}</span>' if listed else ""
+    confirmed = {True: "forward-confirmed (FCrDNS)", False: "not forward-confirmed"}.get(fcrdns, "not confirmed")
+    items = [f"<li>PTR: {_text(ptr or 'none', 200)}, {confirmed}</li>"]
+    for zone, answer in zones.items():
+        found = ", ".join(str(a) for a in _list(answer)) if answer else "not listed"
+        items.append(f"<li>{_text(zone, 120)}: {_text(found, 200)}</li>")
+    if dns.get("helo") is not None:
+        resolves = {True: "resolves", False: "does not resolve"}.get(dns.get("helo_resolves"), "not resolved")
+        items.append(f"<li>HELO <code>{_text(dns.get('helo'), 120)}</code>: {resolves}</li>")
+    return (f'<details class="dns"><summary title="{_text(confirmed)}">{name.strip()}{badge}</summary>'
+            f"<ul>{''.join(items)}</ul></details>")
+
+
 def _emulated_cell(relay: dict) -> str:
     values = [relay.get(k) for k in ("emulated_sessions", "logins", "messages")]
     if not any(values):
@@ -483,6 +506,7 @@ def _relays(document: dict) -> str:
             f'<tr><td class="ip"><code>{_text(relay.get("ip"), 60)}</code></td>'
             f'<td data-sort="{rank.get(verdict, len(rank))}">{_verdict(relay)}</td>'
             f"<td>{_mta(relay)}</td>"
+            f"<td>{_dns(relay)}</td>"
             + "".join(_count_cell(relay.get(k)) for k in ("passes", "accepted_passes", "chains", "hop_limit",
                                                           "sessions"))
             + _emulated_cell(relay) + _count_cell(relay.get("days_seen"))
@@ -491,6 +515,7 @@ def _relays(document: dict) -> str:
             f"<td>{_clipped(sensors or None, 40)}</td></tr>")
     headers = [("address", ""), ("verdict", "", "open a verdict for its evidence"),
                ("MTA", "", "the fingerprinted MTA family and version"),
+               ("DNS", "", "its PTR name (+ forward-confirmed, ! not) and DNSBL listings"),
                ("passes", "num", "reflected messages"), ("accepted", "num", "passes its server accepted (2xx)"),
                ("chains", "num"), ("hop limit", "num", "Received: hops at which its loops ended by its limit"),
                ("sessions", "num", "reflected sessions"),
@@ -502,8 +527,8 @@ def _relays(document: dict) -> str:
                 "<code>looper report --format json</code> has them all.</p>")
     legend = "".join(f"<li>{_badge('verdict', v)} {_text(meaning)}</li>" for v, (_, meaning) in VERDICTS.items())
     intro = ("Every address that earned a verdict, strongest verdict first. Click a header to sort; open a "
-             "verdict for the sessions behind it (the number is how many are kept) and an <i>MTA</i> for the "
-             "fingerprint's evidence.")
+             "verdict for the sessions behind it (the number is how many are kept), an <i>MTA</i> for the "
+             "fingerprint's evidence, and a <i>DNS</i> for what DNS said of it.")
     return top + _section("relays", "Relays", f'<ul class="legend verdicts">{legend}</ul>'
                           + _table("relay-table", headers, rows) + note, intro)
 
@@ -679,6 +704,8 @@ details summary{cursor:pointer;white-space:nowrap}
 details ul,details ol{margin:4px 0;padding-left:18px;min-width:300px;max-width:560px;white-space:normal}
 details.evidence ol{min-width:420px;font-size:12px;color:var(--muted)}
 details.evidence li{margin-bottom:2px}
+details.dns ul{min-width:280px;font-size:12px;color:var(--muted);padding-left:16px}
+.badge.listed{--c:#c62828}
 .count{font-size:11px;color:var(--muted)}
 time{white-space:nowrap}
 .panels{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:12px}

@@ -45,7 +45,33 @@ def relay_row(relay: Relay) -> dict[str, Any]:
         "logins": relay.logins,
         "messages": relay.messages,
         "evidence": list(relay.evidence),
+        "dns": _dns_row(relay.dns),
     }
+
+
+def _dns_row(dns: dict | None) -> dict[str, Any] | None:
+    if dns is None:
+        return None
+    return {**dns, "dnsbl": {zone: dns["dnsbl"][zone] for zone in sorted(dns["dnsbl"])}}
+
+
+def dns_summary(dns: dict[str, Any] | None) -> str | None:
+    """A relay's DNS evidence in a few words: its PTR name (with + when it
+    is forward-confirmed, ! when it is not), the DNSBL zones that list it,
+    and a HELO name that does not resolve."""
+    if not dns:
+        return None
+    parts = []
+    if dns.get("ptr"):
+        parts.append(dns["ptr"] + {True: " +", False: " !"}.get(dns.get("fcrdns"), ""))
+    else:
+        parts.append("no PTR")
+    listed = [zone for zone, answer in (dns.get("dnsbl") or {}).items() if answer]
+    if listed:
+        parts.append("listed: " + ",".join(listed))
+    if dns.get("helo_resolves") is False:
+        parts.append(f"HELO {dns.get('helo')} does not resolve")
+    return "; ".join(parts)
 
 
 def chain_row(chain: Chain) -> dict[str, Any]:
@@ -195,10 +221,10 @@ def render_text(report: dict[str, Any], *, top: int = TOP) -> str:
     lines.append("Relays")
     rows = [[r["ip"], r["verdict"], r["passes"], r["chains"], r["hop_limit"],
              " ".join(x for x in (r["mta"]["family"], r["mta"]["version"]) if x) or None,
-             r["last_seen"][:19] if r["last_seen"] else None]
+             r["last_seen"][:19] if r["last_seen"] else None, _clip(dns_summary(r.get("dns")), 60)]
             for r in report["relays"][:top]]
     lines += ["  " + line for line in _table(["address", "verdict", "passes", "chains", "hop limit", "mta",
-                                               "last seen"], rows)]
+                                               "last seen", "dns"], rows)]
     if len(report["relays"]) > top:
         lines.append(f"  ... and {len(report['relays']) - top} more (--format json has them all)")
     lines.append("")

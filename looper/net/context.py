@@ -1,7 +1,7 @@
 """What every session shares, built once by the server and handed down:
-the configuration, the policy, the event log, the resolver, the emulated
-servers, and the table of live sessions. Session kinds get this, never the
-server itself (arrows only point down)."""
+the configuration, the policy, the event log, the resolver and its desk of
+DNS evidence, the emulated servers, and the table of live sessions.
+Session kinds get this, never the server itself (arrows only point down)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from looper.config import Config
 from looper.eventlog import EventLog, SessionInfo, new_session_id
-from looper.net.dns import ReverseDns
+from looper.net.dns import Resolver
+from looper.net.evidence import ClientEvidence, EvidenceDesk
 from looper.proto.budget import MessageMemory
 from looper.policy import Denial, Policy
 from looper.transcripts import Transcript, TranscriptLog
@@ -68,7 +69,8 @@ class TrapContext:
     config: Config
     eventlog: EventLog
     policy: Policy
-    dns: ReverseDns
+    dns: Resolver
+    evidence: EvidenceDesk
     splice_throttle: SpliceThrottle | None
     emulated: EmulatedRelay | None = None
     sessions: SessionTable = field(default_factory=SessionTable)
@@ -82,9 +84,10 @@ class TrapContext:
 class Connection:
     """One accepted connection's record, whatever serves it: its common
     event fields, its admission against the session limits, its transcript,
-    and the one looper.session.closed that ends it (and frees its place)."""
+    its DNS evidence, and the one looper.session.closed that ends it (and
+    frees its place)."""
 
-    __slots__ = ("context", "session", "info", "started", "admitted", "closed", "transcript")
+    __slots__ = ("context", "session", "info", "started", "admitted", "closed", "transcript", "evidence")
 
     def __init__(self, context: TrapContext, session: Session, transport: asyncio.BaseTransport,
                  protocol: str = "smtp") -> None:
@@ -100,6 +103,7 @@ class Connection:
         self.transcript: Transcript | None = (
             None if context.transcripts is None else context.transcripts.transcript(self.info, self.started)
         )
+        self.evidence: ClientEvidence | None = None
         context.sessions.add(session)
         self.emit("looper.session.connect")
 
@@ -112,11 +116,26 @@ class Connection:
         self.admitted = denial is None
         return denial
 
+    def gather_dns(self) -> None:
+        """Start the DNS lookups on the client (once it is admitted: a
+        refused client costs no lookups)."""
+        self.evidence = self.context.evidence.gather(self.info.session, self.info.src_ip, self.emit)
+
+    async def client_name(self, budget_s: float) -> str | None:
+        """The client's PTR name, waiting for it until `budget_s` after the
+        connect at most (None: none, unknown by then, or not looked up)."""
+        if self.evidence is None:
+            return None
+        return await self.evidence.client_name(self.started + budget_s - time.monotonic())
+
     def close(self, mode: str, reason: str, bytes_in: int, bytes_out: int) -> None:
-        """The end, exactly once: its place freed, looper.session.closed logged."""
+        """The end, exactly once: its place freed, what DNS told of the
+        client logged (what is known by now), looper.session.closed logged."""
         if self.closed:
             return
         self.closed = True
+        if self.evidence is not None:
+            self.evidence.close()
         if self.admitted:
             self.context.policy.release(self.info.src_ip)
         self.emit(

@@ -35,7 +35,6 @@ class ReflectSession:
         self.observer: Observer | None = None
         self._task: asyncio.Task | None = None
         self._local_end: tuple[str, int] | None = None
-        self._client_name: asyncio.Task | None = None
         self.emulated = None  # the ServerSession, once the emulated relay took over
         self._capturing = context.config.capture.reflected != "none" and context.store is not None
         self._held_bytes = 0  # of context.message_memory, by the content the observer keeps
@@ -58,14 +57,15 @@ class ReflectSession:
             self.inbound.on_early_loss = lambda: self._finish(refusal.reason, len(self.inbound.early), 0)
             self.inbound.transport.abort()
             return
-        if context.emulated is not None and context.dns.worth_asking(info.src_ip):
-            # The emulated relay's Received: line names the client as Postfix
-            # would: look it up while the dial-back is under way.
-            self._client_name = asyncio.get_running_loop().create_task(context.dns.name_of(info.src_ip))
         if policy.is_own_dialback(info.src_ip, info.src_port):
             denial = Denial(DenialReason.SELF, "the client is one of the trap's own dial-backs")
         else:
             denial = self.connection.admit()
+        if denial is None:
+            # DNS evidence on the client, under way while it is dialed back;
+            # the emulated relay's Received: line names it by its PTR, as
+            # Postfix would.
+            self.connection.gather_dns()
         if denial is None:
             # Only a listener on the dial-back port can be dialed by mistake:
             # otherwise there is no need to ask the kernel what is local.
@@ -139,18 +139,15 @@ class ReflectSession:
             hang_up(inbound.transport)
             inbound.on_early_loss = lambda: self._finish(f"dialback_{why}", len(inbound.early), len(HANGUP_REPLY))
             return
-        client_name = None
-        if self._client_name is not None:
-            try:
-                client_name = await self._client_name
-            except Exception:  # noqa: BLE001 - a lookup problem is no reason to drop the client
-                client_name = None
+        # The greeting waits for the PTR name until dns.budget_s after the
+        # connect at most: DNS that is slow or dead costs no client more.
+        client_name = await self.connection.client_name(self.context.config.dns.budget_s)
         if inbound.early_lost is not False:
             return self._finish(CloseReason.CLOSED_BY_CLIENT, len(inbound.early), 0)
         self.mode = SessionMode.EMULATE
         # Nothing here is needed any more: 10,000 idle sessions should not
         # each keep a finished task and its coroutine.
-        self._client_name = self._task = inbound.on_early_loss = None
+        self._task = inbound.on_early_loss = None
         self.emulated = emulated.serve(
             inbound.transport,
             self.info,
@@ -245,8 +242,6 @@ class ReflectSession:
             self.inbound.transport.abort()
 
     def _finish(self, reason: str, bytes_in: int, bytes_out: int) -> None:
-        if self._client_name is not None:
-            self._client_name.cancel()
         self.connection.close(self.mode, reason, bytes_in, bytes_out)
 
 

@@ -17,8 +17,9 @@ from looper.net.feed import LiveBlocklist
 from looper.net.live import LiveAnalysis
 from looper.proto.budget import MessageMemory
 from looper.net.context import Connection, SessionTable, TrapContext
-from looper.net.dns import ReverseDns
+from looper.net.dns import Resolver
 from looper.net.emulate import EmulatedRelay
+from looper.net.evidence import EvidenceDesk
 from looper.net.reasons import SessionMode
 from looper.net.reflect import ReflectSession
 from looper.net.splice import SpliceEnd, SpliceThrottle
@@ -54,11 +55,13 @@ GOODBYE_GRACE_SECONDS = 5.0
 class Trap:
     def __init__(self, config: Config, eventlog: EventLog) -> None:
         policy = Policy(config.dialback, config.limits, (), splice_bytes_per_minute=config.splice.bytes_per_minute)
+        resolver = Resolver(config.dns)
         self.context = TrapContext(
             config=config,
             eventlog=eventlog,
             policy=policy,
-            dns=ReverseDns(),
+            dns=resolver,
+            evidence=EvidenceDesk(resolver),
             splice_throttle=None if policy.splice_bytes is None else SpliceThrottle(policy.splice_bytes),
         )
         self.config = config
@@ -86,6 +89,7 @@ class Trap:
         config, context = self.config, self.context
         self.live.start()
         context.live = self.live
+        self.eventlog.listeners.append(context.evidence.heard)
         context.message_memory = MessageMemory(config.limits.message_memory_bytes)
         context.store = MessageStore(config.log.dir)
         if config.transcripts.enabled:
@@ -153,6 +157,9 @@ class Trap:
             self.emulated.close()
         if self.context.store is not None:
             self.context.store.close()
+        self.context.evidence.close()  # sessions are over: nothing is left open, but be sure
+        if self.context.evidence.heard in self.eventlog.listeners:
+            self.eventlog.listeners.remove(self.context.evidence.heard)
         await self.context.dns.close()
         self.live.stop()
         await self.blocklist.stop()
@@ -207,6 +214,7 @@ class _ServedSession:
             connection.emit("looper.session.refused", reason=refusal.reason, detail=refusal.detail)
             self.transport.abort()
             return connection.close(SessionMode.REFUSED, refusal.reason, 0, 0)
+        connection.gather_dns()
         self.server_session = context.emulated.serve(
             self.transport, info, implicit_tls=self.kind.implicit_tls,
             on_closed=lambda reason, bytes_in, bytes_out: connection.close(SessionMode.EMULATE, reason, bytes_in, bytes_out),

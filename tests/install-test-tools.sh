@@ -2,8 +2,11 @@
 # Installs what the tests that use real software need, from Debian's
 # packages: Postfix for the real-MTA loop (with no running default instance:
 # the test starts its own private one on 127.0.0.2:25 and stops it), nmap
-# for the realism check, and Chromium (with a font) for the HTML report,
-# loaded headless. Needs root (apt-get). Safe to run again.
+# for the realism check, Chromium (with a font) for the HTML report,
+# loaded headless, and rsyslog as the syslog collector (the tests run a
+# private rsyslogd on high ports; apt's policy-rc.d below keeps the package
+# from starting the system's instance, and one already running is left
+# alone). Needs root (apt-get). Safe to run again.
 set -euo pipefail
 if [ "$(id -u)" != 0 ]; then
     echo "install-test-tools: run as root (sudo make test-tools)" >&2
@@ -11,7 +14,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 if ! command -v postfix >/dev/null || ! command -v ip >/dev/null || ! command -v make-ssl-cert >/dev/null \
-        || ! command -v nmap >/dev/null || ! command -v chromium >/dev/null \
+        || ! command -v nmap >/dev/null || ! command -v chromium >/dev/null || [ ! -x /usr/sbin/rsyslogd ] \
         || [ ! -d /usr/share/fonts/truetype/dejavu ]; then
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     created_policy=
@@ -22,7 +25,7 @@ if ! command -v postfix >/dev/null || ! command -v ip >/dev/null || ! command -v
     fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends postfix ssl-cert openssl iproute2 nmap \
-        chromium fonts-dejavu-core >/dev/null
+        chromium fonts-dejavu-core rsyslog >/dev/null
     if [ -n "$created_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 if [ ! -s /etc/ssl/certs/ssl-cert-snakeoil.pem ] || [ ! -s /etc/ssl/private/ssl-cert-snakeoil.key ]; then
@@ -31,4 +34,4 @@ fi
 if [ -d /run/systemd/system ]; then systemctl disable --now postfix.service >/dev/null 2>&1 || true; fi
 if [ -f /etc/postfix/main.cf ] && postfix status >/dev/null 2>&1; then postfix stop; fi
 echo "install-test-tools: Postfix $(postconf -dh mail_version 2>/dev/null) (no default instance running)," \
-    "$(nmap --version | head -1), $(chromium --version 2>/dev/null | head -1)"
+    "$(nmap --version | head -1), $(chromium --version 2>/dev/null | head -1), $(/usr/sbin/rsyslogd -v | head -1)"

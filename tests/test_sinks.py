@@ -20,6 +20,7 @@ import smtplib
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -60,18 +61,20 @@ RSYSLOG_TEMPLATE = (
 
 class PrivateRsyslog:
     """rsyslogd in the foreground with imudp and imtcp on 127.0.0.1 ports
-    of the test's, writing what it receives to a file."""
+    of the test's and a local socket like /dev/log (imuxsock), writing what
+    it receives to a file."""
 
-    def __init__(self, folder: Path, *, udp_port: int, tcp_port: int) -> None:
+    def __init__(self, folder: Path, *, udp_port: int, tcp_port: int, local_socket: Path) -> None:
         self.folder = folder
-        self.udp_port, self.tcp_port = udp_port, tcp_port
+        self.udp_port, self.tcp_port, self.local_socket = udp_port, tcp_port, local_socket
         self.output = folder / "received.log"
         self.config = folder / "rsyslog.conf"
         self.config.write_text(
             f'global(workDirectory="{folder}" maxMessageSize="64k")\n'
-            'module(load="imudp")\nmodule(load="imtcp")\n'
+            'module(load="imudp")\nmodule(load="imtcp")\nmodule(load="imuxsock" SysSock.Use="off")\n'
             f'input(type="imudp" address="127.0.0.1" port="{udp_port}")\n'
             f'input(type="imtcp" address="127.0.0.1" port="{tcp_port}")\n'
+            f'input(type="imuxsock" Socket="{local_socket}")\n'
             f'template(name="fields" type="string" string="{RSYSLOG_TEMPLATE}")\n'
             f'action(type="omfile" file="{self.output}" template="fields")\n'
         )
@@ -112,9 +115,12 @@ def rsyslog(tmp_path):
     require_rsyslog()
     folder = tmp_path / "rsyslog"
     folder.mkdir()
-    receiver = PrivateRsyslog(folder, udp_port=free_port(), tcp_port=free_port())
+    # A socket's path has room for 107 bytes: not in tmp_path, which can be longer.
+    socket_folder = Path(tempfile.mkdtemp(prefix="looper-rsyslog-"))
+    receiver = PrivateRsyslog(folder, udp_port=free_port(), tcp_port=free_port(), local_socket=socket_folder / "log")
     yield receiver
     receiver.stop()
+    shutil.rmtree(socket_folder, ignore_errors=True)
 
 
 HPFEEDS_BROKER = Path(sys.executable).parent / "hpfeeds-broker"
@@ -265,6 +271,35 @@ async def test_every_event_reaches_rsyslog_as_an_rfc5424_message(relay, rsyslog,
     assert {"looper.session.connect", "looper.login.success", "looper.smtp.message"} <= {e["eventid"] for e in logged}
 
 
+async def test_every_event_reaches_the_local_daemon_through_its_socket(relay, rsyslog):
+    # The socket of rsyslog's imuxsock, as /dev/log is the system's.
+    await asyncio.to_thread(rsyslog.start)
+    trap = await relay(syslog={"address": str(rsyslog.local_socket)})
+    await run_sessions(trap)
+    logged = trap.events.all()
+    await wait_until(lambda: len(rsyslog.messages()) >= len(logged), what="rsyslog has every event")
+    received = rsyslog.messages()
+    assert [json.loads(fields[7]) for fields in received] == logged
+    # The local shape: "<PRI>stamp looper[PID]: MSG", parsed by the daemon itself.
+    assert {(pri, app, procid) for pri, _, _, app, procid, *_ in received} == {(str(MAIL_INFO), "looper", str(os.getpid()))}
+
+
+async def test_an_event_longer_than_max_message_bytes_is_cut_to_it(relay, rsyslog, caplog):
+    await asyncio.to_thread(rsyslog.start)
+    trap = await relay(syslog={"address": f"127.0.0.1:{rsyslog.udp_port}", "max_message_bytes": 1024})
+    who = SessionInfo("long", "smtp", "192.0.2.1", 1, "127.0.0.1", 25)
+    trap.trap.eventlog.emit(who, "looper.command.input", input="EHLO " + "é" * 2000)
+    trap.trap.eventlog.emit(who, "looper.command.input", input="QUIT")
+    await wait_until(lambda: len(rsyslog.messages()) == 2, what="both messages")
+    long, short = rsyslog.messages()
+    pri, *header, msg = long
+    sent = f"<{pri}>1 {' '.join(header)} {msg}".encode("utf-8")  # the message as it was sent
+    assert 1024 - 2 <= len(sent) <= 1024  # cut at a character's boundary ('é' is 2 bytes)
+    assert msg.startswith('{"timestamp":') and "é" * 300 in msg
+    assert json.loads(short[7])["input"] == "QUIT"
+    assert "1 event(s) longer than syslog.max_message_bytes (1024) were cut" in caplog.text
+
+
 async def test_a_dead_tcp_syslog_collector_costs_the_trap_nothing_and_hears_the_count_when_back(relay, rsyslog):
     # Nothing listens on rsyslog's port yet; the queue holds a few events only.
     trap = await relay(syslog={"address": f"127.0.0.1:{rsyslog.tcp_port}", "transport": "tcp", "queue_bytes": 4096})
@@ -280,7 +315,7 @@ async def test_a_dead_tcp_syslog_collector_costs_the_trap_nothing_and_hears_the_
     await wait_until(lambda: sink.queued_bytes == 0, what="the queue is sent after the reconnect")
     await run_sessions(trap)  # its first batch carries the count
     logged = trap.events.all()
-    await wait_until(lambda: len(without_dropped(rsyslog.events())) + 0 >= len(logged) - missed,
+    await wait_until(lambda: len(without_dropped(rsyslog.events())) >= len(logged) - missed,
                      what="rsyslog has the events after the outage")
     received = rsyslog.events()
     (dropped,) = [e for e in received if e["eventid"] == LOG_DROPPED]

@@ -403,8 +403,12 @@ async def test_a_broker_that_refuses_the_ident_is_retried_and_the_trap_goes_on(r
     await asyncio.to_thread(hpfeeds_broker.start)
     trap = await relay(hpfeeds=hpfeeds_settings(hpfeeds_broker.port, secret="not-the-secret"))
     await run_sessions(trap)
-    await wait_until(lambda: "Authentication failed" in caplog.text, what="the broker's refusal is logged")
+    await wait_until(lambda: "Authentication failed for looper-test" in caplog.text, what="the refusal is logged")
     assert "not-the-secret" not in caplog.text
+    # Never taken for admitted: the events wait in the queue, not poured
+    # into a connection the broker is about to close.
+    sink = collector_sink(trap)
+    assert not sink._connected and sink.queued_bytes > 0
 
 
 # -- metrics --------------------------------------------------------------------

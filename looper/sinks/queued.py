@@ -31,6 +31,8 @@ log = logging.getLogger("looper.sinks")
 FIRST_RETRY_S = 0.5
 MAX_RETRY_S = 60.0
 CONNECT_TIMEOUT_S = 10.0
+# A connection that lasted this long was a good one: the backoff starts over.
+STABLE_CONNECTION_S = 10.0
 # Frames joined into one write: few syscalls, and a bounded copy.
 MAX_WRITE_BYTES = 64 * 1024
 
@@ -133,7 +135,8 @@ class QueuedSink(Sink):
                 await asyncio.sleep(retry_s)
                 retry_s = min(retry_s * 2, MAX_RETRY_S)
                 continue
-            retry_s = FIRST_RETRY_S
+            loop = asyncio.get_running_loop()
+            connected_at = loop.time()
             self._connected = True
             log.info("%s: connected", self.name)
             try:
@@ -150,12 +153,19 @@ class QueuedSink(Sink):
                         await writer.wait_closed()
             self._problem = OSError(errno.ECONNRESET, why)
             log.warning("%s: %s; reconnecting, queuing up to %d bytes meanwhile", self.name, why, self.queue_bytes)
+            # A connection that ends at once (a broker that refuses our
+            # ident closes right after the login) backs off like a refused
+            # one; one that served a while is retried soon.
+            if loop.time() - connected_at >= STABLE_CONNECTION_S:
+                retry_s = FIRST_RETRY_S
+            await asyncio.sleep(retry_s)
+            retry_s = min(retry_s * 2, MAX_RETRY_S)
 
     def _failed(self, err: Exception) -> None:
-        if isinstance(err, OSError):
-            problem = err
-        elif isinstance(err, TimeoutError):
+        if isinstance(err, TimeoutError):  # an OSError too, but with no errno
             problem = OSError(errno.ETIMEDOUT, f"no connection within {CONNECT_TIMEOUT_S:g} s")
+        elif isinstance(err, OSError):
+            problem = err
         elif isinstance(err, (CollectorRefused, EOFError)):
             problem = OSError(errno.ECONNREFUSED, str(err) or type(err).__name__)
         else:

@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import smtplib
 import socket
 import subprocess
@@ -511,3 +512,54 @@ async def test_the_metrics_server_is_gone_when_the_trap_stops(tmp_path):
     with pytest.raises(OSError):  # refused: the port is free again
         await asyncio.to_thread(scrape, endpoint)
     socket.create_server(("127.0.0.1", int(endpoint.rpartition(":")[2]))).close()
+
+
+async def test_looper_run_sends_its_events_to_rsyslog_and_hpfeeds_and_serves_metrics(tmp_path, rsyslog, hpfeeds_broker):
+    """The whole program, as an operator starts and stops it."""
+    await asyncio.to_thread(rsyslog.start)
+    await asyncio.to_thread(hpfeeds_broker.start)
+    subscriber = hpfeeds_broker.subscribe()
+    await subscriber.connected()
+    port, metrics = free_port(), f"127.0.0.1:{free_port()}"
+    config = tmp_path / "looper.yaml"
+    config.write_text(
+        f"sensor: fleet-7\nlisten: {{smtp: ['127.0.0.1:{port}']}}\n"
+        f"dialback: {{port: 1, allow_private: true}}\nlog: {{dir: '{tmp_path / 'logs'}'}}\n"
+        "smtp: {hostname: mx.cli.test}\nrun_as: null\n"
+        f"syslog: {{address: '127.0.0.1:{rsyslog.tcp_port}', transport: tcp, facility: local3}}\n"
+        f"hpfeeds: {{host: 127.0.0.1, port: {hpfeeds_broker.port}, ident: {IDENT}, secret: {SECRET}, channel: {CHANNEL}}}\n"
+        f"metrics: {{listen: '{metrics}'}}\n"
+    )
+    trap = subprocess.Popen([sys.executable, "-m", "looper", "run", "--no-view", "-c", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def session() -> None:
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    client = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.6", 0))
+                    break
+                except ConnectionRefusedError:
+                    assert time.monotonic() < deadline and trap.poll() is None
+                    time.sleep(0.05)
+            with client:  # nothing listens on 127.0.0.6:1: the emulated relay answers
+                assert client.recv(1024).startswith(b"220 mx.cli.test ESMTP")
+                client.sendall(b"QUIT\r\n")
+                assert client.recv(1024) == b"221 2.0.0 Bye\r\n"
+
+        await asyncio.to_thread(session)
+        await wait_until(lambda: any(e["eventid"] == "looper.session.closed" for e in subscriber.events()),
+                         what="the session's end at the broker")
+        scraped = await asyncio.to_thread(scrape, metrics)
+        assert scraped[("looper_sessions_total", (("mode", "emulate"),))] == 1
+        trap.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(trap.wait, 15) == 0
+    finally:
+        trap.kill()
+        trap.wait()
+    stderr = trap.stderr.read()
+    assert "Traceback" not in stderr
+    logged = [json.loads(line) for line in (tmp_path / "logs" / "events.jsonl").read_text().splitlines()]
+    await wait_until(lambda: len(rsyslog.messages()) >= len(logged), what="rsyslog has every event")
+    assert rsyslog.events() == logged == subscriber.events()
+    assert {(m[0], m[2]) for m in rsyslog.messages()} == {(str(19 * 8 + 6), "fleet-7")}  # local3.info, the sensor

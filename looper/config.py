@@ -15,6 +15,7 @@ import re
 import socket
 import string
 import ssl
+import stat
 import tempfile
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -413,7 +414,8 @@ class Secret:
 
 def _secret(value: Any) -> Secret:
     if not isinstance(value, str) or not value:
-        raise _Invalid("expected a non-empty string")  # never echo what was given
+        # Never echo what was given; a number or a date is YAML's reading of it.
+        raise _Invalid("expected a non-empty string (in quotes, if YAML could read it as a number)")
     return Secret(value)
 
 
@@ -711,16 +713,27 @@ LOG_DIR_FOLDERS = ("messages", "tls")
 
 def check_runtime(config: Config, source: str) -> None:
     """Raise ConfigError for anything on disk that `looper run` would trip
-    over before it listens: the TLS certificate and key, and log.dir.
+    over before it listens: the TLS certificate and key, log.dir, and the
+    local syslog socket.
 
     `check-config` and `run` both call this, so that OK means `run` starts
     (whether its addresses can be bound is only known by binding them). It
     leaves nothing behind.
     """
     _check_tls_files(config.smtp, source)
+    local_syslog = config.syslog.address
+    if isinstance(local_syslog, str) and not _is_socket(local_syslog):
+        raise ConfigError(source, "syslog.address", f"{local_syslog} is no socket: is the syslog daemon running?")
     problem = _log_dir_problem(Path(config.log.dir))
     if problem is not None:
         raise ConfigError(source, "log.dir", problem)
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def log_dir_problem(folder: str) -> str | None:

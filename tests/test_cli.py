@@ -114,6 +114,14 @@ def test_a_log_dir_that_cannot_be_made_stops_check_config_and_run_alike(tmp_path
     assert_both_commands_refuse(config, f"{config}: log.dir: {tmp_path / 'logs'} is not a folder")
 
 
+def test_a_local_syslog_socket_that_is_not_there_stops_check_config_and_run_alike(tmp_path):
+    config = tmp_path / "looper.yaml"
+    config.write_text(f"{open(config_file(tmp_path)).read()}syslog: {{address: {tmp_path / 'lgo'}}}\n")
+    assert_both_commands_refuse(
+        str(config), f"{config}: syslog.address: {tmp_path / 'lgo'} is no socket: is the syslog daemon running?"
+    )
+
+
 def test_run_reports_a_log_dir_that_fails_after_the_check(tmp_path, monkeypatch, capsys):
     # os.access can say yes where open() then says no (NFS, ACLs, a race).
     def refuse(*args, **kwargs):

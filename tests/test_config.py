@@ -126,7 +126,7 @@ def test_overrides_are_typed():
         ("syslog: {facility: mial}", "f.yaml: syslog.facility: expected one of kern, user, mail"),
         ("hpfeeds: {host: broker.example.org, secret: x}", "f.yaml: hpfeeds.ident: needed with hpfeeds.host: the broker admits no one without it"),
         ("hpfeeds: {host: broker.example.org, ident: trap1}", "f.yaml: hpfeeds.secret: needed with hpfeeds.host: the broker admits no one without it"),
-        ("hpfeeds: {secret: 1234}", "f.yaml: hpfeeds.secret: expected a non-empty string"),
+        ("hpfeeds: {secret: 1234}", "f.yaml: hpfeeds.secret: expected a non-empty string (in quotes, if YAML could read it as a number)"),
         ("metrics: {listen: 9425}", "f.yaml: metrics.listen: expected host:port with an IP address (IPv6 as [addr]:port), got 9425"),
         ("shutdown_grace_s: -1", "f.yaml: shutdown_grace_s: expected a number of seconds, 0 or more, got -1"),
         ("shutdown_grace_s: soon", "f.yaml: shutdown_grace_s: expected a number of seconds, 0 or more, got 'soon'"),

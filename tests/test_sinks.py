@@ -105,7 +105,10 @@ class PrivateRsyslog:
         """The messages received: their fields, the MSG last."""
         if not self.output.exists():
             return []
-        return [line.split("|", 7) for line in self.output.read_text(encoding="utf-8").splitlines()]
+        text = self.output.read_text(encoding="utf-8")
+        lines = text.splitlines(keepends=True)
+        # A line being written is not received yet.
+        return [line.rstrip("\n").split("|", 7) for line in lines if line.endswith("\n")]
 
     def events(self) -> list[dict]:
         return [json.loads(fields[7]) for fields in self.messages()]

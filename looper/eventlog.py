@@ -198,6 +198,10 @@ class EventLog(TurnBatch):
         all sinks (each sink counts its own)."""
         return sum(o.dropped for o in self._outages)
 
+    @property
+    def sinks(self) -> tuple[Sink, ...]:
+        return tuple(self._sinks)
+
     def dropped_by_sink(self) -> dict[str, int]:
         """Lines each sink has dropped since the start, by the sink's name."""
         totals: dict[str, int] = {}

@@ -344,7 +344,7 @@ async def test_a_collector_that_reads_nothing_fills_the_queue_and_the_trap_goes_
         trap = await relay(syslog={"address": f"127.0.0.1:{listener.getsockname()[1]}", "transport": "tcp",
                                    "queue_bytes": 4096})
         sink = collector_sink(trap)
-        await wait_until(lambda: sink._connected, what="connected")
+        await wait_until(lambda: sink.connected, what="connected")
         who = SessionInfo("flood", "smtp", "192.0.2.1", 1, "127.0.0.1", 25)
         eventlog = trap.trap.eventlog
         for _ in range(100):  # about 10 MB of events: more than any socket buffer
@@ -371,7 +371,7 @@ async def test_every_event_is_published_to_the_hpfeeds_channel(relay, hpfeeds_br
     subscriber = hpfeeds_broker.subscribe()
     await subscriber.connected()
     trap = await relay(hpfeeds=hpfeeds_settings(hpfeeds_broker.port))
-    await wait_until(lambda: collector_sink(trap)._connected, what="the trap is connected")
+    await wait_until(lambda: collector_sink(trap).connected, what="the trap is connected")
     await run_sessions(trap)
     logged = trap.events.all()
     await wait_until(lambda: len(subscriber.received) >= len(logged), what="the subscriber has every event")
@@ -390,7 +390,7 @@ async def test_a_dead_hpfeeds_broker_costs_the_trap_nothing_and_hears_the_count_
     await asyncio.to_thread(hpfeeds_broker.start)
     subscriber = hpfeeds_broker.subscribe()
     await subscriber.connected()
-    await wait_until(lambda: sink._connected and sink.queued_bytes == 0, what="reconnected, queue sent")
+    await wait_until(lambda: sink.connected and sink.queued_bytes == 0, what="reconnected, queue sent")
     await run_sessions(trap)
     await wait_until(lambda: any(e["eventid"] == LOG_DROPPED for e in subscriber.events()), what="the count")
     logged = trap.events.all()
@@ -412,7 +412,7 @@ async def test_a_broker_that_refuses_the_ident_is_retried_and_the_trap_goes_on(r
     # Never taken for admitted: the events wait in the queue, not poured
     # into a connection the broker is about to close.
     sink = collector_sink(trap)
-    assert not sink._connected and sink.queued_bytes > 0
+    assert not sink.connected and sink.queued_bytes > 0
 
 
 # -- metrics --------------------------------------------------------------------
@@ -450,7 +450,10 @@ async def test_the_metrics_endpoint_counts_what_the_log_says(relay):
     for eventid in {e["eventid"] for e in logged}:
         assert value("looper_events_total", eventid=eventid) == sum(e["eventid"] == eventid for e in logged)
     assert value("looper_events_dropped_total", sink=str(trap.trap.eventlog._sinks[0])) == 0
-    assert value("looper_events_dropped_total", sink=str(collector_sink(trap))) == trap.trap.eventlog.dropped > 0
+    dead = str(collector_sink(trap))  # nothing listens there
+    assert value("looper_events_dropped_total", sink=dead) == trap.trap.eventlog.dropped > 0
+    assert value("looper_collector_connected", sink=dead) == 0
+    assert 0 < value("looper_collector_queued_bytes", sink=dead) <= 4096
 
 
 def test_a_relay_counts_once_under_its_latest_verdict_and_old_relays_are_forgotten(monkeypatch):

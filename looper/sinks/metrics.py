@@ -18,6 +18,8 @@ counters):
     looper_logins_total{protocol,result}    logins to the emulated servers: success or failed
     looper_messages_total                   messages the emulated relay stored (looper.smtp.message)
     looper_events_dropped_total{sink}       events a sink could not take (events.jsonl, syslog, hpfeeds)
+    looper_collector_connected{sink}        1 while a TCP collector (syslog tcp, hpfeeds) is connected
+    looper_collector_queued_bytes{sink}     what its queue holds, waiting for it
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from collections import OrderedDict
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from looper.config import Endpoint
 from looper.eventlog import EventLog
+from looper.sinks.queued import QueuedSink
 
 log = logging.getLogger("looper.sinks")
 
@@ -49,18 +52,30 @@ class MetricsBindError(OSError):
         self.endpoint = endpoint
 
 
-class _DroppedEvents(Collector):
-    """Read from the EventLog's own counts at each scrape: the
-    looper.log.dropped lines go to the sinks, not to listeners."""
+class _SinkState(Collector):
+    """Read from the EventLog and its sinks at each scrape: the
+    looper.log.dropped lines go to the sinks, not to listeners, and a
+    collector's connection is no event at all. (Read from the scrape's
+    thread: plain numbers and a flag, each read whole.)"""
 
     def __init__(self, eventlog: EventLog) -> None:
         self.eventlog = eventlog
 
     def collect(self):
-        family = CounterMetricFamily("looper_events_dropped", "Events a sink could not take", labels=["sink"])
-        for sink, dropped in self.eventlog.dropped_by_sink().items():
-            family.add_metric([sink], dropped)
-        yield family
+        dropped = CounterMetricFamily("looper_events_dropped", "Events a sink could not take", labels=["sink"])
+        for sink, count in self.eventlog.dropped_by_sink().items():
+            dropped.add_metric([sink], count)
+        yield dropped
+        queued = [sink for sink in self.eventlog.sinks if isinstance(sink, QueuedSink)]
+        connected = GaugeMetricFamily("looper_collector_connected", "1 while a collector is connected",
+                                      labels=["sink"])
+        waiting = GaugeMetricFamily("looper_collector_queued_bytes", "Bytes queued for a collector",
+                                    labels=["sink"])
+        for sink in queued:
+            connected.add_metric([str(sink)], 1 if sink.connected else 0)
+            waiting.add_metric([str(sink)], sink.queued_bytes)
+        yield connected
+        yield waiting
 
 
 class TrapMetrics:
@@ -78,7 +93,7 @@ class TrapMetrics:
         self.logins = Counter("looper_logins", "Logins to the emulated servers", ["protocol", "result"],
                               registry=registry)
         self.messages = Counter("looper_messages", "Messages the emulated relay stored", registry=registry)
-        registry.register(_DroppedEvents(eventlog))
+        registry.register(_SinkState(eventlog))
         self._verdicts: OrderedDict[str, str] = OrderedDict()
         self._server = None
         self._thread = None

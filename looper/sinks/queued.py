@@ -103,6 +103,10 @@ class QueuedSink(Sink):
     def queued_bytes(self) -> int:
         return self._queued_bytes
 
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"sink {self.name}")

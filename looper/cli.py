@@ -24,6 +24,7 @@ from looper import __version__
 from looper.config import BLOCKLIST_FORMATS, Config, ConfigError, check_runtime, load_config
 from looper.eventlog import open_event_log, reopen_log_files
 from looper.privileges import RunAsUser, become, hand_over, run_as_user
+from looper.sinks import collector_sinks
 
 log = logging.getLogger("looper")
 
@@ -426,6 +427,7 @@ def _run(config: Config, source: str, *, view: bool = False, who: RunAsUser | No
     open (run_as, started as root)."""
     from looper.net.server import Trap  # the CLI's only path into net/
     from looper.net.tls import TLSSetupError
+    from looper.sinks.metrics import MetricsBindError
 
     _raise_file_limit()
     # check_runtime has passed, but os.access can say yes where open() says
@@ -437,7 +439,7 @@ def _run(config: Config, source: str, *, view: bool = False, who: RunAsUser | No
             max_bytes=config.log.max_bytes,
             backups=config.log.backups,
             stdout=config.log.stdout,
-            syslog=config.log.syslog,
+            collectors=collector_sinks(config),
         )
     except OSError as err:
         return _cannot_start(ConfigError(source, "log.dir", _os_problem(err)))
@@ -461,6 +463,9 @@ def _run(config: Config, source: str, *, view: bool = False, who: RunAsUser | No
             await trap.stop()
             # Without smtp.tls_cert the trap makes its own in log.dir.
             return _cannot_start(ConfigError(source, "smtp.tls_cert" if config.smtp.tls_cert else "log.dir", str(err)))
+        except MetricsBindError as err:  # the trap has stopped what it had started
+            print(cannot_listen_line(source, "metrics.listen", str(err.endpoint), err.errno), file=sys.stderr)
+            return EXIT_RUNTIME
         except OSError as err:
             if err.filename is not None:  # a file (the message store's folder), not an address
                 await trap.stop()

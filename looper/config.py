@@ -15,6 +15,7 @@ import re
 import socket
 import string
 import ssl
+import stat
 import tempfile
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -420,11 +421,90 @@ class Smtp:
 class Log:
     dir: str = _setting("logs", _name)
     stdout: bool = _setting(False, _bool)
-    syslog: bool = _setting(False, _bool)
     # events.jsonl rotates at max_bytes, keeping `backups` old files:
     # the log is bounded like everything else.
     max_bytes: int = _setting(1 << 30, _int(1 << 16, 2**62))
     backups: int = _setting(10, _int(1, 1000))
+
+
+# syslog's facility names (RFC 5424 section 6.2.1), by number.
+SYSLOG_FACILITIES = (
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp",
+    "ntp", "security", "console", "solaris-cron",
+    "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
+)
+
+
+def _syslog_address(value: Any) -> Endpoint | str:
+    # A path is a local daemon's socket (/dev/log); anything else a collector's host:port.
+    if isinstance(value, str) and value.startswith("/"):
+        return value
+    try:
+        return _endpoint(value)
+    except _Invalid as problem:
+        raise _Invalid(f"{problem}, or the path of a local socket such as /dev/log") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A password or key: check-config and error messages show only its length."""
+
+    value: str = field(repr=False)
+
+    def __str__(self) -> str:
+        return f"(hidden, {len(self.value)} characters)"
+
+
+def _secret(value: Any) -> Secret:
+    if not isinstance(value, str) or not value:
+        # Never echo what was given; a number or a date is YAML's reading of it.
+        raise _Invalid("expected a non-empty string (in quotes, if YAML could read it as a number)")
+    return Secret(value)
+
+
+def _channel(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value.encode("utf-8")) > 255:
+        raise _Invalid(f"expected a channel name of 1-255 bytes, got {_show(value)}")
+    return value
+
+
+# Bytes a collector's sink may hold while the collector is slow or away.
+_QUEUE_BYTES = _int(1 << 12, 1 << 30)
+
+
+@dataclass(frozen=True)
+class Syslog:
+    # Every event as one syslog message (RFC 5424, the event's JSON as MSG)
+    # to rsyslog or syslog-ng: host:port (an IP address), or the path of a
+    # local daemon's socket (/dev/log; RFC 3164 framing, which every local
+    # daemon parses). null: off.
+    address: Endpoint | str | None = _setting(None, _optional(_syslog_address))
+    # udp: one datagram per event, nothing queued (RFC 5426); tcp: octet
+    # counting (RFC 6587) through a queue of queue_bytes, reconnecting.
+    transport: str = _setting("udp", _choice("udp", "tcp"))
+    facility: str = _setting("mail", _choice(*SYSLOG_FACILITIES))
+    # Longest message; an event beyond it is cut (rsyslog's default
+    # maxMessageSize is 8096; syslog-ng's log-msg-size 65536).
+    max_message_bytes: int = _setting(8096, _int(480, 65000))
+    queue_bytes: int = _setting(4 << 20, _QUEUE_BYTES)
+
+
+@dataclass(frozen=True)
+class Hpfeeds:
+    # The honeypot community's broker: each event's JSON published on
+    # `channel` as ident/secret. host null: off.
+    host: str | None = _setting(None, _optional(_host_name))
+    port: int = _setting(20000, _int(1, 65535))
+    ident: str | None = _setting(None, _optional(_name))
+    secret: Secret | None = _setting(None, _optional(_secret))
+    channel: str = _setting("looper.events", _channel)
+    queue_bytes: int = _setting(4 << 20, _QUEUE_BYTES)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    # Prometheus metrics on http://host:port/metrics; null: off.
+    listen: Endpoint | None = _setting(None, _optional(_endpoint))
 
 
 @dataclass(frozen=True)
@@ -598,6 +678,10 @@ class Config:
     transcripts: Transcripts = field(default_factory=Transcripts)
     blocklist: Blocklist = field(default_factory=Blocklist)
     dns: Dns = field(default_factory=Dns)
+    # Central collectors, each optional; a dead one never stops the trap.
+    syslog: Syslog = field(default_factory=Syslog)
+    hpfeeds: Hpfeeds = field(default_factory=Hpfeeds)
+    metrics: Metrics = field(default_factory=Metrics)
 
     @property
     def ehlo_mask_name(self) -> str | None:
@@ -615,7 +699,7 @@ class Config:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, (Endpoint, Rate, Credential, ipaddress.IPv4Network, ipaddress.IPv6Network)):
+    if isinstance(value, (Endpoint, Rate, Credential, Secret, ipaddress.IPv4Network, ipaddress.IPv6Network)):
         return str(value)
     if is_dataclass(value):
         return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
@@ -634,6 +718,8 @@ def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
         raise ConfigError(source, prefix.rstrip(".") or "", f"expected a mapping, got {_show(raw)}")
     known = {f.name: f for f in fields(cls)}
     for key in raw:
+        if f"{prefix}{key}" in _MOVED:
+            raise ConfigError(source, f"{prefix}{key}", _MOVED[f"{prefix}{key}"])
         if key not in known:
             raise ConfigError(source, f"{prefix}{key}", f"unknown key (known: {', '.join(known)})")
     values = {}
@@ -651,6 +737,13 @@ def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
         except _Invalid as problem:
             raise ConfigError(source, f"{prefix}{name}", str(problem)) from None
     return cls(**values)
+
+
+# Keys that are no more, and where their job went.
+_MOVED = {
+    "log.syslog": "replaced by the syslog section: set syslog.address to /dev/log (the local daemon)"
+                  " or to a collector's host:port",
+}
 
 
 class _KeyGivenTwice(Exception):
@@ -729,9 +822,24 @@ def config_from_mapping(raw: Any, source: str) -> Config:
             f"unset, so the sensor name {config.sensor!r} would stand in EHLO replies, and it is no host name:"
             " set splice.mask_name",
         )
+    _check_collectors(config, source)
     if config.smtp.tls_key is not None and config.smtp.tls_cert is None:
         raise ConfigError(source, "smtp.tls_key", "set without smtp.tls_cert: a key is of no use without its certificate")
     return config
+
+
+def _check_collectors(config: Config, source: str) -> None:
+    if isinstance(config.syslog.address, str) and config.syslog.transport != "udp":
+        raise ConfigError(
+            source, "syslog.transport",
+            f"{config.syslog.transport} is for a collector's host:port; {config.syslog.address} is a local"
+            " socket, which takes datagrams (leave transport at udp)",
+        )
+    hpfeeds = config.hpfeeds
+    if hpfeeds.host is not None:
+        for key in ("ident", "secret"):
+            if getattr(hpfeeds, key) is None:
+                raise ConfigError(source, f"hpfeeds.{key}", f"needed with hpfeeds.host: the broker admits no one without it")
 
 
 def load_config(path: str | None) -> Config:
@@ -760,7 +868,8 @@ LOG_DIR_FOLDERS = ("messages", "tls", "delist")
 
 def check_runtime(config: Config, source: str) -> None:
     """Raise ConfigError for anything on disk that `looper run` would trip
-    over before it listens: the TLS certificate and key, and log.dir.
+    over before it listens: the TLS certificate and key, log.dir, and the
+    local syslog socket.
 
     `check-config` and `run` both call this, so that OK means `run` starts
     (whether its addresses can be bound is only known by binding them). It
@@ -771,6 +880,9 @@ def check_runtime(config: Config, source: str) -> None:
         problem = _feed_folder_problem(Path(config.blocklist.file))
         if problem is not None:
             raise ConfigError(source, "blocklist.file", problem)
+    local_syslog = config.syslog.address
+    if isinstance(local_syslog, str) and not _is_socket(local_syslog):
+        raise ConfigError(source, "syslog.address", f"{local_syslog} is no socket: is the syslog daemon running?")
     problem = _log_dir_problem(Path(config.log.dir))
     if problem is not None:
         raise ConfigError(source, "log.dir", problem)
@@ -788,6 +900,11 @@ def _feed_folder_problem(path: Path) -> str | None:
     if not os.access(folder, os.W_OK | os.X_OK):
         return f"cannot write to {folder}: the file is written beside itself and renamed into place"
     return None
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def log_dir_problem(folder: str) -> str | None:

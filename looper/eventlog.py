@@ -7,7 +7,7 @@ The write contract: the log is written once per turn of the event loop.
 emit() only formats the line and adds it to a pending batch; the first line
 of a batch schedules one flush at the end of the loop's turn, which hands the
 whole batch to every sink: one write() of whole lines to events.jsonl, one
-to stdout, one syslog message per event. flush() does it at once: the session
+to stdout, one syslog message per event, a collector's queue (looper.sinks). flush() does it at once: the session
 calls it before the 250 that acknowledges a stored message, so the message's
 events reach the OS first. Without a running loop every event is written at
 once.
@@ -31,7 +31,6 @@ import asyncio
 import errno
 import json
 import logging
-import logging.handlers
 import os
 import secrets
 import sys
@@ -40,7 +39,7 @@ import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Union
 
 from looper.events import Event
@@ -110,6 +109,14 @@ class Sink:
     def write(self, lines: list[str]) -> None:
         raise NotImplementedError
 
+    def start(self) -> None:
+        """Called on the running loop before the first event: a sink that
+        talks to a collector starts its connection here."""
+
+    async def stop(self, grace_s: float) -> None:
+        """Called on the loop at shutdown, after the last flush: a sink with
+        a queue sends what it holds within grace_s."""
+
     def close(self) -> None:
         pass
 
@@ -171,6 +178,9 @@ class EventLog(TurnBatch):
         self.sensor = sensor
         self._sinks: list[Sink] = [s if isinstance(s, Sink) else _HandlerSink(s) for s in sinks]
         self._outages = [_Outage() for _ in self._sinks]
+        # Lines each sink has dropped since the start (the outages' counts
+        # start again at each recovery): for the metrics.
+        self._dropped_totals = [0 for _ in self._sinks]
         self._lock = threading.Lock()  # one batch at a time into the sinks
         # Called with each event's record as it is emitted (the live analysis).
         # A listener may emit events itself: it is then called with those too.
@@ -187,6 +197,27 @@ class EventLog(TurnBatch):
         """Events not yet accounted for by a looper.log.dropped line, over
         all sinks (each sink counts its own)."""
         return sum(o.dropped for o in self._outages)
+
+    @property
+    def sinks(self) -> tuple[Sink, ...]:
+        return tuple(self._sinks)
+
+    def dropped_by_sink(self) -> dict[str, int]:
+        """Lines each sink has dropped since the start, by the sink's name."""
+        totals: dict[str, int] = {}
+        for sink, dropped in zip(self._sinks, self._dropped_totals):
+            totals[str(sink)] = totals.get(str(sink), 0) + dropped
+        return totals
+
+    def start(self) -> None:
+        """Start the sinks that talk to a collector (on the running loop)."""
+        for sink in self._sinks:
+            sink.start()
+
+    async def stop(self, grace_s: float) -> None:
+        """Flush, then give each sink with a queue grace_s to send it."""
+        self.flush()
+        await asyncio.gather(*(sink.stop(grace_s) for sink in self._sinks))
 
     def emit(self, who: SessionInfo, eventid: str, **fields: Any) -> None:
         record = {
@@ -215,8 +246,8 @@ class EventLog(TurnBatch):
         with self._lock:
             lines = self._take()
             if lines:
-                for sink, outage in zip(self._sinks, self._outages):
-                    self._write(sink, outage, lines)
+                for index, (sink, outage) in enumerate(zip(self._sinks, self._outages)):
+                    self._dropped_totals[index] += self._write(sink, outage, lines)
         return self.healthy
 
     def close(self) -> None:
@@ -224,7 +255,8 @@ class EventLog(TurnBatch):
         for sink in self._sinks:
             sink.close()
 
-    def _write(self, sink: Sink, outage: _Outage, lines: list[str]) -> None:
+    def _write(self, sink: Sink, outage: _Outage, lines: list[str]) -> int:
+        """Write a batch to one sink; the number of its events dropped."""
         recovering = outage.dropped > 0
         batch = [self._dropped_line(outage), *lines] if recovering else lines
         try:
@@ -237,17 +269,19 @@ class EventLog(TurnBatch):
                 else:
                     unwritten -= 1  # not an event: it is made again next time
             if not outage.dropped:
-                outage.error, outage.since = _describe(lost.cause), rfc3339_now()
+                outage.error, outage.since = describe_os_error(lost.cause), rfc3339_now()
                 log.warning("cannot write events to %s (%s): counting the events dropped", sink, outage.error)
             outage.dropped += unwritten
+            return unwritten
         except Exception as err:  # a sink's bug must not reach the caller either
             if not outage.dropped:
                 outage.error, outage.since = f"{type(err).__name__}: {err}", rfc3339_now()
                 log.exception("the event sink %s failed: counting the events dropped", sink)
             outage.dropped += len(lines)
-        else:
-            if recovering:
-                self._recovered(sink, outage)
+            return len(lines)
+        if recovering:
+            self._recovered(sink, outage)
+        return 0
 
     def _recovered(self, sink: Sink, outage: _Outage) -> None:
         log.warning("writing events to %s again; %d dropped since %s (%s)", sink, outage.dropped, outage.since, outage.error)
@@ -272,7 +306,7 @@ class EventLog(TurnBatch):
         return _encode(record)
 
 
-def _describe(err: OSError) -> str:
+def describe_os_error(err: OSError) -> str:
     """`ENOSPC: No space left on device`, say."""
     name = errno.errorcode.get(err.errno or 0)
     text = err.strerror or str(err) or type(err).__name__
@@ -334,7 +368,7 @@ class LogFile(Sink):
         try:
             fd, size = self._opened()
         except OSError as err:
-            log.warning("cannot reopen %s (%s): still writing to the file it was", self.path, _describe(err))
+            log.warning("cannot reopen %s (%s): still writing to the file it was", self.path, describe_os_error(err))
             return
         old, self._fd, self._size = self._fd, fd, size
         if old is not None:
@@ -463,15 +497,14 @@ class _EventLine(logging.LogRecord):
 
 
 def open_event_log(sensor: str, log_dir: str, *, max_bytes: int, backups: int,
-                   stdout: bool = False, syslog: bool = False) -> EventLog:
-    """The event log of a running trap: <log_dir>/events.jsonl plus extras."""
+                   stdout: bool = False, collectors: Sequence[Sink] = ()) -> EventLog:
+    """The event log of a running trap: <log_dir>/events.jsonl, standard
+    output if asked, and the sinks of central collectors (looper.sinks)."""
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     sinks: list[Union[Sink, logging.Handler]] = [
         LogFile(os.path.join(log_dir, EVENTS_FILE), max_bytes=max_bytes, backups=backups)
     ]
     if stdout:
         sinks.append(_Stream(sys.stdout))
-    if syslog:
-        address = "/dev/log" if os.path.exists("/dev/log") else ("localhost", 514)
-        sinks.append(logging.handlers.SysLogHandler(address=address, facility="mail"))
+    sinks.extend(collectors)
     return EventLog(sensor, sinks)

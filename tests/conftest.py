@@ -19,6 +19,7 @@ from looper.config import parse_config
 from looper.eventlog import open_event_log
 from looper.events import record_problems
 from looper.net.server import Trap
+from looper.sinks import collector_sinks
 
 TRAP_HOST = "127.0.0.1"
 
@@ -124,7 +125,8 @@ async def start_trap(tmp_path):
             sections,
         )
         config = parse_config(yaml.safe_dump(settings), "test")
-        eventlog = open_event_log(config.sensor, config.log.dir, max_bytes=1 << 30, backups=1)
+        eventlog = open_event_log(config.sensor, config.log.dir, max_bytes=1 << 30, backups=1,
+                                  collectors=collector_sinks(config))
         trap = Trap(config, eventlog)
         await trap.start()
         running.append((trap, eventlog))

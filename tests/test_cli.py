@@ -114,6 +114,14 @@ def test_a_log_dir_that_cannot_be_made_stops_check_config_and_run_alike(tmp_path
     assert_both_commands_refuse(config, f"{config}: log.dir: {tmp_path / 'logs'} is not a folder")
 
 
+def test_a_local_syslog_socket_that_is_not_there_stops_check_config_and_run_alike(tmp_path):
+    config = tmp_path / "looper.yaml"
+    config.write_text(f"{open(config_file(tmp_path)).read()}syslog: {{address: {tmp_path / 'lgo'}}}\n")
+    assert_both_commands_refuse(
+        str(config), f"{config}: syslog.address: {tmp_path / 'lgo'} is no socket: is the syslog daemon running?"
+    )
+
+
 def test_run_reports_a_log_dir_that_fails_after_the_check(tmp_path, monkeypatch, capsys):
     # os.access can say yes where open() then says no (NFS, ACLs, a race).
     def refuse(*args, **kwargs):
@@ -177,3 +185,19 @@ def test_check_config_into_a_closed_pipe_exits_quietly(tmp_path):
     stderr = child.stderr.read()
     assert child.wait(30) == 1
     assert stderr == ""
+
+
+def test_check_config_shows_the_collectors_but_never_the_hpfeeds_secret(tmp_path, capsys):
+    config = tmp_path / "looper.yaml"
+    config.write_text(
+        f"run_as: null\nlog: {{dir: '{tmp_path / 'logs'}'}}\n"
+        "syslog: {address: '192.0.2.10:6514', transport: tcp, facility: local3}\n"
+        "hpfeeds: {host: broker.example.org, ident: trap-7, secret: Tr0ub4dor&3-of-ours}\n"
+        "metrics: {listen: '127.0.0.1:9425'}\n"
+    )
+    assert cli.main(["check-config", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "Tr0ub4dor" not in out
+    assert "  secret: (hidden, 19 characters)\n" in out
+    assert "  address: 192.0.2.10:6514\n  transport: tcp\n  facility: local3\n" in out
+    assert "metrics:\n  listen: 127.0.0.1:9425\n" in out

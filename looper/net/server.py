@@ -24,6 +24,7 @@ from looper.net.reasons import SessionMode
 from looper.net.reflect import ReflectSession
 from looper.net.splice import SpliceEnd, SpliceThrottle
 from looper.policy import Policy
+from looper.sinks.metrics import TrapMetrics
 from looper.transcripts import open_transcript_log
 
 log = logging.getLogger("looper")
@@ -50,6 +51,8 @@ LISTENER_KINDS = (
 )
 # After the goodbyes: time for them to be written before what is left is aborted.
 GOODBYE_GRACE_SECONDS = 5.0
+# At shutdown, time for the collectors' queues to be sent.
+COLLECTOR_GRACE_SECONDS = 2.0
 
 
 class Trap:
@@ -72,6 +75,7 @@ class Trap:
         self._accepting = True
         self.live = LiveAnalysis(eventlog, config.analysis.quiet_seconds)
         self.blocklist = LiveBlocklist(config, eventlog)
+        self.metrics: TrapMetrics | None = None
 
     @property
     def sessions(self) -> SessionTable:
@@ -87,6 +91,14 @@ class Trap:
         started as root binds, drops its privileges, then accepts."""
         self._accepting = accepting
         config, context = self.config, self.context
+        self.eventlog.start()  # the collectors' connections
+        if config.metrics.listen is not None:  # first: a busy port stops the start before any session
+            self.metrics = TrapMetrics(self.eventlog)
+            try:
+                self.metrics.serve(config.metrics.listen)
+            except OSError:
+                await self.stop()
+                raise
         self.live.start()
         context.live = self.live
         self.eventlog.listeners.append(context.evidence.heard)
@@ -163,7 +175,13 @@ class Trap:
         await self.context.dns.close()
         self.live.stop()
         await self.blocklist.stop()
-        self.eventlog.flush()  # stopped means logged: what the last turn emitted too
+        # Stopped means logged: what the last turn emitted too, and what the
+        # collectors' queues hold (within the grace).
+        await self.eventlog.stop(COLLECTOR_GRACE_SECONDS)
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.eventlog.listeners.remove(self.metrics.observe)
+            self.metrics = None
         if self.context.transcripts is not None:
             self.context.transcripts.close()
 

@@ -839,7 +839,7 @@ def _check_collectors(config: Config, source: str) -> None:
     if hpfeeds.host is not None:
         for key in ("ident", "secret"):
             if getattr(hpfeeds, key) is None:
-                raise ConfigError(source, f"hpfeeds.{key}", f"needed with hpfeeds.host: the broker admits no one without it")
+                raise ConfigError(source, f"hpfeeds.{key}", "needed with hpfeeds.host: the broker admits no one without it")
 
 
 def load_config(path: str | None) -> Config:

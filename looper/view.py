@@ -45,6 +45,7 @@ FORMATS: dict[str, str] = {
     "looper.login.failed": "login failed {mechanism} {username}:{password} ({reason})",
     "looper.tls.established": "TLS {version} {cipher}",
     "looper.tls.failed": "TLS failed: {error}",
+    "looper.dns.client": "dns: ptr {ptr}, fcrdns {fcrdns}, dnsbl {dnsbl}, helo {helo} resolves {helo_resolves}",
     "looper.log.dropped": "{dropped} events were lost since {since}: {error}",
     "looper.relay.verdict": "VERDICT {relay_ip} is {verdict}: {evidence}",
     "looper.relay.delisted": "DELISTED {relay_ip} by {requested_by}: {reason}",

@@ -19,6 +19,7 @@ import resource
 import signal
 import sys
 import time
+from dataclasses import dataclass
 
 from looper import __version__
 from looper.config import BLOCKLIST_FORMATS, Config, ConfigError, check_runtime, load_config
@@ -228,30 +229,69 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class _LogInputs:
+    """What `report` and `blocklist` read: the files and the filters."""
+
+    paths: list[str]
+    since: str | None
+    until: str | None
+    sensors: frozenset[str] | None
+    ips: frozenset[str] | None
+
+
+def _log_inputs(args: argparse.Namespace, config: Config) -> _LogInputs | str:
+    """The logs and filters a command was given, or what is wrong with them."""
+    from looper.analysis.logs import default_logs, parse_when
+
+    paths = args.logs or default_logs(config.log.dir)
+    if not paths:
+        return f"no event log in {config.log.dir}/ (give the files to read)"
+    try:
+        return _LogInputs(
+            paths,
+            parse_when(args.since) if args.since else None,
+            parse_when(args.until, end_of_day=True) if args.until else None,
+            frozenset(args.sensor) if args.sensor else None,
+            frozenset(str(ipaddress.ip_address(ip)) for ip in args.ip) if args.ip else None,
+        )
+    except ValueError as err:
+        return str(err)
+
+
+def _put_out(command: str, output: str | None, text: str) -> int:
+    """To -o FILE, written whole and renamed into place (a reader never sees
+    half of it), or to standard output."""
+    if not output:
+        sys.stdout.write(text)
+        return 0
+    from looper.files import write_atomically
+
+    try:
+        write_atomically(output, text.encode("utf-8"))
+    except OSError as err:
+        print(f"looper {command}: {output}: {_os_problem(err)}", file=sys.stderr)
+        return EXIT_RUNTIME
+    return 0
+
+
 def _report(args: argparse.Namespace, source: str) -> int:
-    from looper.analysis.logs import LogError, analyse, default_logs, parse_when
+    from looper.analysis.logs import LogError, analyse
     from looper.analysis.report import build_report, render_text, report_json
 
     try:
         config = load_config(args.config)
     except ConfigError as err:
         return _cannot_start(err)
-    paths = args.logs or default_logs(config.log.dir)
-    if not paths:
-        print(f"looper report: no event log in {config.log.dir}/ (give the files to read)", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        since = parse_when(args.since) if args.since else None
-        until = parse_when(args.until, end_of_day=True) if args.until else None
-        ips = frozenset(str(ipaddress.ip_address(ip)) for ip in args.ip) if args.ip else None
-    except ValueError as err:
-        print(f"looper report: {err}", file=sys.stderr)
+    inputs = _log_inputs(args, config)
+    if isinstance(inputs, str):
+        print(f"looper report: {inputs}", file=sys.stderr)
         return EXIT_CONFIG
     quiet = args.quiet_seconds if args.quiet_seconds is not None else config.analysis.quiet_seconds
     progress = _Progress() if sys.stderr.isatty() else None
     try:
-        analysis, stats = analyse(paths, quiet_seconds=quiet, since=since, until=until,
-                                  sensors=frozenset(args.sensor) if args.sensor else None, ips=ips,
+        analysis, stats = analyse(inputs.paths, quiet_seconds=quiet, since=inputs.since, until=inputs.until,
+                                  sensors=inputs.sensors, ips=inputs.ips,
                                   on_line=progress.show if progress else None)
     except LogError as err:
         print(f"looper report: {err}", file=sys.stderr)
@@ -268,21 +308,12 @@ def _report(args: argparse.Namespace, source: str) -> int:
         text = render_html(document)
     else:
         text = render_text(document)
-    if args.output:
-        try:
-            with open(args.output, "w", encoding="utf-8") as out:
-                out.write(text)
-        except OSError as err:
-            print(f"looper report: {args.output}: {_os_problem(err)}", file=sys.stderr)
-            return EXIT_RUNTIME
-    else:
-        sys.stdout.write(text)
-    return 0
+    return _put_out("report", args.output, text)
 
 
 def _blocklist(args: argparse.Namespace, source: str) -> int:
     from looper.analysis.blocklist import Book
-    from looper.analysis.logs import LogError, default_logs, parse_when, read_events
+    from looper.analysis.logs import LogError, read_events
     from looper.analysis.zones import listing_rules, render, zone_settings
 
     try:
@@ -292,16 +323,9 @@ def _blocklist(args: argparse.Namespace, source: str) -> int:
     if args.reason and not args.delist:
         print("looper blocklist: --reason goes with --delist", file=sys.stderr)
         return EXIT_CONFIG
-    paths = args.logs or default_logs(config.log.dir)
-    if not paths:
-        print(f"looper blocklist: no event log in {config.log.dir}/ (give the files to read)", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        since = parse_when(args.since) if args.since else None
-        until = parse_when(args.until, end_of_day=True) if args.until else None
-        ips = frozenset(str(ipaddress.ip_address(ip)) for ip in args.ip) if args.ip else None
-    except ValueError as err:
-        print(f"looper blocklist: {err}", file=sys.stderr)
+    inputs = _log_inputs(args, config)
+    if isinstance(inputs, str):
+        print(f"looper blocklist: {inputs}", file=sys.stderr)
         return EXIT_CONFIG
     settings = config.blocklist
     own = tuple(e.host for e in (*config.listen.smtp, *config.listen.submissions))
@@ -310,25 +334,15 @@ def _blocklist(args: argparse.Namespace, source: str) -> int:
     book = Book(rules)
     wanted = frozenset({"looper.reflect.message", "looper.relay.verdict", "looper.relay.delisted"})
     try:
-        for record in read_events(paths, wanted=wanted, since=since, until=until,
-                                  sensors=frozenset(args.sensor) if args.sensor else None, ips=ips):
+        for record in read_events(inputs.paths, wanted=wanted, since=inputs.since, until=inputs.until,
+                                  sensors=inputs.sensors, ips=inputs.ips):
             book.feed(record)
     except LogError as err:
         print(f"looper blocklist: {err}", file=sys.stderr)
         return EXIT_RUNTIME
     now = time.time()
     text = render(args.format or settings.format, book.listed(now), zone_settings(settings, config.sensor), rules, now)
-    if args.output:
-        from looper.files import write_atomically
-
-        try:
-            write_atomically(args.output, text.encode("utf-8"))
-        except OSError as err:
-            print(f"looper blocklist: {args.output}: {_os_problem(err)}", file=sys.stderr)
-            return EXIT_RUNTIME
-    else:
-        sys.stdout.write(text)
-    return 0
+    return _put_out("blocklist", args.output, text)
 
 
 def _delist(args: argparse.Namespace, source: str) -> int:

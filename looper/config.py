@@ -258,6 +258,12 @@ class Listen:
     )
     # Implicit TLS (RFC 8314), e.g. 0.0.0.0:465: always the emulated relay.
     submissions: tuple[Endpoint, ...] = _setting(tuple, _list_of(_endpoint))
+    # The bait mail servers, always emulated (never dialed back): IMAP and
+    # POP3, each plain (STARTTLS/STLS) and with implicit TLS.
+    imap: tuple[Endpoint, ...] = _setting(tuple, _list_of(_endpoint))
+    imaps: tuple[Endpoint, ...] = _setting(tuple, _list_of(_endpoint))
+    pop3: tuple[Endpoint, ...] = _setting(tuple, _list_of(_endpoint))
+    pop3s: tuple[Endpoint, ...] = _setting(tuple, _list_of(_endpoint))
 
 
 @dataclass(frozen=True)
@@ -415,6 +421,25 @@ class Smtp:
     tls_cert: str | None = _setting(None, _optional(_name))
     tls_key: str | None = _setting(None, _optional(_name))
     replies: dict[str, str] = _setting(dict, _replies)
+
+
+def _mail_mechanisms(value: Any) -> tuple[str, ...]:
+    mechanisms = _mechanisms(value)
+    if not mechanisms:
+        raise _Invalid("expected at least one mechanism (Dovecot's default is [PLAIN])")
+    return mechanisms
+
+
+@dataclass(frozen=True)
+class MailAccess:
+    """The IMAP and POP3 servers, as one Dovecot configures both."""
+
+    # Dovecot's disable_plaintext_auth, inverted: true admits LOGIN, USER/PASS
+    # and AUTH without TLS (a Dovecot set up for legacy clients); false is
+    # stock Debian's (LOGINDISABLED until STARTTLS/STLS).
+    plaintext_login: bool = _setting(True, _bool)
+    # auth_mechanisms: stock Debian offers PLAIN alone.
+    auth_mechanisms: tuple[str, ...] = _setting(lambda: ("PLAIN",), _mail_mechanisms)
 
 
 @dataclass(frozen=True)
@@ -672,6 +697,7 @@ class Config:
         lambda: tuple(Credential(*pair) for pair in DEFAULT_CREDENTIALS), _list_of(_credential)
     )
     limits: Limits = field(default_factory=Limits)
+    mail_access: MailAccess = field(default_factory=MailAccess)
     log: Log = field(default_factory=Log)
     analysis: Analysis = field(default_factory=Analysis)
     capture: Capture = field(default_factory=Capture)

@@ -15,6 +15,8 @@ from looper.eventlog import EventLog, SessionInfo, new_session_id
 from looper.net.dns import Resolver
 from looper.net.evidence import ClientEvidence, EvidenceDesk
 from looper.proto.budget import MessageMemory
+from looper.proto.login import FailureMemory
+from looper.proto.mailbox import BaitStore
 from looper.policy import Denial, Policy
 from looper.transcripts import Transcript, TranscriptLog
 
@@ -79,6 +81,10 @@ class TrapContext:
     message_memory: MessageMemory | None = None
     live: LiveAnalysis | None = None  # what the trap has concluded so far
     transcripts: TranscriptLog | None = None  # None: transcripts.enabled is false
+    # The bait mailboxes IMAP and POP3 open (looper/bait.py fills them).
+    bait: BaitStore = field(default_factory=BaitStore)
+    # Failed logins per address, whatever the protocol (SMTP AUTH, IMAP, POP3).
+    login_failures: FailureMemory = field(default_factory=FailureMemory)
 
 
 class Connection:

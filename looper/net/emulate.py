@@ -70,7 +70,7 @@ def smtp_settings(config: Config, hostname: str, message_memory: MessageMemory |
 
 class EmulatedRelay:
     def __init__(self, config: Config, eventlog: EventLog, hostname: str, *, store: MessageStore,
-                 message_memory: MessageMemory) -> None:
+                 message_memory: MessageMemory, login_failures: FailureMemory) -> None:
         smtp = config.smtp
         self.hostname = hostname
         self.eventlog = eventlog
@@ -79,7 +79,7 @@ class EmulatedRelay:
         self.tls_context = server_context(smtp.tls_cert, smtp.tls_key, hostname=hostname, folder=config.log.dir)
         self.environment = SystemEnvironment(hostname)
         self.max_session_s = smtp.max_session_seconds
-        self.login_failures = FailureMemory()
+        self.login_failures = login_failures  # the trap's: shared with IMAP and POP3
 
     def serve(
         self,

@@ -118,7 +118,8 @@ class Trap:
                     " a real mail server has one, so set smtp.hostname", hostname,
                 )
             context.emulated = EmulatedRelay(config, context.eventlog, hostname, store=context.store,
-                                             message_memory=context.message_memory)
+                                             message_memory=context.message_memory,
+                                             login_failures=context.login_failures)
         try:
             for kind in LISTENER_KINDS:
                 for endpoint in getattr(config.listen, kind.name):

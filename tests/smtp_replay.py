@@ -114,7 +114,7 @@ def replay(recorded: dict, settings: SmtpSettings | None = None, client: ClientI
             pending.pop(0)
             if isinstance(action, Send):
                 exchange.got += action.data
-                exchange.delays_s.append(action.delay_s)
+                exchange.delays_s.append(action.delay_s + action.spread_s / 2)  # the pause's mean
             else:
                 exchange.closed = True
     return exchanges

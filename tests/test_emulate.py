@@ -97,7 +97,8 @@ async def test_harvester_mode_refuses_logins_and_relaying(relay):
     # Dovecot's 2 s and 6 s failure delays, made short (test_smtpd_postfix.py holds them).
     emulated = trap.trap.emulated
     emulated.settings = replace(
-        emulated.settings, persona=replace(POSTFIX, auth_failure_delay_s=0.02, auth_repeat_failure_delay_s=0.02)
+        emulated.settings, persona=replace(POSTFIX, auth_failure_delay_s=0.02, auth_failure_spread_s=0.0,
+                                            auth_repeat_failure_delay_s=0.02, auth_repeat_failure_spread_s=0.0)
     )
 
     def attempt():
@@ -182,6 +183,24 @@ async def test_the_error_limit_slows_down_then_hangs_up(relay):
     assert replies == b"500 5.5.2 Error: command not recognized\r\n" * 20 + f"421 4.7.0 {HOST} Error: too many errors\r\n".encode()
     writer.close()
     assert (await trap.events.wait_for("looper.smtp.limit"))[0]["limit"] == "errors"
+
+
+async def test_the_error_sleep_is_never_shorter_than_postfix_s_second(relay):
+    """Real Postfix sleeps 1.000-1.002 s before each reply once a client has
+    made ten errors: a reply that came sooner would prove it is not Postfix."""
+    trap = await relay()
+    reader, writer = await connect_from(CLIENT, trap.host, trap.port)
+    await reader.readline()
+    writer.write(b"XYZZY\r\n" * 10)
+    for _ in range(10):
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"500 ")
+    loop = asyncio.get_running_loop()
+    for _ in range(2):
+        sent = loop.time()
+        writer.write(b"XYZZY\r\n")  # the server cannot read it before now
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"500 ")
+        assert loop.time() - sent >= 1.0
+    writer.close()
 
 
 async def test_a_full_disk_gets_452_and_no_250(relay, tmp_path):

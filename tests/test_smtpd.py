@@ -32,7 +32,7 @@ class Client:
         self.machine = SmtpServer(settings, client or ClientInfo("192.0.2.7", name="spam.example.org"), FixedEnvironment())
         self.store_ok = store_ok
         self.stored: list[bytes] = []
-        self.delays: list[float] = []
+        self.delays: list[tuple[float, float]] = []  # (delay_s, spread_s) of each Send
         self.closed = False
         self.events: list = []
         self.greeting = self.take()
@@ -43,7 +43,7 @@ class Client:
             for action in actions:
                 if isinstance(action, Send):
                     out += action.data
-                    self.delays.append(action.delay_s)
+                    self.delays.append((action.delay_s, action.spread_s))
                 elif isinstance(action, Close):
                     self.closed = True
                 elif isinstance(action, StartTLS):
@@ -117,12 +117,12 @@ def test_auth_login_prompts_and_a_failure_waits_like_dovecot():
     assert client.say(b64(b"admin") + b"\r\n") == b"334 UGFzc3dvcmQ6\r\n"
     client.delays.clear()
     assert client.say(b64(b"wrong") + b"\r\n") == b"535 5.7.8 Error: authentication failed: (reason unavailable)\r\n"
-    assert client.delays == [2.0]
+    assert client.delays == [(1.7, 0.6)]  # 1.7 s and up to 0.6 s more
     failed = client.of("looper.login.failed")
     assert failed == [{"mechanism": "LOGIN", "username": "admin", "password": "wrong", "reason": "bad credentials"}]
     client.delays.clear()
     client.say(b"AUTH PLAIN " + b64(b"\0admin\0wrong2") + b"\r\n")
-    assert client.delays == [6.0]  # Dovecot's penalty once the address has failed
+    assert client.delays == [(5.1, 1.8)]  # Dovecot's penalty once the address has failed
 
 
 def test_cram_md5_logs_challenge_and_digest():
@@ -190,7 +190,7 @@ def test_helo_flags_our_own_name_and_reserved_names():
 
 def test_pregreet_and_greet_delay():
     client = Client(replace(SETTINGS, greet_delay_s=1.5), ClientInfo("192.0.2.7", pregreet_bytes=6))
-    assert client.delays[0] == 1.5
+    assert client.delays[0] == (1.5, 0.0)  # a configured delay is kept exactly
     assert client.of("looper.smtp.pregreet") == [{"bytes": 6}]
 
 

@@ -5,8 +5,8 @@ only moves bytes and carries out the machine's actions, strictly in order:
 
 - Send: consecutive undelayed sends go out in one write, so the replies to a
   pipelined batch leave together, as they do from Postfix. A delayed send
-  holds every later action behind it; delays get a little jitter, since a
-  pause that is exactly the same every time is a fingerprint.
+  holds every later action behind it; it waits its delay plus a random part
+  of its spread, as the machine models the real server's pause (never less).
 - StartTLS, Store: one Task while it runs, and nothing is read meanwhile;
   the machine hears the outcome (tls_started, stored, store_failed).
 - Close: after the writes before it, for the reason the machine gives; a
@@ -47,9 +47,6 @@ WRITE_LOW_WATER_BYTES = 16 * 1024
 # Postfix waits smtpd_starttls_timeout (300 s) for a handshake; a trap does
 # not need to be that patient with a client that stalls in it.
 TLS_HANDSHAKE_TIMEOUT_S = 60.0
-
-# A delayed Send waits delay_s * (1 +- DELAY_JITTER).
-DELAY_JITTER = 0.15
 
 # A timer that fires this much early is not worth a second callback.
 TIMER_SLACK_S = 0.001
@@ -302,7 +299,9 @@ class ServerSession(asyncio.BufferedProtocol):
             action = queue[0]
             if type(action) is Send:
                 if action.delay_s > 0:
-                    delay_s = action.delay_s * random.uniform(1 - DELAY_JITTER, 1 + DELAY_JITTER)
+                    delay_s = action.delay_s
+                    if action.spread_s > 0:
+                        delay_s += random.uniform(0.0, action.spread_s)
                     self._pending = self._loop.call_later(delay_s, self._delay_over)
                     break
                 batch.append(action.data)

@@ -43,11 +43,15 @@ class CloseReason(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """Write `data`, `delay_s` seconds after the previous action is done
-    (a persona's pacing: error sleep, a SASL back end's failure delay)."""
+    """Write `data` `delay_s` seconds after the previous action is done,
+    plus up to `spread_s` more (uniformly): a persona's pacing, its error
+    sleep or a SASL back end's failure delay. The spread only ever adds: a
+    real server never pauses for less than its own minimum, and a pause
+    shorter than Postfix's one second would prove the server is not it."""
 
     data: bytes
     delay_s: float = 0.0
+    spread_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -432,16 +432,17 @@ class SmtpServer:
             # Postfix sleeps before every reply line once a client errs a lot.
             for line in lines:
                 self._flush()
-                self._actions.append(Send(line, self.persona.error_sleep_s))
+                self._actions.append(Send(line, self.persona.error_sleep_s, self.persona.error_sleep_spread_s))
         else:
             for line in lines:
                 self._out += line
 
-    def _reply(self, key: str, *, count_error: bool = True, delay_s: float = 0.0, **values: Any) -> None:
+    def _reply(self, key: str, *, count_error: bool = True, delay_s: float = 0.0, spread_s: float = 0.0,
+               **values: Any) -> None:
         line = self._last_reply = self._line(key, **values)
-        if delay_s:
+        if delay_s or spread_s:
             self._flush()
-            self._actions.append(Send(line, delay_s))
+            self._actions.append(Send(line, delay_s, spread_s))
         else:
             self._send_lines([line])
         if count_error and line[:1] in b"45":
@@ -837,23 +838,23 @@ class SmtpServer:
             return self._reply("auth_bad_base64_initial" if initial else "auth_bad_base64_continued")
         if outcome is Failure.MALFORMED:
             self._login_failed(mechanism, None, reason="malformed response")
-            return self._reply("auth_failed", delay_s=self._auth_failure_delay())
+            return self._reply("auth_failed", **self._auth_failure_delay())
         if self._accepts(outcome):
             self._authenticated = outcome.username
             self._auth_failures = 0
             self._emit("looper.login.success", **login_fields(outcome))
             return self._reply("auth_ok")
         self._login_failed(mechanism, outcome, reason="bad credentials")
-        self._reply("auth_failed", delay_s=self._auth_failure_delay())
+        self._reply("auth_failed", **self._auth_failure_delay())
 
     def _accepts(self, credentials: Credentials) -> bool:
         return self.settings.login_policy.accepts(credentials, self._auth_failures)
 
-    def _auth_failure_delay(self) -> float:
+    def _auth_failure_delay(self) -> dict[str, float]:
         persona = self.persona
-        return LoginPolicy.failure_delay_s(
-            self._auth_failures, persona.auth_failure_delay_s, persona.auth_repeat_failure_delay_s
-        )
+        if self._auth_failures <= 1:
+            return {"delay_s": persona.auth_failure_delay_s, "spread_s": persona.auth_failure_spread_s}
+        return {"delay_s": persona.auth_repeat_failure_delay_s, "spread_s": persona.auth_repeat_failure_spread_s}
 
     def _login_failed(self, mechanism: str, credentials: Credentials | None, *, reason: str) -> None:
         self._auth_failures += 1

@@ -7,6 +7,7 @@ import base64
 import hashlib
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -374,3 +375,16 @@ def test_a_quit_pipelined_before_the_clients_eof_closes_as_the_client():
     assert machine.paused and not closes(machine)
     machine.stored("/logs/messages/x.eml")
     assert closes(machine) == [CloseReason.CLOSED_BY_CLIENT]
+
+
+@pytest.mark.parametrize("address", ["victim%foreign.example@{host}", "foreign.example!victim@{host}",
+                                     '"victim@foreign.example"@{host}'])
+def test_a_local_part_that_routes_elsewhere_is_relaying_not_an_unknown_user(address):
+    # Postfix rewrites each to victim@foreign.example (allow_percent_hack,
+    # swap_bangpath, resolve_dequoted_address): mail for elsewhere.
+    harvester = Client(replace(SETTINGS, mode="harvester"), ClientInfo("192.0.2.7"))
+    harvester.say(b"EHLO client.example\r\n")
+    harvester.say(b"MAIL FROM:<a@b.example>\r\n")
+    rcpt = address.format(host=SETTINGS.hostname)
+    assert harvester.say(f"RCPT TO:<{rcpt}>\r\n".encode()) == f"454 4.7.1 <{rcpt}>: Relay access denied\r\n".encode()
+    assert harvester.say(f"RCPT TO:<nosuchuser@{SETTINGS.hostname}>\r\n".encode()).startswith(b"550 5.1.1 ")

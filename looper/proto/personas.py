@@ -98,6 +98,12 @@ class Persona:
     auth_failure_spread_s: float = 0.6
     auth_repeat_failure_delay_s: float = 5.1
     auth_repeat_failure_spread_s: float = 1.8
+    # A local part that routes elsewhere (victim%elsewhere, elsewhere!victim,
+    # "victim@elsewhere") makes the recipient foreign: relaying, refused as
+    # relaying (Postfix: allow_percent_hack, swap_bangpath and
+    # resolve_dequoted_address are on by default; sendmail refuses the %
+    # hack as relaying without FEATURE(loose_relay_check)), not User unknown.
+    routed_local_parts: bool = True
     # Lines end at a bare LF too (Postfix 3.7's smtpd_forbid_bare_newline=no).
     bare_lf: bool = True
     hop_limit: int = 50
@@ -214,6 +220,7 @@ POSTFIX = Persona(
 # The texts are Exim's; the rules (limits, sequencing) stay the machine's.
 EXIM = Persona(
     name="exim",
+    routed_local_parts=False,  # percent_hack_domains is empty by default: a local part like any other
     ehlo_first_line="{host} Hello {helo} [{ip}]",
     extensions=(
         "SIZE {max_size}",
@@ -415,6 +422,7 @@ SENDMAIL = Persona(
 # Exchange's own reply table (tests/data/exchange/notes.md cites each).
 EXCHANGE = Persona(
     name="exchange",
+    routed_local_parts=False,
     ehlo_first_line="{host} Hello [{ip}]",
     extensions=(
         "SIZE {max_size}",

@@ -616,7 +616,8 @@ class SmtpServer:
         domain = domain.lower().rstrip(".")
         if self.client.local_ip and domain == f"[{self.client.local_ip}]":
             return None  # an address literal of our own is a local destination
-        if domain in self.settings.local_domain_set:
+        if domain in self.settings.local_domain_set and not (self.persona.routed_local_parts
+                                                             and _routes_elsewhere(local)):
             return None if local.lower() in self.settings.local_users else "user_unknown"
         if self.settings.mode == "open_relay" and (self.settings.relay == "open" or self._authenticated):
             return None
@@ -933,3 +934,10 @@ _HANDLERS = {
 def _is_number(text: str) -> bool:
     """ASCII digits only: str.isdigit() takes '²' and '①', which int() refuses."""
     return text.isascii() and text.isdigit()
+
+
+def _routes_elsewhere(local: str) -> bool:
+    """A local part that routes the mail on: the % hack (victim%elsewhere),
+    a bang path (elsewhere!victim) or, quoted, a whole address
+    ("victim@elsewhere")."""
+    return any(mark in local for mark in "%!@")

@@ -7,6 +7,7 @@ dial-back port), so every session falls back to the emulated relay.
 from __future__ import annotations
 
 import asyncio
+import json
 import hashlib
 import smtplib
 import ssl
@@ -227,7 +228,16 @@ async def test_a_client_that_talks_first_is_flagged(relay):
     assert await reader.readline() == GREETING
     assert (await reader.readuntil(b"250 CHUNKING\r\n")).startswith(b"250-")
     writer.close()
-    assert (await trap.events.wait_for("looper.smtp.pregreet"))[0]["bytes"] == len(b"EHLO eager.example\r\n")
+    [pregreet] = await trap.events.wait_for("looper.smtp.pregreet")
+    assert pregreet["bytes"] == len(b"EHLO eager.example\r\n")
+    # The greeting and the answer to what came before it leave in one write,
+    # as Postfix's do (the transcript keeps a chunk per write).
+    await trap.events.wait_for("looper.session.closed")
+    await asyncio.sleep(0.1)  # the transcript is written a loop turn later
+    lines = [json.loads(line) for line in (trap.events.path.parent / "transcripts.jsonl").read_text().splitlines()]
+    sent = [line["text"] for line in lines if line.get("session") == pregreet["session"] and line.get("dir") == "server"
+            and "text" in line]
+    assert sent[0].startswith(GREETING.decode()) and "250 CHUNKING\r\n" in sent[0]
 
 
 async def test_blocked_and_too_frequent_clients_get_nothing(relay):

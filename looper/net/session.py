@@ -143,7 +143,9 @@ class ServerSession(asyncio.BufferedProtocol):
         """Take over `transport` (accepted elsewhere, e.g. by the reflect
         path, which may have paused it); `early_bytes` and `early_eof` are
         what the client sent before: they are processed first, after the
-        machine's own opening actions (its greeting)."""
+        machine's own opening actions (its greeting), and answered in the
+        same write as the greeting, as Postfix answers a client that talked
+        before it was greeted."""
         self.transport = transport
         self._last_read_at = self._loop.time()
         try:
@@ -152,11 +154,12 @@ class ServerSession(asyncio.BufferedProtocol):
             self._reading_paused = not transport.is_reading()
             if transport.get_protocol() is not self:
                 transport.set_protocol(self)
-            self._pump()
+            if not early_bytes:
+                self._pump()
         except Exception as err:
             return self._fail(err)
         if early_bytes:
-            self.data_received(early_bytes)
+            self.data_received(early_bytes)  # its pump writes the greeting and the answers together
         if early_eof:
             self.eof_received()
 

@@ -7,15 +7,19 @@ dial-back port), so every session falls back to the emulated relay.
 from __future__ import annotations
 
 import asyncio
-import json
 import hashlib
+import json
 import smtplib
 import ssl
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
+from looper.net.tls import snakeoil_host_name
 from looper.proto.personas import POSTFIX
 from tests.conftest import EMULATED_CLIENT, EMULATED_HOST, free_port
 from tests.netutil import connect_from
@@ -131,7 +135,11 @@ async def test_starttls_then_auth_over_tls(relay, tmp_path):
 
     certificate, reply = await asyncio.to_thread(secure_login)
     assert reply == (235, b"2.7.0 Authentication successful")
-    assert (tmp_path / "logs" / "tls" / f"{HOST}.pem").exists() and certificate
+    # Debian's snakeoil: the machine's name (hostname -f), not the mail name.
+    kept = tmp_path / "logs" / "tls" / f"{snakeoil_host_name()}.pem"
+    assert kept.exists() and certificate == ssl.PEM_cert_to_DER_cert(kept.read_text())
+    name = x509.load_der_x509_certificate(certificate).subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    assert name == snakeoil_host_name() == subprocess.run(["hostname", "-f"], capture_output=True, text=True).stdout.strip()
     assert (await trap.events.wait_for("looper.tls.established"))[0]["version"].startswith("TLSv1")
 
 

@@ -18,7 +18,7 @@ from looper.config import Config
 from looper.eventlog import EventLog, SessionInfo
 from looper.net.capture import MessageStore
 from looper.net.session import ServerSession
-from looper.net.tls import server_context
+from looper.net.tls import server_context, snakeoil_host_name
 from looper.proto.budget import MessageMemory
 from looper.proto.login import FailureMemory
 from looper.proto.personas import PERSONAS
@@ -76,7 +76,8 @@ class EmulatedRelay:
         self.eventlog = eventlog
         self.settings = smtp_settings(config, hostname, message_memory)
         self.store = store
-        self.tls_context = server_context(smtp.tls_cert, smtp.tls_key, hostname=hostname, folder=config.log.dir)
+        self.tls_context = server_context(smtp.tls_cert, smtp.tls_key, hostname=snakeoil_host_name(),
+                                          folder=config.log.dir)
         self.environment = SystemEnvironment(hostname)
         self.max_session_s = smtp.max_session_seconds
         self.login_failures = login_failures  # the trap's: shared with IMAP and POP3

@@ -15,6 +15,7 @@ label; the subjectAltName is always the full name.
 from __future__ import annotations
 
 import datetime
+import socket
 import ssl
 from pathlib import Path
 
@@ -78,6 +79,20 @@ def _postfix_like_context() -> ssl.SSLContext:
     # let a client make it do handshakes on demand (bounded everything).
     context.options |= ssl.OP_NO_RENEGOTIATION
     return context
+
+
+def snakeoil_host_name() -> str:
+    """The name Debian's snakeoil certificate carries, which Postfix, Exim and
+    Dovecot serve by default: make-ssl-cert's `hostname -f` (the host's
+    canonical name), else `hostname`. Not the mail name: on a real server
+    the two often differ, and a certificate named exactly like the banner
+    is one more sign of a server made up for the occasion."""
+    short = socket.gethostname()
+    try:
+        canonical = socket.getaddrinfo(short, None, flags=socket.AI_CANONNAME)[0][3]
+    except (OSError, IndexError, UnicodeError):
+        canonical = ""
+    return canonical or short or "localhost"
 
 
 def self_signed_paths(hostname: str, folder: str) -> tuple[Path, Path]:

@@ -842,6 +842,12 @@ def config_from_mapping(raw: Any, source: str) -> Config:
     config = _build(Config, raw, source, "")
     if config.limits.per_ip > config.limits.total:
         raise ConfigError(source, "limits.per_ip", f"cannot exceed limits.total ({config.limits.total})")
+    if config.splice.ehlo_name == "mask" and not config.splice.strip_starttls:
+        raise ConfigError(
+            source, "splice.ehlo_name",
+            "mask needs splice.strip_starttls: true: a relay that offers STARTTLS takes it, its EHLO after"
+            " STARTTLS goes inside TLS where no name can be masked, and it then recognises itself",
+        )
     if config.ehlo_mask_name is not None and not _HOST_NAME.fullmatch(config.ehlo_mask_name):
         raise ConfigError(
             source, "splice.mask_name",

@@ -55,8 +55,8 @@ EVENT_FIELDS: dict[str, dict[str, str]] = {
     "looper.session.error": {"error": "str"},
     "looper.dialback.ok": {"target": "str", "connect_ms": "float"},
     "looper.dialback.failed": {"target": "str", "reason": "str", "detail": "str"},
-    "looper.reflect.greeting": {"code": "int|null", "text": "str|null", "pregreet_bytes": "int"},
-    "looper.reflect.helo": {"verb": "str", "name": "str", "code": "int|null", "reply": "str|null"},
+    "looper.reflect.greeting": {"code": "int|null", "text": "str|null", "pregreet_bytes": "int", "masked_as": "str|null"},
+    "looper.reflect.helo": {"verb": "str", "name": "str", "code": "int|null", "reply": "str|null", "masked_as": "str|null"},
     "looper.reflect.ehlo_reply": {
         "code": "int", "name": "str", "extensions": "list", "starttls_stripped": "bool", "masked_as": "str|null",
     },

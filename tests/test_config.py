@@ -148,6 +148,8 @@ def test_overrides_are_typed():
         ("dialback: 25", "f.yaml: dialback: expected a mapping, got 25"),
         ("- a\n- b", "f.yaml: expected a mapping, got ['a', 'b']"),
         ("limits: {per_ip: 20, total: 10}", "f.yaml: limits.per_ip: cannot exceed limits.total (10)"),
+        ("splice: {ehlo_name: mask, strip_starttls: false}",
+         "f.yaml: splice.ehlo_name: mask needs splice.strip_starttls: true: a relay that offers STARTTLS takes it"),
         ("dialback: {port: [", "f.yaml: line 1: invalid YAML: expected the node content"),
     ],
 )

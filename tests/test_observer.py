@@ -182,8 +182,9 @@ POSTFIX: Transcript = [
 def test_postfix_conversation():
     events, forwarded = tr(POSTFIX)
     assert events == [
-        Event(ob.GREETING, {"code": 220, "text": "mx.relay.example ESMTP Postfix (Debian/GNU)", "pregreet_bytes": 0}),
-        Event(ob.HELO, {"verb": "EHLO", "name": "mx.relay.example", "code": 250,
+        Event(ob.GREETING, {"code": 220, "text": "mx.relay.example ESMTP Postfix (Debian/GNU)", "pregreet_bytes": 0,
+                         "masked_as": None}),
+        Event(ob.HELO, {"verb": "EHLO", "name": "mx.relay.example", "code": 250, "masked_as": None,
                         "reply": "mx.relay.example\n" + "\n".join(POSTFIX_EXTENSIONS)}),
         Event(ob.EHLO_REPLY, {"code": 250, "name": "mx.relay.example", "extensions": POSTFIX_EXTENSIONS,
                               "starttls_stripped": True, "masked_as": None}),
@@ -376,7 +377,8 @@ def test_refused_rcpt_is_not_a_recipient():
         (S, b"250 2.0.0 Ok: queued as B1\r\n"),
     ]
     events, _ = tr(transcript)
-    assert of(events, ob.HELO) == [{"verb": "HELO", "name": "client.example", "code": 250, "reply": "mx.relay.example"}]
+    assert of(events, ob.HELO) == [{"verb": "HELO", "name": "client.example", "code": 250, "reply": "mx.relay.example",
+                                         "masked_as": None}]
     assert of(events, ob.EHLO_REPLY) == []
     assert [(r["address"], r["code"]) for r in of(events, ob.RCPT)] == [("x@elsewhere.example", 554), ("v@trap.example", 250)]
     (message,) = of(events, ob.MESSAGE)
@@ -421,7 +423,7 @@ def test_starttls_stripped_with_replies_around_it_in_one_chunk():
     ]
     events, forwarded = tr(transcript, pregreet_bytes=29)
     assert forwarded == b"220 mx ESMTP\r\n250-mx\r\n250 8BITMIME\n250 2.0.0 Ok\r\n"
-    assert of(events, ob.GREETING) == [{"code": 220, "text": "mx ESMTP", "pregreet_bytes": 29}]
+    assert of(events, ob.GREETING) == [{"code": 220, "text": "mx ESMTP", "pregreet_bytes": 29, "masked_as": None}]
     assert ids(events) == ["greeting", "helo", "ehlo_reply", "command"]
 
 
@@ -465,17 +467,41 @@ def test_mask_name():
         (C, b"EHLO mx.relay.example\r\n"),
         (S, b"250-mx.relay.example Hello client [192.0.2.25]\r\n250-PIPELINING\r\n250 STARTTLS\r\n"),
     ]
+    # The greeting carries the server's name too: Postfix's client says
+    # "greeted me with my own hostname" in its log unless that is masked as well.
+    masked_greeting = b"220 looper.invalid ESMTP Postfix (Debian/GNU)\r\n"
     events, forwarded = tr(transcript, mask_name="looper.invalid", strip_starttls=False)
-    assert forwarded == POSTFIX_GREETING + (
+    assert forwarded == masked_greeting + (
         b"250-looper.invalid Hello client [192.0.2.25]\r\n250-PIPELINING\r\n250 STARTTLS\r\n"
     )
+    (greeting,) = of(events, ob.GREETING)
+    assert greeting["text"] == "mx.relay.example ESMTP Postfix (Debian/GNU)" and greeting["masked_as"] == "looper.invalid"
     (ehlo_reply,) = of(events, ob.EHLO_REPLY)
     assert ehlo_reply["name"] == "mx.relay.example" and ehlo_reply["masked_as"] == "looper.invalid"
+    (helo,) = of(events, ob.HELO)
+    assert helo["reply"].startswith("mx.relay.example Hello") and helo["masked_as"] == "looper.invalid"
 
     events, forwarded = tr(transcript, mask_name="looper.invalid")
-    assert forwarded == POSTFIX_GREETING + b"250-looper.invalid Hello client [192.0.2.25]\r\n250 PIPELINING\r\n"
+    assert forwarded == masked_greeting + b"250-looper.invalid Hello client [192.0.2.25]\r\n250 PIPELINING\r\n"
     (ehlo_reply,) = of(events, ob.EHLO_REPLY)
     assert ehlo_reply["starttls_stripped"] is True and ehlo_reply["masked_as"] == "looper.invalid"
+
+    # Without mask, the greeting passes untouched.
+    events, forwarded = tr(transcript)
+    assert forwarded.startswith(POSTFIX_GREETING) and of(events, ob.GREETING)[0]["masked_as"] is None
+
+
+def test_mask_name_masks_the_reply_to_helo():
+    transcript: Transcript = [
+        (S, b"220-mx.relay.example ESMTP\r\n220 more\r\n"),
+        (C, b"HELO mx.relay.example\r\n"),
+        (S, b"250 mx.relay.example\r\n"),
+        (C, b"QUIT\r\n"),
+        (S, b"221 2.0.0 Bye\r\n"),
+    ]
+    events, forwarded = tr(transcript, mask_name="looper.invalid")
+    assert forwarded == b"220-looper.invalid ESMTP\r\n220 more\r\n250 looper.invalid\r\n221 2.0.0 Bye\r\n"
+    assert of(events, ob.HELO)[0]["masked_as"] == "looper.invalid"
 
 
 def test_refused_ehlo_is_not_rewritten():
@@ -486,9 +512,14 @@ def test_refused_ehlo_is_not_rewritten():
         (C, b"HELO c\r\n"),
         (S, b"250 mx\r\n"),
     ]
-    events, forwarded = tr(transcript, mask_name="looper.invalid")
+    events, forwarded = tr(transcript)
     assert forwarded == server_bytes(transcript)
-    assert [(h["verb"], h["code"]) for h in of(events, ob.HELO)] == [("EHLO", 502), ("HELO", 250)]
+    events, forwarded = tr(transcript, mask_name="looper.invalid")
+    # The refusal passes as it was (STARTTLS in it and all); the greeting and
+    # the 250 to HELO carry the server's name, and are masked.
+    assert forwarded == b"220 looper.invalid\r\n502-mx STARTTLS\r\n502 5.5.2 EHLO not supported\r\n250 looper.invalid\r\n"
+    assert [(h["verb"], h["code"], h["masked_as"]) for h in of(events, ob.HELO)] == [
+        ("EHLO", 502, None), ("HELO", 250, "looper.invalid")]
     assert of(events, ob.EHLO_REPLY) == []
 
 
@@ -595,7 +626,7 @@ def test_server_that_does_not_speak_smtp():
     events, forwarded = tr(transcript)
     assert of(events, ob.UNPARSED) == [{"direction": "server", "why": ob.WHY_NOT_A_REPLY}]
     assert ids(events) == ["unparsed", "greeting"]  # the greeting never came; nothing is parsed after
-    assert of(events, ob.GREETING) == [{"code": None, "text": None, "pregreet_bytes": 0}]
+    assert of(events, ob.GREETING) == [{"code": None, "text": None, "pregreet_bytes": 0, "masked_as": None}]
     assert forwarded == server_bytes(transcript)
 
 
@@ -627,7 +658,8 @@ def test_server_gives_up_in_the_held_ehlo_reply():
     ]
     events, forwarded = tr(transcript, mask_name="looper.invalid")
     assert of(events, ob.UNPARSED) == [{"direction": "server", "why": ob.WHY_NOT_A_REPLY}]
-    assert forwarded == server_bytes(transcript)
+    # What was held goes out as it came; only the greeting, read whole, was masked.
+    assert forwarded == b"220 looper.invalid\r\n" + server_bytes(transcript)[len(b"220 mx\r\n"):]
 
 
 def test_client_gives_up_while_the_ehlo_reply_is_held():
@@ -949,6 +981,7 @@ def test_hostile_conversations(transcript: Transcript, options: dict):
     events, forwarded = run(transcript, whole, **options)  # run() checks the buffer bound at every step
     assert run(transcript, one_byte_at_a_time, **options) == (events, forwarded)
     rewritten = [e for e in of(events, ob.EHLO_REPLY) if e["starttls_stripped"] or e["masked_as"]]
+    rewritten += [e for e in of(events, ob.GREETING) + of(events, ob.HELO) if e["masked_as"]]
     if not rewritten:
         assert forwarded == server_bytes(transcript)
     assert len(of(events, ob.UNPARSED)) <= 1

@@ -94,6 +94,10 @@ async def test_masked_name_loops_postfix_to_its_hop_limit(start_trap, postfix):
     assert {(r["name"], r["masked_as"], r["starttls_stripped"]) for r in replies} == {
         ("relay.looper.test", "trap.looper.test", True)
     }
+    # The greeting was masked too: Postfix's own log never says it met itself.
+    greetings = trap.events.of("looper.reflect.greeting")
+    assert {(g["text"].split()[0], g["masked_as"]) for g in greetings} == {("relay.looper.test", "trap.looper.test")}
+    assert not [line for line in postfix.log_lines() if "greeted me with my own hostname" in line]
 
     # The live analysis: an open relay, whose loop ended at Postfix's limit.
     [verdict] = trap.events.of("looper.relay.verdict")

@@ -227,7 +227,8 @@ class Observer:
         self._reply_code = 0
         self._reply_lines: list[str] = []
         self._reply_bytes = 0
-        self._holding = False  # the EHLO reply is being held for rewriting
+        self._holding = False  # a reply is being held for rewriting (EHLO's; with mask_name the greeting's, HELO's)
+        self._ehlo_facts = (False, False)  # (STARTTLS stripped, name masked) of the last EHLO reply
         self._held = bytearray()
         # Transaction: reset by RSET, HELO/EHLO and the reply to end of data.
         self._mail_from: str | None = None
@@ -508,7 +509,7 @@ class Observer:
         lines = self._server_lines
         position = 0
         while position < len(chunk) and self._state is not ClientState.OPAQUE:
-            if not self._holding and self._rewrites_ehlo and self._at_reply_start() and self._ehlo_is_next():
+            if not self._holding and self._rewrites_ehlo and self._at_reply_start() and self._rewrite_is_next():
                 self._holding = True
             # As for client lines: refused at the first byte that breaks a rule.
             if lines.buffered < 4 and not _REPLY_START.match(lines.head(chunk, position, 4)):
@@ -546,8 +547,14 @@ class Observer:
     def _at_reply_start(self) -> bool:
         return not self._server_lines.buffered and not self._reply_lines
 
-    def _ehlo_is_next(self) -> bool:
-        return bool(self._pending) and self._pending[0].kind is Kind.EHLO
+    def _rewrite_is_next(self) -> bool:
+        """The next reply is one to hold and rewrite: the reply to EHLO, and
+        with mask_name also the greeting and the reply to HELO, which carry
+        the server's name as well (Postfix's client checks both)."""
+        if not self._pending:
+            return False
+        kind = self._pending[0].kind
+        return kind is Kind.EHLO or (self._mask_name is not None and (kind is Kind.GREETING or kind is Kind.HELO))
 
     def _take_held(self) -> bytes:
         held = bytes(self._held)
@@ -598,13 +605,22 @@ class Observer:
         positive = code is not None and code // 100 == 2
         kind = command.kind
         if kind is Kind.GREETING:
-            self._emit(GREETING, code=code, text=text, pregreet_bytes=self._pregreet_bytes)
+            held, masked = self._mask(held) if code == 220 else (held, False)
+            self._emit(GREETING, code=code, text=text, pregreet_bytes=self._pregreet_bytes,
+                       masked_as=self._mask_name if masked else None)
+            return held
         elif kind is Kind.EHLO or kind is Kind.HELO:
-            self._emit(HELO, verb=command.verb, name=command.argument, code=code, reply=text)
+            if kind is Kind.EHLO and reply is not None and code == 250:
+                forwarded, masked = self._answer_ehlo(reply, held)
+            else:
+                forwarded, masked = self._mask(held) if code == 250 else (held, False)
+            self._emit(HELO, verb=command.verb, name=command.argument, code=code, reply=text,
+                       masked_as=self._mask_name if masked else None)
             if reply is not None:
                 self._reset_transaction()
             if kind is Kind.EHLO and reply is not None and code == 250:
-                return self._answer_ehlo(reply, held)
+                self._emit_ehlo_reply(reply, *self._ehlo_facts)
+            return forwarded
         elif kind is Kind.MAIL or kind is Kind.RCPT:
             self._emit(
                 MAIL if kind is Kind.MAIL else RCPT,
@@ -657,11 +673,15 @@ class Observer:
         self._move(step)
         self._release_client()
 
-    def _answer_ehlo(self, reply: Reply, held: bytes | None) -> bytes | None:
-        words = reply.lines[0].split(None, 1) if reply.lines else []
+    def _answer_ehlo(self, reply: Reply, held: bytes | None) -> tuple[bytes | None, bool]:
         forwarded, stripped, masked = held, False, False
         if held is not None:
             forwarded, stripped, masked = self._rewrite_ehlo(held)
+        self._ehlo_facts = (stripped, masked)
+        return forwarded, masked
+
+    def _emit_ehlo_reply(self, reply: Reply, stripped: bool, masked: bool) -> None:
+        words = reply.lines[0].split(None, 1) if reply.lines else []
         self._emit(
             EHLO_REPLY,
             code=reply.code,
@@ -670,7 +690,23 @@ class Observer:
             starttls_stripped=stripped,
             masked_as=self._mask_name if masked else None,
         )
-        return forwarded
+
+    def _mask(self, held: bytes | None) -> tuple[bytes | None, bool]:
+        """The held greeting or HELO reply with the server's name, the first
+        word of its first line, replaced by mask_name."""
+        if held is None or self._mask_name is None:
+            return held, False
+        lines = [line + b"\n" for line in held.split(b"\n")[:-1]]  # held ends with LF
+        masked = self._mask_first_line(lines)
+        return b"".join(lines), masked
+
+    def _mask_first_line(self, lines: list[bytes]) -> bool:
+        first = lines[0]
+        name = _HOST_NAME.search(first, 4) if first[3:4] in (b" ", b"-") else None
+        if name is None:
+            return False
+        lines[0] = first[: name.start()] + self._mask_name.encode("ascii") + first[name.end() :]
+        return True
 
     def _rewrite_ehlo(self, held: bytes) -> tuple[bytes, bool, bool]:
         """Rewrite the held 250 reply to EHLO; return (bytes, STARTTLS stripped, name masked)."""
@@ -685,11 +721,7 @@ class Observer:
                     kept[-1] = last[:3] + b" " + last[4:]  # the new last line ends the reply
                 lines = kept
         if self._mask_name is not None:
-            first = lines[0]
-            name = _HOST_NAME.search(first, 4) if first[3:4] in (b" ", b"-") else None
-            if name is not None:
-                lines[0] = first[: name.start()] + self._mask_name.encode("ascii") + first[name.end() :]
-                masked = True
+            masked = self._mask_first_line(lines)
         return b"".join(lines), stripped, masked
 
     def _emit_command(self, command: _Command, code: int | None, text: str | None) -> None:

@@ -179,7 +179,7 @@ def sample_log(tmp_path: Path) -> Path:
     return write_log(tmp_path / "logs", [
         passed("127.0.0.5", now - 120, chain="a"), passed("127.0.0.5", now - 100, chain="a"),
         passed("127.0.0.6", now - 90, code=554),
-        passed("::ffff:7f00:7", now - 80),  # a mapped address is written as the log writes it
+        passed("::ffff:7f00:7", now - 80),  # an IPv4-mapped address: the IPv4 relay it maps
         passed("2001:4860::5", now - 70),
         passed("127.0.0.1", now - 60), passed("127.0.0.2", now - 60),
         verdict("127.0.0.8", now - 50, "loop_protected"),
@@ -191,10 +191,10 @@ def test_every_format_lists_the_same_relays(tmp_path):
     config = str(write_config(tmp_path))
     plain = looper("blocklist", "-c", config, "--format", "plain")
     assert plain.returncode == 0, plain.stderr
-    assert plain.stdout.split() == ["127.0.0.1", "127.0.0.2", "127.0.0.5", "::ffff:7f00:7", "2001:4860::5"]
+    assert plain.stdout.split() == ["127.0.0.1", "127.0.0.2", "127.0.0.5", "127.0.0.7", "2001:4860::5"]
     csv_out = looper("blocklist", "-c", config, "--format", "csv").stdout.splitlines()
     assert csv_out[0] == "ip,verdict,passes,first_evidence,last_evidence,expires,sensors,chain"
-    assert csv_out[3].startswith("127.0.0.5,open_relay,2,") and csv_out[3].endswith(",trap-1,a")
+    assert csv_out[3].startswith("127.0.0.5,open_relay,2,") and csv_out[4].startswith("127.0.0.7,open_relay,1,") and csv_out[3].endswith(",trap-1,a")
     document = json.loads(looper("blocklist", "-c", config, "--format", "json").stdout)
     assert [e["ip"] for e in document["listed"]] == plain.stdout.split()
     five = document["listed"][2]

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from looper.analysis.timestamps import epoch_seconds
+from looper.policy import plain_address
 
 DAY = 86400.0
 OPEN_RELAY = "open_relay"
@@ -197,10 +198,12 @@ class Book:
 
 
 def _address(text: Any) -> str:
-    """The address in its one written form (a log may hold another)."""
+    """The address in its one written form (a log may hold another): an
+    IPv4-mapped IPv6 address is the IPv4 relay it maps (a dual-stack
+    listener sees them so), listed in the zone's IPv4 set."""
     if not isinstance(text, str):
         raise TypeError("not an address")
-    return str(ipaddress.ip_address(text))
+    return str(plain_address(text))
 
 
 def _number(value: Any) -> float | None:

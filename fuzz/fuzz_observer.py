@@ -159,6 +159,8 @@ def run(options: dict, records: list[Record]) -> tuple[list, bytes]:
     rewritten = [
         e for e in events if e.eventid == ob.EHLO_REPLY and (e.fields["starttls_stripped"] or e.fields["masked_as"])
     ]
+    # With mask_name the greeting and the 250 to HELO are masked too.
+    rewritten += [e for e in events if e.eventid in (ob.GREETING, ob.HELO) and e.fields["masked_as"]]
     if not rewritten:
         check(bytes(forwarded) == bytes(server), "server bytes changed without a reported rewrite")
     for event in events:

@@ -78,6 +78,8 @@ class ClientEvidence:
         if self._logged:
             return
         for task, what in self._lookups.items():
+            if task.done():
+                continue  # it landed (its answer, or its own `unanswered`), its callback not yet run
             task.cancel()
             self.unanswered.append(what)
         self._lookups.clear()

@@ -60,6 +60,19 @@ RSYSLOG_TEMPLATE = (
 )
 
 
+
+def stop_child(process: subprocess.Popen | None) -> None:
+    """SIGTERM, then SIGKILL after 5 s: hpfeeds-broker's own shutdown hangs
+    on Python 3.13 (aiorun), and the test is over with it either way."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
 class PrivateRsyslog:
     """rsyslogd in the foreground with imudp and imtcp on 127.0.0.1 ports
     of the test's and a local socket like /dev/log (imuxsock), writing what
@@ -97,15 +110,7 @@ class PrivateRsyslog:
         raise TimeoutError("rsyslogd does not listen")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                # The broker's own shutdown hangs on Python 3.13 (aiorun); the
-                # test is over with it either way.
-                self.process.kill()
-                self.process.wait(5)
+        stop_child(self.process)
 
     def messages(self) -> list[list[str]]:
         """The messages received: their fields, the MSG last."""
@@ -169,15 +174,7 @@ class HpfeedsBroker:
         raise TimeoutError("hpfeeds-broker does not listen")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                # The broker's own shutdown hangs on Python 3.13 (aiorun); the
-                # test is over with it either way.
-                self.process.kill()
-                self.process.wait(5)
+        stop_child(self.process)
 
 
 class Subscriber:

@@ -399,3 +399,53 @@ async def test_a_message_stored_but_not_loggable_gets_452_never_250(small_disk, 
     finally:
         if subprocess.run(["umount", str(messages)], capture_output=True).returncode:
             subprocess.run(["umount", "-l", str(messages)], check=True)
+
+
+def test_the_folder_sync_is_a_group_commit_that_covers_every_rename(tmp_path, monkeypatch):
+    """Many writer threads renaming at once: each returns only after a folder
+    fsync that began after its rename, and far fewer fsyncs run than renames;
+    a failing fsync fails its caller, and the others still get theirs."""
+    import threading
+    import time as clock
+
+    from looper.net import capture
+
+    started: list[int] = []  # the rename count each sync began with
+    real_fsync = capture.fsync_folder
+    failures = {"left": 1}
+    lock = threading.Lock()
+
+    def counted_fsync(folder):
+        with lock:
+            started.append(sync._renames)
+            fail = failures["left"] > 0 and len(started) == 3
+            if fail:
+                failures["left"] -= 1
+        clock.sleep(0.005)  # a real disk takes a while: renames pile up meanwhile
+        if fail:
+            raise OSError(5, "Input/output error")
+        real_fsync(folder)
+
+    monkeypatch.setattr(capture, "fsync_folder", counted_fsync)
+    sync = capture.FolderSync(tmp_path)
+    returned: list[tuple[int, int]] = []  # (my rename number, syncs begun by then)
+    errors: list[OSError] = []
+
+    def writer() -> None:
+        for _ in range(20):
+            try:
+                sync.after_rename()
+            except OSError as err:
+                errors.append(err)
+                continue
+            with lock:
+                returned.append((sync._synced, len(started)))
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(returned) + len(errors) == 160 and len(errors) == 1
+    assert len(started) < 100  # a group commit: one fsync served many renames
+    assert sync._synced == 160  # every rename covered by a successful sync

@@ -3,15 +3,17 @@
 A message is on disk before the 250 that acknowledges it: written to a
 temporary file, fsynced, renamed to its content's SHA-256 (so the same
 content is stored once and anyone can verify a file by hashing it), and the
-folder fsynced so that the name survives a crash too. File writes run in a
-thread pool, several at once; the folder's fsync is a group commit shared by
-every rename done before it started, so syncing is not the ceiling when many
-sessions finish at once.
+folder fsynced so that the name survives a crash too. A message takes one
+trip to a writer thread (a pool, several at once), which writes it and then
+waits for a folder fsync that covers its rename: a group commit among the
+writer threads, shared by every rename done before it started, so syncing
+is not the ceiling when many sessions finish at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +40,7 @@ class MessageStore:
         # Captured mail is the trap's user's alone (privileges.py hands an older folder over so).
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._pool = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="looper-capture")
-        self._folder_syncing = False
-        self._folder_sync_next: asyncio.Future | None = None
+        self._folder_sync = FolderSync(self.folder)
 
     def path_of(self, sha256: str) -> str:
         """Where the content with this hex SHA-256 is (or will be) stored."""
@@ -50,42 +51,57 @@ class MessageStore:
         path = self.folder / f"{sha256}.eml"
         loop = asyncio.get_running_loop()
         try:
-            created = await loop.run_in_executor(self._pool, _write_durably, path, content)
-            if created:
-                await self._sync_folder()
+            created = await loop.run_in_executor(self._pool, self._store, path, content)
         except OSError as err:
             raise StoreFailed(f"{path}: {err.strerror or err}") from err
         return Stored(str(path), duplicate=not created)
 
-    async def _sync_folder(self) -> None:
-        # A sync already running may have started before our rename: wait for
-        # the next one, which every rename done meanwhile shares.
-        waiter = self._folder_sync_next
-        if waiter is None:
-            waiter = self._folder_sync_next = asyncio.get_running_loop().create_future()
-            if not self._folder_syncing:
-                self._start_folder_sync()
-        await asyncio.shield(waiter)
-
-    def _start_folder_sync(self) -> None:
-        waiter, self._folder_sync_next = self._folder_sync_next, None
-        self._folder_syncing = True
-        syncing = asyncio.get_running_loop().run_in_executor(self._pool, fsync_folder, self.folder)
-
-        def done(finished: asyncio.Future) -> None:
-            self._folder_syncing = False
-            error = finished.exception()
-            if error is not None:
-                waiter.set_exception(error)
-            else:
-                waiter.set_result(None)
-            if self._folder_sync_next is not None:
-                self._start_folder_sync()
-
-        syncing.add_done_callback(done)
+    def _store(self, path: Path, content: bytes) -> bool:
+        """In a writer thread: the file, then a folder sync covering its name."""
+        created = _write_durably(path, content)
+        if created:
+            self._folder_sync.after_rename()
+        return created
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+class FolderSync:
+    """The folder's fsync as a group commit among threads: a thread that has
+    renamed a file into the folder returns once a sync that started after
+    its rename has succeeded; one sync serves every rename before it began.
+    A failed sync raises in the thread that ran it; the others waiting try
+    their own, so each caller gets a sync that covers it, or its error."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._changed = threading.Condition()
+        self._renames = 0  # renames announced so far
+        self._synced = 0  # renames covered by the last successful sync
+        self._syncing = False
+
+    def after_rename(self) -> None:
+        with self._changed:
+            self._renames += 1
+            mine = self._renames
+            while self._synced < mine:
+                if self._syncing:
+                    self._changed.wait()
+                    continue
+                self._syncing = True
+                covers = self._renames
+                self._changed.release()
+                succeeded = False
+                try:
+                    fsync_folder(self.folder)
+                    succeeded = True
+                finally:
+                    self._changed.acquire()
+                    self._syncing = False
+                    if succeeded:
+                        self._synced = max(self._synced, covers)
+                    self._changed.notify_all()
 
 
 def _write_durably(path: Path, content: bytes) -> bool:

@@ -259,6 +259,15 @@ service pop3-login {{
                     raise RuntimeError(f"dovecot did not start: {problem.strip()[-2000:]}")
                 time.sleep(0.1)
 
+    def reset_mailbox(self) -> None:
+        """The Maildir as built at start again (what sessions changed, and
+        Dovecot's indexes, are gone): the next login is the first one ever,
+        as every login to the trap is. Sessions in progress must be over."""
+        mail = pwd.getpwnam(MAIL_USER)
+        maildir = self.dir / "home" / USER / "Maildir"
+        shutil.rmtree(maildir)
+        write_maildir(maildir, self.store, mail.pw_uid, mail.pw_gid)
+
     def _answers(self, port: int) -> bool:
         try:
             with socket.create_connection((self.host, port), timeout=1):

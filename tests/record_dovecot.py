@@ -30,8 +30,8 @@ import argparse
 import base64
 import hashlib
 import json
-import os
 import socket
+import subprocess
 import ssl
 import sys
 import time
@@ -176,7 +176,7 @@ def build(now: float) -> list[Conversation]:
                      [C(f"a1 LOGIN {USER} wrong"), C(f"a2 LOGIN {USER} {PASSWORD}"), C("a3 CAPABILITY"),
                       C("a4 LOGOUT", **BYE)], BOTH))
     add(Conversation("imap_login_unknown_user_quoted", "LOGIN of an unknown user, quoted strings, then a literal",
-                     [C('a1 LOGIN "nobody" "secret"'), CONT("a2 LOGIN {5}"), C(f"admin {{8}}", answered(b"")),
+                     [C('a1 LOGIN "nobody" "secret"'), CONT("a2 LOGIN {5}"), C("admin {8}", answered(b"")),
                       C(PASSWORD, answered(b"a2")), C("a3 LOGOUT", **BYE)], BOTH))
     add(Conversation("imap_starttls_login", "STARTTLS, CAPABILITY inside TLS, LOGIN, CAPABILITY after",
                      [C("a1 STARTTLS"), TLS, C("a2 CAPABILITY"), C(f"a3 LOGIN {USER} {PASSWORD}"),
@@ -297,6 +297,13 @@ def build(now: float) -> list[Conversation]:
                       C("a11 STORE 1 FLAGS"), C("a12 LIST"), C("a13 XYZZY"), C("a14 SELECT INBOX"),
                       C("a15 FETCH 1 BODY[HEADER"), C("a16 FETCH x (FLAGS)"), C("a17 COPY 1"), C("a18 ENABLE"),
                       C("a19 STATUS INBOX"), RAW(b"\r\n", timeout=3), C("a1"), C("a20 LOGOUT", **BYE)]))
+    add(Conversation("imap_limits_before_login", "a literal too large for a login, then a line of 10000 bytes",
+                     [CONT("a1 LOGIN {100000}"), RAW(b"a2 NOOP " + b"x" * 9992 + b"\r\n", timeout=5, grace=1.0)], BOTH))
+    add(Conversation("imap_limits_after_login", "a line of 70000 bytes after login, then one of 300000",
+                     [LOGIN, RAW(b"a3 NOOP " + b"x" * 69992 + b"\r\n", timeout=5, grace=1.0),
+                      RAW(b"a4 NOOP " + b"x" * 299992 + b"\r\n", timeout=5, grace=1.0), C("a5 LOGOUT", **BYE)]))
+    add(Conversation("imap_append_huge_literal", "APPEND of a 4 GB literal: Dovecot asks for it (then we hang up)",
+                     [LOGIN, CONT("a1 APPEND INBOX {4000000000}")]))
     add(Conversation("imap_nmap_generic_lines", "nmap -sV's GenericLines probe: two empty lines",
                      [RAW(b"\r\n\r\n", timeout=3, grace=1.0)], BOTH))
     add(Conversation("imap_nmap_get_request", "nmap -sV's GetRequest probe",
@@ -345,6 +352,10 @@ def build(now: float) -> list[Conversation]:
     add(Conversation("pop3_syntax_errors", "empty and odd lines, arguments out of range",
                      [RAW(b"\r\n", timeout=3), P("user"), P("USER"), P("CAPA extra"), *POP_LOGIN, P("STAT 1"),
                       P("LIST x"), P("RETR -1"), P("TOP 1 x"), P("DELE"), P("UIDL 1 2"), P("quit", **BYE)], BOTH))
+    add(Conversation("pop3_long_line_before_login", "a line of 10000 bytes before login",
+                     [RAW(b"USER " + b"x" * 9995 + b"\r\n", timeout=5, grace=1.0)], BOTH))
+    add(Conversation("pop3_long_line_after_login", "a line of 10000 bytes after login",
+                     [*POP_LOGIN, RAW(b"NOOP " + b"x" * 9995 + b"\r\n", timeout=5, grace=1.0), P("QUIT", **BYE)]))
     add(Conversation("pop3_nmap_generic_lines", "nmap -sV's GenericLines probe: two empty lines",
                      [RAW(b"\r\n\r\n", timeout=3, grace=1.0)], BOTH))
     add(Conversation("pop3_nmap_get_request", "nmap -sV's GetRequest probe",
@@ -449,11 +460,34 @@ def run(conv: Conversation, host: str, port: int, client: str) -> list[dict]:
     return exchanges
 
 
+# --------------------------------------------------------------------- nmap
+def nmap(label: str, host: str, ports: Ports) -> str:
+    """nmap -sV and -sV -sC of the four ports; the lines that carry the
+    date, the run time or the certificate's validity dropped, so that the
+    text is stable."""
+    out = [f"==== {label}"]
+    port_list = ",".join(str(p) for p in (ports.imap, ports.imaps, ports.pop3, ports.pop3s))
+    for views in (["-sV"], ["-sV", "-sC"]):
+        argv = ["nmap", *views, "-p", port_list, host]
+        out.append(f"$ {' '.join(argv)}")
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+            text = proc.stdout + proc.stderr
+        except (OSError, subprocess.TimeoutExpired) as err:
+            text = f"(nmap failed: {err})\n"
+        out.extend(line for line in text.splitlines()
+                   if not line.startswith(("Starting Nmap", "Nmap done")) and "Not valid" not in line
+                   and "latency" not in line)
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
 # --------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", nargs="*", help="conversation names to record")
     ap.add_argument("--list", action="store_true", help="list the conversations and stop")
+    ap.add_argument("--no-nmap", action="store_true", help="no nmap.txt")
     args = ap.parse_args(argv)
     now = float(int(time.time()))
     conversations = build(now)
@@ -474,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     version = dovecot_version()
     clients = (f"127.0.{1 + n // 250}.{1 + n % 250}" for n in range(10_000))
     failed = 0
+    nmap_text: list[str] = []
     for variant, (host, ports, plaintext) in VARIANTS.items():
         todo = [c for c in conversations if variant in c.variants]
         if not todo:
@@ -505,10 +540,18 @@ def main(argv: list[str] | None = None) -> int:
                     "exchanges": exchanges,
                 }
                 (OUT_DIR / f"{conv.name}.{variant}.json").write_text(json.dumps(doc, indent=1, ensure_ascii=True) + "\n")
+            if not args.no_nmap and not args.only:
+                print(f"  nmap ({variant})", flush=True)
+                label = f"Dovecot {version}, {variant}: disable_plaintext_auth = {'no' if plaintext else 'yes'}"
+                nmap_text.append(nmap(label, host, ports))
         finally:
             log = dovecot.log()
             dovecot.stop()
         Path(f"/tmp/looper-record-dovecot.{variant}.log").write_text(log)  # for a look, not kept
+    if nmap_text:
+        (OUT_DIR / "nmap.txt").write_text(
+            f"# nmap against the real Dovecot {version} (imap, imaps, pop3, pop3s); tests/record_dovecot.py\n\n"
+            + "\n".join(nmap_text))
     return 1 if failed else 0
 
 

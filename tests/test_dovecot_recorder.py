@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.dovecot import PASSWORD, USER, Ports, PrivateDovecot, dovecot_available
+from tests.dovecot_recordings import load_recordings, mask
 from tests.record_dovecot import VARIANTS, build
 
 DATA = Path(__file__).resolve().parent / "data" / "dovecot"
@@ -151,3 +152,56 @@ def test_every_recording_is_well_formed():
             # latin-1 strings of the bytes: every one encodes back
             exchange["send"].encode("latin-1"), exchange["recv"].encode("latin-1")
             assert "error" not in exchange, (name, exchange)
+
+
+def test_the_store_rebuilt_from_a_recording_is_what_dovecot_served():
+    """load_bait(config, bait_now) gives back Dovecot's bytes: a replay needs
+    to mask neither dates nor UIDVALIDITY nor sizes."""
+    checked = 0
+    for recording in load_recordings():
+        store = recording.store()
+        uidvalidities = {str(f.uidvalidity).encode() for f in store.folders}
+        for exchange in recording.exchanges:
+            for number in re.findall(rb"UIDVALIDITY (\d+)", exchange.recv):
+                assert number in uidvalidities, recording.name
+            for number in re.findall(rb"\[APPENDUID (\d+) ", exchange.recv):
+                assert number in uidvalidities, recording.name
+            if exchange.send == b"a20 FETCH 10 (BODY[])\r\n":
+                content = store.inbox.messages[9].content
+                assert exchange.recv.startswith(b"* 10 FETCH (FLAGS (\\Seen) BODY[] {%d}\r\n" % len(content) + content + b")\r\n")
+                checked += 1
+            if exchange.send == b"RETR 6\r\n" and exchange.recv.startswith(b"+OK"):
+                content = store.inbox.messages[5].content
+                stuffed = re.sub(rb"(?m)^\.", b"..", content)
+                assert exchange.recv == b"+OK %d octets\r\n" % len(content) + stuffed + b".\r\n"
+                checked += 1
+            if exchange.send == b"UIDL\r\n" and exchange.recv.startswith(b"+OK"):
+                inbox = store.inbox
+                lines = [b"%d %08x%08x" % (i, m.uid, inbox.uidvalidity) for i, m in enumerate(inbox.messages, 1)]
+                assert exchange.recv == b"+OK\r\n" + b"".join(line + b"\r\n" for line in lines) + b".\r\n"
+                checked += 1
+            if exchange.send.startswith(b"a2 FETCH 1:* (FLAGS UID RFC822.SIZE INTERNALDATE"):
+                for message in store.inbox.messages:
+                    stamp = message.internaldate.strftime("%d-%b-%Y %H:%M:%S +0000").encode()
+                    assert b"* %d FETCH (FLAGS (" % message.uid in exchange.recv
+                    assert b"UID %d RFC822.SIZE %d INTERNALDATE \"%s\"" % (message.uid, message.size, stamp) \
+                        in exchange.recv, (recording.name, message.uid)
+                checked += 1
+    assert checked >= 4
+
+
+def test_mask_makes_dovecots_timing_one_token():
+    assert mask(b"a1 OK Fetch completed (0.001 + 0.000 secs).\r\n") == b"a1 OK Fetch completed (T secs).\r\n"
+    assert mask(b"a1 OK [APPENDUID 1 2] Append completed (0.010 + 0.051 + 0.008 secs).\r\n") == \
+        b"a1 OK [APPENDUID 1 2] Append completed (T secs).\r\n"
+    assert mask(b"a1 OK Logout completed.\r\n") == b"a1 OK Logout completed.\r\n"
+
+
+def test_recordings_load_for_replay():
+    imap, pop3 = load_recordings(protocol="imap"), load_recordings(protocol="pop3")
+    assert imap and pop3 and len(imap) + len(pop3) == len(recordings())
+    stock = load_recordings(variant="stock")
+    assert stock and all(not r.plaintext_login for r in stock)
+    starttls = next(r for r in imap if r.name == "imap_starttls_login.stock")
+    assert [e.tls is not None for e in starttls.exchanges] == [False, False, True, False, False, False, False]
+    assert all(isinstance(e.send, bytes) and isinstance(e.recv, bytes) for r in imap for e in r.exchanges)

@@ -33,7 +33,8 @@ from pathlib import Path
 from looper.config import Bait, Config, ConfigError
 from looper.proto.mailbox import STORED_FLAGS, BaitFolder, BaitMessage, BaitStore
 
-# The folders, in the order LIST shows them, and their RFC 6154 special use.
+# The folders in the store's order, and their RFC 6154 special use. (Dovecot's
+# LIST shows a Maildir's folders in the order its directory lists them.)
 FOLDERS: tuple[tuple[str, str | None], ...] = (
     ("INBOX", None),
     ("Sent", "\\Sent"),

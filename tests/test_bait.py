@@ -307,3 +307,21 @@ def test_split_ours_takes_our_headers_out_and_keeps_every_other_line(others, fla
     ours, rest = split_ours(head + b"\n\n" + body)
     assert ours == {"x-bait-age": "1d", "x-bait-flags": flags}
     assert rest == b"\n".join(l.encode() for l in lines) + b"\n\n" + body
+
+
+# -- wired into the trap ---------------------------------------------------------
+
+
+async def test_the_trap_opens_the_bait_when_imap_or_pop3_listens_and_not_else(start_trap):
+    from tests.conftest import free_port
+
+    quiet = await start_trap(free_port())
+    assert quiet.trap.context.bait.folders == ()
+    listening = await start_trap(free_port(), listen={"pop3": [f"127.0.0.1:{free_port()}"]},
+                                 bait={"folder": str(SHIPPED), "domain": "trap.example"})
+    bait = listening.trap.context.bait
+    assert [f.name for f in bait.folders] == list(FOLDERS)
+    assert b"mark.jensen@trap.example" in bait.inbox.messages[1].content
+    # dated from the start: the newest INBOX message is hours old, not years
+    age = datetime.now(timezone.utc) - bait.inbox.messages[-1].internaldate
+    assert timedelta(hours=1) < age < timedelta(days=1)

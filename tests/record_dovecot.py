@@ -71,8 +71,11 @@ def continuation(buf: bytes) -> bool:
 
 
 def answered(tag: bytes) -> Until:
-    """The reply to a line that may get "+ ", its tagged reply, or (when it
-    was refused before and the line is read as a command) any other."""
+    """The reply to a line that may get "+ " or the tagged reply of `tag`,
+    or, when the command was refused before and this line is read as a
+    command of its own, that command's reply: any line but an untagged one.
+    (`tag` only says, to the reader, which command the line belongs to.)"""
+    del tag
     return lambda buf: any(not line.startswith(b"* ") for line in lines(buf))
 
 

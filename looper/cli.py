@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 
 from looper import __version__
+from looper.bait import check_bait
 from looper.config import BLOCKLIST_FORMATS, Config, ConfigError, check_runtime, load_config
 from looper.eventlog import open_event_log, reopen_log_files
 from looper.privileges import RunAsUser, become, hand_over, run_as_user
@@ -171,6 +172,7 @@ def _command(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
         check_runtime(config, source)  # the same check for both commands: OK means run starts
+        check_bait(config, source)  # the mailbox IMAP and POP3 open, when they listen
         who = run_as_user(config, source)  # started as root: the user it becomes (it must exist)
     except ConfigError as err:
         return _cannot_start(err)

@@ -442,6 +442,47 @@ class MailAccess:
     auth_mechanisms: tuple[str, ...] = _setting(lambda: ("PLAIN",), _mail_mechanisms)
 
 
+_MAIL_DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,63}")
+_PERSON = re.compile(r"[A-Z][A-Za-z'-]*(?: [A-Z][A-Za-z'-]*)+")
+_COMPANY = re.compile(r"[A-Za-z0-9&.,'-]+(?: [A-Za-z0-9&.,'-]+)*")
+
+
+def _mail_domain(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 253 or not _MAIL_DOMAIN.fullmatch(value):
+        raise _Invalid(f"expected a lower-case mail domain such as example.com, got {_show(value)}")
+    return value
+
+
+def _person(value: Any) -> str:
+    # ASCII, first and last name: the address first.last@domain is made from it.
+    if not isinstance(value, str) or len(value) > 64 or not _PERSON.fullmatch(value):
+        raise _Invalid(f"expected a first and a last name in ASCII letters, such as 'Mark Jensen', got {_show(value)}")
+    return value
+
+
+def _company(value: Any) -> str:
+    # It stands in headers as it is: printable ASCII, single spaces.
+    if not isinstance(value, str) or len(value) > 64 or not _COMPANY.fullmatch(value):
+        raise _Invalid(f"expected a company name in printable ASCII (no braces or quotes), got {_show(value)}")
+    return value
+
+
+@dataclass(frozen=True)
+class Bait:
+    """The bait mailboxes behind the IMAP and POP3 logins (looper/bait.py)."""
+
+    # Folder of <Folder>/*.eml (INBOX, Sent, Drafts, Archive, Junk); a
+    # relative path is from the working directory, as log.dir is.
+    folder: str = _setting("config/bait", _name)
+    # What the placeholders in the messages become (config/bait/README.md).
+    domain: str = _setting("example.com", _mail_domain)
+    company: str = _setting("Brightwater Logistics", _company)
+    admin: str = _setting("Mark Jensen", _person)  # whose mailbox it is
+    ceo: str = _setting("Claire Dubois", _person)
+    finance: str = _setting("Priya Nair", _person)
+    developer: str = _setting("Tom Becker", _person)
+
+
 @dataclass(frozen=True)
 class Log:
     dir: str = _setting("logs", _name)
@@ -698,6 +739,7 @@ class Config:
     )
     limits: Limits = field(default_factory=Limits)
     mail_access: MailAccess = field(default_factory=MailAccess)
+    bait: Bait = field(default_factory=Bait)
     log: Log = field(default_factory=Log)
     analysis: Analysis = field(default_factory=Analysis)
     capture: Capture = field(default_factory=Capture)

@@ -10,6 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from looper.bait import load_bait, mail_listeners
 from looper.config import Config, Endpoint
 from looper.eventlog import EventLog
 from looper.net.capture import MessageStore
@@ -91,6 +92,9 @@ class Trap:
         started as root binds, drops its privileges, then accepts."""
         self._accepting = accepting
         config, context = self.config, self.context
+        # The mailbox every IMAP and POP3 login opens, dated from now: first, before anything runs.
+        if mail_listeners(config):
+            context.bait = load_bait(config, time.time())
         self.eventlog.start()  # the collectors' connections
         if config.metrics.listen is not None:  # first: a busy port stops the start before any session
             self.metrics = TrapMetrics(self.eventlog)

@@ -1,0 +1,94 @@
+"""Dovecot's recorded conversations (tests/data/dovecot/, README.md there),
+loaded for replay tests against looper's IMAP and POP3 machines (helpers,
+not tests).
+
+    for recording in load_recordings(protocol="imap"):
+        store = recording.store()          # the bait as Dovecot served it
+        for exchange in recording.exchanges:
+            if exchange.tls is not None:   # the handshake: the machine is now in TLS
+                ...
+            got = feed(machine, exchange.send)
+            assert mask(got) == mask(exchange.recv)
+            assert closed(machine) == exchange.closed
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from looper.bait import load_bait
+from looper.config import parse_config
+from looper.proto.mailbox import BaitStore
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "tests" / "data" / "dovecot"
+
+# Dovecot's command timing in tagged replies after login: "(0.001 + 0.000 secs)",
+# "(0.010 + 0.051 + 0.008 secs)". It differs per run: both sides get one token.
+TIMING = re.compile(rb" \(\d+\.\d{3} \+ \d+\.\d{3}(?: \+ \d+\.\d{3})? secs\)")
+
+
+def mask(data: bytes) -> bytes:
+    """What may differ between Dovecot's run and any other, made equal."""
+    return TIMING.sub(b" (T secs)", data)
+
+
+@dataclass(frozen=True)
+class Exchange:
+    send: bytes  # what the client sent ("" for the greeting, and for a TLS handshake)
+    recv: bytes  # what Dovecot sent back, byte for byte
+    closed: bool  # Dovecot had closed the connection by the end of it
+    ms: float
+    tls: str | None = None  # a TLS handshake here ("TLSv1.3 TLS_AES_256_GCM_SHA384"), nothing sent
+
+
+@dataclass(frozen=True)
+class Recording:
+    name: str  # "<conversation>.<variant>"
+    conversation: str
+    variant: str  # "plaintext" (disable_plaintext_auth = no) or "stock" (yes)
+    protocol: str  # "imap" or "pop3"
+    port: str  # "imap", "imaps", "pop3", "pop3s"
+    implicit_tls: bool
+    user: str
+    password: str
+    bait_now: float  # the start time the bait was dated from
+    description: str
+    exchanges: tuple[Exchange, ...]
+
+    @property
+    def plaintext_login(self) -> bool:
+        """looper's mail_access.plaintext_login that matches the recording."""
+        return self.variant == "plaintext"
+
+    def store(self) -> BaitStore:
+        """The bait exactly as Dovecot served it: same dates, UIDVALIDITY, UIDs, bytes."""
+        return load_bait(shipped_bait_config(), self.bait_now)
+
+
+def shipped_bait_config():
+    """The default configuration, with this repository's bait folder whatever the cwd."""
+    return parse_config(f"bait: {{folder: '{REPO / 'config' / 'bait'}'}}\n", "tests/dovecot_recordings.py")
+
+
+def load_recording(path: Path) -> Recording:
+    doc = json.loads(path.read_text())
+    return Recording(
+        name=path.name.removesuffix(".json"),
+        conversation=doc["conversation"], variant=doc["variant"], protocol=doc["protocol"], port=doc["port"],
+        implicit_tls=doc["implicit_tls"], user=doc["user"], password=doc["password"], bait_now=doc["bait_now"],
+        description=doc["description"],
+        exchanges=tuple(
+            Exchange(e["send"].encode("latin-1"), e["recv"].encode("latin-1"), e["closed"], e["ms"], e.get("tls"))
+            for e in doc["exchanges"]
+        ),
+    )
+
+
+def load_recordings(protocol: str | None = None, variant: str | None = None) -> list[Recording]:
+    """Every recording, in name order; only one protocol's or variant's if given."""
+    recordings = [load_recording(path) for path in sorted(DATA.glob("*.json"))]
+    return [r for r in recordings if protocol in (None, r.protocol) and variant in (None, r.variant)]

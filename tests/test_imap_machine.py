@@ -86,6 +86,7 @@ def test_prelogin_as_dovecot_answers():
     assert talk(m, "a ENABLE X") == b"* ENABLED\r\na OK ENABLE ignored in non-authenticated state.\r\n"
     assert talk(m, "a AUTHENTICATE FOO") == b"a NO [ALERT] Unsupported authentication mechanism.\r\n"
     assert talk(m, "a AUTHENTICATE PLAIN", "*") == b"+ \r\na BAD Authentication aborted by client.\r\n"
+    assert talk(m, "a AUTHENTICATE PLAIN", "!!!notbase64") == b"+ \r\na NO [ALERT] Invalid base64 in response\r\n"
     assert talk(m, "b LOGIN alice wrong") == b"b NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
     assert talk(m, "a LOGOUT") == b"* BYE Logging out\r\na OK Logout completed.\r\n<close>"
 
@@ -133,6 +134,7 @@ def test_plaintext_login_disabled():
         b" If anyone was listening, the password was exposed.\r\n"
         b"a NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) connections.\r\n"
     )
+    assert talk(m, "c AUTHENTICATE PLAIN") == b"c NO [PRIVACYREQUIRED] Plaintext authentication disabled.\r\n"
     assert talk(m, "b STARTTLS") == b"b OK Begin TLS negotiation now.\r\n<starttls>"
     m.tls_started("TLSv1.3", "x")
     assert talk(m, "c CAPABILITY").startswith(
@@ -161,6 +163,13 @@ def test_after_login_as_dovecot_answers():
         b"f OK List completed (0.001 + 0.000 secs).\r\n"
     )
     assert talk(m, 'b LIST "" ""') == b'* LIST (\\Noselect) "/" ""\r\nb OK List completed (0.001 + 0.000 secs).\r\n'
+    assert talk(m, "", "b", "b SELECT", "b STATUS INBOX (FOO)", "b STATUS INBOX") == (
+        b"* BAD Error in IMAP tag: Invalid tag (0.001 + 0.000 secs).\r\n"
+        b"b BAD Error in IMAP command: Invalid command name (0.001 + 0.000 secs).\r\n"
+        b"b BAD Error in IMAP command SELECT: Invalid arguments (0.001 + 0.000 secs).\r\n"
+        b"b BAD Error in IMAP command STATUS: Invalid status item FOO (0.001 + 0.000 secs).\r\n"
+        b"b BAD Error in IMAP command STATUS: Missing arguments (0.001 + 0.000 secs).\r\n"
+    )
     assert talk(m, "b STATUS Nope (MESSAGES)") == b"b NO Mailbox doesn't exist: Nope (0.001 + 0.000 secs).\r\n"
     assert talk(m, "h STATUS INBOX (MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN)") == (
         b"* STATUS INBOX (MESSAGES 2 RECENT 0 UIDNEXT 3 UIDVALIDITY 1796272220 UNSEEN 1)\r\n"
@@ -241,6 +250,16 @@ def test_fetch_as_dovecot_answers(command, reply):
     ("d SEARCH FOO", b"d BAD Error in IMAP command SEARCH: Unknown argument FOO (0.001 + 0.000 secs).\r\n"),
     ("d SEARCH OR SEEN LARGER 400", b"* SEARCH 1 2\r\nd OK Search completed (0.001 + 0.000 secs).\r\n"),
     ("d SEARCH NOT 1", b"* SEARCH 2\r\nd OK Search completed (0.001 + 0.000 secs).\r\n"),
+    ("d SEARCH 9", b"* SEARCH\r\nd OK Search completed (0.001 + 0.000 secs).\r\n"),
+    ("d SEARCH", b"d BAD Error in IMAP command SEARCH: Missing search parameters (0.001 + 0.000 secs).\r\n"),
+    ("d UID FETCH 99 (FLAGS)", b"d OK Fetch completed (0.001 + 0.000 secs).\r\n"),
+    ("d FETCH 1 BODY[HEADER.FIELDS ()]", b"d BAD Error in IMAP command FETCH: Invalid BODY[..] section (0.001 + 0.000 secs).\r\n"),
+    ("d FETCH 1 (BODY[MIME])", b"d BAD Error in IMAP command FETCH: Invalid BODY[..] section (0.001 + 0.000 secs).\r\n"),
+    ("d STORE 1 +FLAGS (\\Foo)", b"d BAD Error in IMAP command STORE: Invalid system flag \\FOO (0.001 + 0.000 secs).\r\n"),
+    ("d STORE 1 +FLAGS (foo)", b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft foo)\r\n"
+     b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft foo \\*)] Flags permitted.\r\n"
+     b"* 1 FETCH (FLAGS (\\Seen foo))\r\nd OK Store completed (0.001 + 0.000 secs).\r\n"),
+    ("e UID EXPUNGE 1", b"e OK Expunge completed (0.001 + 0.000 secs).\r\n"),
     ("d CHECK", b"d OK Check completed (0.001 + 0.000 secs).\r\n"),
     ("d STORE 1 +FLAGS (\\Flagged)", b"* 1 FETCH (FLAGS (\\Flagged \\Seen))\r\nd OK Store completed (0.001 + 0.000 secs).\r\n"),
     ("d COPY 1 Nope", b"d NO [TRYCREATE] Mailbox doesn't exist: Nope (0.001 + 0.000 secs).\r\n"),
@@ -270,10 +289,24 @@ def test_idle_store_expunge_append():
 
 
 def test_limits():
+    # dovecot 2.3.19.1's imap-login: a line of 1032 octets and a literal of 8178 pass, one more does not
     m = machine()
     drain(m)
-    m.receive_data(b"a " + b"x" * (MAX_LINE_BYTES + 10) + b"\r\n")
-    assert drain(m) == b"* BYE Too long argument.\r\n<close>"
+    assert talk(m, "a NOOP " + "x" * 1025) == b"a OK NOOP completed.\r\n"
+    assert talk(m, "a NOOP " + "x" * 1026) == b"* BYE Input buffer full, aborting\r\n<close>"
+    m = machine()
+    drain(m)
+    assert talk(m, "a LOGIN {8178}") == b"+ OK\r\n"
+    m = machine()
+    drain(m)
+    assert talk(m, "a LOGIN {8179}") == b"* BYE Literal size too large\r\n<close>"
+    # imap, after the login: BAD, and the session goes on
+    m = selected()
+    assert talk(m, "b SELECT " + "x" * MAX_LINE_BYTES, "c NOOP") == (
+        b"b BAD Error in IMAP command SELECT: Too long argument (0.001 + 0.000 secs).\r\n"
+        b"c OK NOOP completed (0.001 + 0.000 secs).\r\n"
+    )
+    assert talk(m, "b SELECT {65000}") == b"+ OK\r\n"
     m = selected()
     assert talk(m, "a APPEND INBOX {999999999}") == (
         b"a NO [TOOBIG] Mail size is larger than the maximum size allowed by server configuration (0.001 + 0.000 secs).\r\n"

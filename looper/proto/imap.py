@@ -41,7 +41,7 @@ from looper.events import Event
 from looper.proto import imap_fetch as fx
 from looper.proto.actions import Action, Close, CloseReason, Send, StartTLS, Store
 from looper.proto.imap_parse import ParseError, Token, astring, format_set, in_set, parse_set, tokens
-from looper.proto.lines import LineReader, Refused
+from looper.proto.lines import LineReader, Overlong, Refused
 from looper.proto.login import LoginPolicy, login_fields
 from looper.proto.mailbox import BaitFolder, BaitStore
 from looper.proto.sasl import Challenge, Credentials, Failure, SaslExchange
@@ -50,9 +50,14 @@ from looper.proto.text import as_text
 # -- limits (Dovecot's where it has one) --------------------------------------------
 
 # imap_max_line_length: 64 KiB; the same bounds a whole command with its
-# (non-APPEND) literals.
+# (non-APPEND) literals. Before login, imap-login's input buffer is much
+# smaller: a line of more than 1032 octets (its CR LF aside) gets "* BYE
+# Input buffer full, aborting", a literal of more than 8178 "* BYE Literal
+# size too large" (both measured on dovecot 2.3.19.1).
 MAX_LINE_BYTES = 65536
 MAX_COMMAND_BYTES = 65536
+MAX_PRELOGIN_LINE_BYTES = 1032
+MAX_PRELOGIN_LITERAL_BYTES = 8178
 # An APPEND's message: beyond it, [TOOBIG] without reading it.
 MAX_APPEND_BYTES = 10 * 1024 * 1024
 # What a session may append in all (it lives in memory until the session ends).
@@ -184,6 +189,7 @@ class SessionFolder:
     uidvalidity: int
     messages: list[SessionMessage]
     uidnext: int
+    keywords: list[str] = field(default_factory=list)  # as the client made them, in order
 
     @classmethod
     def of(cls, folder: BaitFolder) -> SessionFolder:
@@ -246,7 +252,8 @@ class ImapServer:
         self.paused = False
         self.auth_failures = earlier_failures
         self.username: str | None = None
-        self._reader = LineReader(MAX_LINE_BYTES)
+        # A CR before the LF counts in a LineReader's limit.
+        self._reader = LineReader(MAX_PRELOGIN_LINE_BYTES + 1)
         self._pending = _Pending()
         self._held = bytearray()
         self._actions: list[Action] = []
@@ -345,6 +352,9 @@ class ImapServer:
             if isinstance(line, Refused):
                 self._line_too_long()
                 continue
+            if len(line) > MAX_LINE_BYTES and self.mode is Mode.COMMAND:  # truncated, after login
+                self._line_too_long(line)
+                continue
             self._line(line)
 
     def _line(self, line: bytes) -> None:
@@ -362,21 +372,21 @@ class ImapServer:
             self._pending = _Pending()
             if pending.refused is not None:
                 self._emit_input(pending)
-                return self._bad_command(pending.tag, pending.name, pending.refused)
+                return self._tagged(pending.tag, "NO", pending.refused)
             return self._command(pending)
         size, non_sync = int(found.group(1)), bool(found.group(2))
         if pending.refused is None and len(pending.data) + size > pending.limit:
-            if pending.name == "APPEND" and size > self.settings.max_append_bytes:
-                reason = "[TOOBIG] Mail size is larger than the maximum size allowed by server configuration"
-            else:
-                reason = "Too long argument."
+            if pending.name != "APPEND":
+                self._pending = _Pending()
+                self._emit_input(pending)
+                self._send("* BYE Literal size too large")
+                return self._close(CloseReason.CLOSED_BY_SERVER)
+            reason = "[TOOBIG] Mail size is larger than the maximum size allowed by server configuration"
             if not non_sync:  # the client waits for "+": it never sends the literal
                 self._pending = _Pending()
                 self._emit_input(pending)
-                if reason.startswith("[TOOBIG]"):
-                    return self._tagged(pending.tag, "NO", reason)
-                return self._bad_command(pending.tag, pending.name, reason)
-            pending.refused = reason
+                return self._tagged(pending.tag, "NO", reason)
+            pending.refused = reason  # skipped as it comes, never kept
             pending.data.clear()
         if pending.refused is None:
             pending.data += b"\r\n"
@@ -391,15 +401,23 @@ class ImapServer:
         pending.name = head[1].decode("utf-8", "replace").upper() if len(head) > 1 else ""
         if pending.name == "UID" and len(head) > 2:
             pending.name = "UID " + head[2].split(b" ", 1)[0].decode("utf-8", "replace").upper()
-        pending.limit = MAX_COMMAND_BYTES + (self.settings.max_append_bytes if pending.name == "APPEND" else 0)
+        if self.state is State.NOT_AUTHENTICATED:
+            pending.limit = MAX_PRELOGIN_LITERAL_BYTES + len(line)
+        else:
+            pending.limit = MAX_COMMAND_BYTES + (self.settings.max_append_bytes if pending.name == "APPEND" else 0)
 
-    def _line_too_long(self) -> None:
+    def _line_too_long(self, start: bytes = b"") -> None:
+        """Before login, imap-login gives up; after it, imap answers BAD and goes on."""
         self._pending = _Pending()
-        if self.mode is not Mode.COMMAND:
-            self.mode = Mode.COMMAND
-        self._emit("looper.command.input", input="(line too long)")
-        self._send("* BYE Too long argument.")
-        self._close(CloseReason.CLOSED_BY_SERVER)
+        self.mode = Mode.COMMAND
+        self._emit("looper.command.input", input=as_text(start[:MAX_LOGGED_INPUT]) or "(line too long)")
+        if self.state is State.NOT_AUTHENTICATED:
+            self._send("* BYE Input buffer full, aborting")
+            return self._close(CloseReason.CLOSED_BY_SERVER)
+        head = start.split(b" ", 2)
+        tag = head[0].decode("utf-8", "replace") if head[0] and _TAG.match(head[0]) else "*"
+        name = head[1].decode("utf-8", "replace").upper() if len(head) > 1 else ""
+        self._bad_command(tag, name, "Too long argument")
 
     def _emit_input(self, pending: _Pending) -> None:
         data = bytes(pending.data)
@@ -420,10 +438,8 @@ class ImapServer:
         data = bytes(pending.data)
         head = data.split(b" ", 2)
         tag = head[0]
-        if not tag:
-            return self._bad_command("*", "", None if self.state is State.NOT_AUTHENTICATED else "Empty command line")
-        if not _TAG.match(tag) or tag == b"*" or tag == b"+":
-            return self._bad_command("*", "", "Invalid tag.")
+        if not tag or not _TAG.match(tag) or tag == b"*" or tag == b"+":
+            return self._bad_command("*", "", "Invalid tag", tag_error=True)
         tag_text = tag.decode("ascii")
         if len(head) < 2 or not head[1]:
             return self._bad_command(tag_text, "", "Invalid command name")
@@ -447,7 +463,8 @@ class ImapServer:
         if not prelogin:
             self._bad = 0
 
-    def _bad_command(self, tag: str, name: str, reason: str | None, *, plain: bool = False) -> None:
+    def _bad_command(self, tag: str, name: str, reason: str | None, *, plain: bool = False,
+                     tag_error: bool = False) -> None:
         self._bad += 1
         if self.state is State.NOT_AUTHENTICATED:
             if self._bad >= MAX_BAD_PRELOGIN:
@@ -456,6 +473,8 @@ class ImapServer:
             return self._send(f"{tag or '*'} BAD {PRELOGIN_BAD}")
         if plain:
             text = reason or "Error"
+        elif tag_error:
+            text = f"Error in IMAP tag: {reason}"
         elif name:
             text = f"Error in IMAP command {name}: {reason or 'Invalid arguments.'}"
         else:
@@ -565,7 +584,7 @@ class ImapServer:
             return self._tagged(tag, "NO", "[ALERT] Unsupported authentication mechanism.")
         if not self._plaintext_allowed:
             self._emit("looper.login.failed", mechanism=mechanism, username=None, reason="plaintext login disabled")
-            return self._tagged(tag, "NO", PRIVACY_REQUIRED)
+            return self._tagged(tag, "NO", "[PRIVACYREQUIRED] Plaintext authentication disabled.")
         exchange = SaslExchange(mechanism, cram_challenge="")
         initial = astring(args[1]) if len(args) == 2 else None
         self._sasl, self._sasl_tag = exchange, tag
@@ -592,8 +611,7 @@ class ImapServer:
         if isinstance(outcome, Failure):
             self._emit("looper.login.failed", mechanism=exchange.mechanism, username=None,
                        reason="invalid base64" if outcome is Failure.UNDECODABLE else "malformed response")
-            self._bad += 1
-            return self._tagged(tag, "BAD", "Invalid base64 data in continued response")
+            return self._tagged(tag, "NO", "[ALERT] Invalid base64 in response")
         self._try_login(tag, outcome)
 
     def _try_login(self, tag: str, credentials: Credentials) -> None:
@@ -603,6 +621,9 @@ class ImapServer:
             self.username = credentials.username
             self.state = State.AUTHENTICATED
             self.idle_timeout_s = IDLE_TIMEOUT_S
+            # imap's limit from now on; an overlong line is cut there, answered BAD (see _feed)
+            self._reader.max_line_bytes = MAX_LINE_BYTES + 1
+            self._reader.overlong = Overlong.TRUNCATE
             self._bad = 0
             self._folders = {f.name: SessionFolder.of(f) for f in self.store.folders}
             if "INBOX" not in self._folders:
@@ -707,6 +728,8 @@ class ImapServer:
         self._tagged(tag, "NO", "[NOPERM] Permission denied")
 
     def _do_status(self, tag: str, args: list[Token]) -> None:
+        if len(args) < 2:
+            raise ParseError("Missing arguments")
         if len(args) != 2 or not isinstance(args[1], list) or not args[1]:
             raise ParseError()
         name, folder = self._folder(args[0])
@@ -745,11 +768,7 @@ class ImapServer:
             return self._tagged(tag, "NO", f"Mailbox doesn't exist: {name}")
         self._selected, self._read_only = folder, read_only
         self.state = State.SELECTED
-        self._send("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)")
-        if read_only:
-            self._send("* OK [PERMANENTFLAGS ()] Read-only mailbox.")
-        else:
-            self._send("* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted.")
+        self._send_flags(folder, read_only=read_only)
         self._send(f"* {len(folder.messages)} EXISTS")
         self._send("* 0 RECENT")
         for seq, message in enumerate(folder.messages, 1):
@@ -764,6 +783,14 @@ class ImapServer:
             self._tagged(tag, "OK", "[READ-ONLY] Examine completed.")
         else:
             self._tagged(tag, "OK", "[READ-WRITE] Select completed.")
+
+    def _send_flags(self, folder: SessionFolder, *, read_only: bool = False) -> None:
+        known = " ".join([*SYSTEM_FLAGS, *folder.keywords])
+        self._send(f"* FLAGS ({known})")
+        if read_only:
+            self._send("* OK [PERMANENTFLAGS ()] Read-only mailbox.")
+        else:
+            self._send(f"* OK [PERMANENTFLAGS ({known} \\*)] Flags permitted.")
 
     def _do_examine(self, tag: str, args: list[Token]) -> None:
         self._do_select(tag, args, read_only=True)
@@ -935,20 +962,22 @@ class ImapServer:
                 continue
             found = _SECTION.match(token)
             if found is None:
+                if upper.startswith(("BODY[", "BODY.PEEK[")):
+                    raise ParseError("Invalid BODY[..] section")
                 raise ParseError(f"Unknown parameter: {token}")
             verb, numbers, text, names, origin, length = found.groups()
             try:
                 number_list = [int(n) for n in numbers.split(".") if n] if numbers else []
             except ValueError:
-                raise ParseError(f"Unknown parameter: {token}") from None
+                raise ParseError("Invalid BODY[..] section") from None
             if any(n == 0 for n in number_list):
-                raise ParseError(f"Unknown parameter: {token}")
+                raise ParseError("Invalid BODY[..] section")
             text = text.upper() if text else None
             if text == "MIME" and not number_list:
-                raise ParseError(f"Unknown parameter: {token}")
+                raise ParseError("Invalid BODY[..] section")
             name_list = [n.upper() for n in names.split()] if names else []
             if text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT") and not name_list:
-                raise ParseError(f"Unknown parameter: {token}")
+                raise ParseError("Invalid BODY[..] section")
             section = ".".join(str(n) for n in number_list)
             if text:
                 section = f"{section}.{text}" if section else text
@@ -1024,7 +1053,7 @@ class ImapServer:
                 if system is None:
                     if token.upper() == "\\RECENT":
                         continue
-                    raise ParseError(f"Invalid system flag {token}")
+                    raise ParseError(f"Invalid system flag {token.upper()}")
                 flags.add(system)
             elif len(flags) < MAX_KEYWORDS:
                 flags.add(token)
@@ -1045,6 +1074,10 @@ class ImapServer:
             return self._tagged(tag, "OK", "Store ignored with read-only mailbox.")
         folder = self._selected
         assert folder is not None
+        new_keywords = [f for f in sorted(flags) if f not in SYSTEM_FLAGS and f not in folder.keywords]
+        if new_keywords and how != "-FLAGS":
+            folder.keywords += new_keywords[: max(MAX_KEYWORDS - len(folder.keywords), 0)]
+            self._send_flags(folder)
         for seq, message in zip(*self._messages(ranges, uid=uid)):
             before = set(message.flags)
             if how == "FLAGS":

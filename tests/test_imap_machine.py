@@ -260,6 +260,17 @@ def test_fetch_as_dovecot_answers(command, reply):
      b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft foo \\*)] Flags permitted.\r\n"
      b"* 1 FETCH (FLAGS (\\Seen foo))\r\nd OK Store completed (0.001 + 0.000 secs).\r\n"),
     ("e UID EXPUNGE 1", b"e OK Expunge completed (0.001 + 0.000 secs).\r\n"),
+    ("c UID FOO 1", b"c BAD Error in IMAP command UID FOO: Unknown command (0.001 + 0.000 secs).\r\n"),
+    ("c FETCH 1 (ENVELOPE", b"c BAD Error in IMAP command FETCH: Missing ')' (0.001 + 0.000 secs).\r\n"),
+    ("c FETCH 1 BODY[TEXT", b"c BAD Error in IMAP command FETCH: Invalid BODY[..] parameter: Missing ']' (0.001 + 0.000 secs).\r\n"),
+    ('c LIST "" "%" RETURN (SPECIAL-USE)', b'* LIST (\\Archive) "/" Archive\r\n* LIST (\\Sent) "/" Sent\r\n'
+     b'* LIST (\\Drafts) "/" Drafts\r\n* LIST (\\Junk) "/" Junk\r\n* LIST () "/" INBOX\r\nc OK List completed (0.001 + 0.000 secs).\r\n'),
+    ('c LIST (SPECIAL-USE) "" "*"', b'* LIST (\\Archive) "/" Archive\r\n* LIST (\\Sent) "/" Sent\r\n'
+     b'* LIST (\\Drafts) "/" Drafts\r\n* LIST (\\Junk) "/" Junk\r\nc OK List completed (0.001 + 0.000 secs).\r\n'),
+    ("b STARTTLS", b"b BAD Error in IMAP command STARTTLS: Unknown command (0.001 + 0.000 secs).\r\n"),
+    ("b AUTHENTICATE PLAIN", b"b BAD Error in IMAP command AUTHENTICATE: Unknown command (0.001 + 0.000 secs).\r\n"),
+    ("c DELETE Nope", b"c NO [NONEXISTENT] Mailbox doesn't exist: Nope (0.001 + 0.000 secs).\r\n"),
+    ("c CREATE INBOX", b"c NO [ALREADYEXISTS] Mailbox already exists (0.001 + 0.000 secs).\r\n"),
     ("d CHECK", b"d OK Check completed (0.001 + 0.000 secs).\r\n"),
     ("d STORE 1 +FLAGS (\\Flagged)", b"* 1 FETCH (FLAGS (\\Flagged \\Seen))\r\nd OK Store completed (0.001 + 0.000 secs).\r\n"),
     ("d COPY 1 Nope", b"d NO [TRYCREATE] Mailbox doesn't exist: Nope (0.001 + 0.000 secs).\r\n"),
@@ -269,6 +280,25 @@ def test_fetch_as_dovecot_answers(command, reply):
 ])
 def test_selected_commands_as_dovecot_answers(command, reply):
     assert talk(selected(), command) == reply
+
+
+def test_create_rename_delete_live_in_the_session():
+    m = logged_in()
+    assert talk(m, "c CREATE Foo", "c CREATE Foo", 'c LIST "" "*"', "c RENAME Foo Bar", "c DELETE Bar") == (
+        b"c OK Create completed (0.001 + 0.000 + 0.000 secs).\r\n"
+        b"c NO [ALREADYEXISTS] Mailbox already exists (0.001 + 0.000 secs).\r\n"
+        b'* LIST (\\HasNoChildren) "/" Foo\r\n'
+        b'* LIST (\\HasNoChildren \\Archive) "/" Archive\r\n'
+        b'* LIST (\\HasNoChildren \\Sent) "/" Sent\r\n'
+        b'* LIST (\\HasNoChildren \\Drafts) "/" Drafts\r\n'
+        b'* LIST (\\HasNoChildren \\Junk) "/" Junk\r\n'
+        b'* LIST (\\HasNoChildren) "/" INBOX\r\n'
+        b"c OK List completed (0.001 + 0.000 secs).\r\n"
+        b"c OK Rename completed (0.001 + 0.000 secs).\r\n"
+        b"c OK Delete completed (0.001 + 0.000 + 0.000 secs).\r\n"
+    )
+    changes = [(e.fields["change"], e.fields["folder"]) for e in m.events() if e.eventid == "looper.imap.change"]
+    assert changes == [("create", "Foo"), ("rename", "Foo"), ("delete", "Bar")]
 
 
 def test_idle_store_expunge_append():

@@ -63,6 +63,7 @@ MAX_APPEND_BYTES = 10 * 1024 * 1024
 # What a session may append in all (it lives in memory until the session ends).
 MAX_SESSION_APPEND_BYTES = 4 * MAX_APPEND_BYTES
 MAX_FOLDER_MESSAGES = 10_000
+MAX_FOLDERS = 100
 # Input held while an action (StartTLS, Store) is pending.
 MAX_HELD_BYTES = MAX_COMMAND_BYTES
 # imap-login's limit of bad commands (CLIENT_MAX_BAD_COMMANDS = 3: the third
@@ -451,15 +452,23 @@ class ImapServer:
             return self._bad_command(tag_text, name, "Unknown command")
         if self.state not in states:
             return self._bad_command(tag_text, name, NO_MAILBOX, plain=True)
+        if name == "UID":  # Dovecot names UID commands in two words
+            sub = rest.split(b" ", 1)[0].decode("utf-8", "replace").upper()
+            shown = f"UID {sub}" if sub else name
+        else:
+            shown = name
         try:
             args = tokens(rest)
         except ParseError as err:
-            return self._bad_command(tag_text, name, err.reason)
+            reason = err.reason
+            if name in ("FETCH", "UID") and reason == "Missing ']'":
+                reason = "Invalid BODY[..] parameter: Missing ']'"
+            return self._bad_command(tag_text, shown, reason)
         handler = getattr(self, "_do_" + name.lower())
         try:
             handler(tag_text, args)
         except ParseError as err:
-            return self._bad_command(tag_text, name, err.reason)
+            return self._bad_command(tag_text, shown, err.reason)
         if not prelogin:
             self._bad = 0
 
@@ -654,15 +663,16 @@ class ImapServer:
 
     def _list_names(self) -> list[SessionFolder]:
         folders = [f for f in self._folders.values() if f.name != "INBOX"]
-        return folders + [self._folders["INBOX"]]
+        inbox = self._folders.get("INBOX")
+        return folders + ([inbox] if inbox is not None else [])
 
     def _do_list(self, tag: str, args: list[Token]) -> None:
-        special_only = False
+        special_only = extended = False
         if args and isinstance(args[0], list):  # LIST-EXTENDED selection options
             special_only = any(isinstance(a, str) and a.upper() == "SPECIAL-USE" for a in args[0])
-            args = args[1:]
+            args, extended = args[1:], True
         if len(args) >= 4 and isinstance(args[2], str) and args[2].upper() == "RETURN":
-            args = args[:2]
+            args, extended = args[:2], True
         if len(args) != 2:
             raise ParseError()
         reference, pattern = astring(args[0]), astring(args[1])
@@ -676,7 +686,10 @@ class ImapServer:
             if special_only and folder.special_use is None:
                 continue
             if matcher.match(folder.name):
-                attributes = "\\HasNoChildren" + (f" {folder.special_use}" if folder.special_use else "")
+                if extended:  # with LIST-EXTENDED options, Dovecot leaves out \HasNoChildren
+                    attributes = folder.special_use or ""
+                else:
+                    attributes = "\\HasNoChildren" + (f" {folder.special_use}" if folder.special_use else "")
                 self._send(f'* LIST ({attributes}) "/" {_mailbox_name(folder.name)}')
         self._tagged(tag, "OK", "List completed.")
 
@@ -709,23 +722,59 @@ class ImapServer:
         self._subscribed.discard(name)
         self._tagged(tag, "OK", "Unsubscribe completed.")
 
+    # CREATE, DELETE, RENAME: of the session's folders, like everything else.
+
     def _do_create(self, tag: str, args: list[Token]) -> None:
         if len(args) < 1:
             raise ParseError()
         name, folder = self._folder(args[0])
         if folder is not None:
             return self._tagged(tag, "NO", "[ALREADYEXISTS] Mailbox already exists")
-        self._tagged(tag, "NO", "[NOPERM] Permission denied")
+        name = name.rstrip("/")
+        if not name or len(self._folders) >= MAX_FOLDERS or len(name) > 255:
+            return self._tagged(tag, "NO", "[CANNOT] Invalid mailbox name")
+        created = SessionFolder(name, None, self._new_uidvalidity(), [], 1)
+        self._folders = {name: created, **self._folders}  # Dovecot lists a new folder first
+        self._change_folder(name, "create")
+        self._tagged(tag, "OK", "Create completed.", timing=TIMING_3)
 
     def _do_delete(self, tag: str, args: list[Token]) -> None:
         if len(args) != 1:
             raise ParseError()
-        self._tagged(tag, "NO", "[NOPERM] Permission denied")
+        name, folder = self._folder(args[0])
+        if folder is None:
+            return self._tagged(tag, "NO", f"[NONEXISTENT] Mailbox doesn't exist: {name}")
+        if name == "INBOX":
+            return self._tagged(tag, "NO", "INBOX can't be deleted.")
+        if folder is self._selected:
+            self._selected = None
+            self.state = State.AUTHENTICATED
+        del self._folders[name]
+        self._subscribed.discard(name)
+        self._change_folder(name, "delete")
+        self._tagged(tag, "OK", "Delete completed.", timing=TIMING_3)
 
     def _do_rename(self, tag: str, args: list[Token]) -> None:
         if len(args) != 2:
             raise ParseError()
-        self._tagged(tag, "NO", "[NOPERM] Permission denied")
+        name, folder = self._folder(args[0])
+        new_name, existing = self._folder(args[1])
+        if folder is None:
+            return self._tagged(tag, "NO", f"[NONEXISTENT] Mailbox doesn't exist: {name}")
+        if existing is not None:
+            return self._tagged(tag, "NO", "[ALREADYEXISTS] Target mailbox already exists")
+        if name == "INBOX" or not new_name or len(new_name) > 255:
+            return self._tagged(tag, "NO", "[CANNOT] Renaming INBOX isn't supported.")
+        folder.name = new_name
+        self._folders = {(new_name if key == name else key): value for key, value in self._folders.items()}
+        self._change_folder(name, "rename", to=new_name)
+        self._tagged(tag, "OK", "Rename completed.")
+
+    def _new_uidvalidity(self) -> int:
+        return max((f.uidvalidity for f in self._folders.values()), default=1) + 1
+
+    def _change_folder(self, name: str, change: str, *, to: str | None = None) -> None:
+        self._emit("looper.imap.change", folder=name, uid=0, change=change, flags=[], how=None, to=to)
 
     def _do_status(self, tag: str, args: list[Token]) -> None:
         if len(args) < 2:
@@ -900,7 +949,7 @@ class ImapServer:
             raise ParseError()
         sub = args[0].upper()
         if sub not in ("FETCH", "SEARCH", "STORE", "COPY", "MOVE", "EXPUNGE"):
-            raise ParseError()
+            raise ParseError("Unknown command")
         if sub == "EXPUNGE":
             if len(args) != 2 or not isinstance(args[1], str):
                 raise ParseError()

@@ -271,6 +271,17 @@ def test_fetch_as_dovecot_answers(command, reply):
     ("b AUTHENTICATE PLAIN", b"b BAD Error in IMAP command AUTHENTICATE: Unknown command (0.001 + 0.000 secs).\r\n"),
     ("c DELETE Nope", b"c NO [NONEXISTENT] Mailbox doesn't exist: Nope (0.001 + 0.000 secs).\r\n"),
     ("c CREATE INBOX", b"c NO [ALREADYEXISTS] Mailbox already exists (0.001 + 0.000 secs).\r\n"),
+    ("c FETCH 2 (BODY[HEADER.FIELDS (SUBJECT)] UID)",
+     b"* 2 FETCH (UID 2 FLAGS (\\Seen) BODY[HEADER.FIELDS (SUBJECT)] {20}\r\nSubject: Invoice\r\n\r\n)\r\n"
+     b"c OK Fetch completed (0.001 + 0.000 secs).\r\n"),
+    ("e SEARCH SINCE foo", b"e BAD Error in IMAP command SEARCH: Invalid search date parameter (0.001 + 0.000 secs).\r\n"),
+    ("e SEARCH CHARSET KOI8 SUBJECT vpn", b"* SEARCH 1\r\ne OK Search completed (0.001 + 0.000 secs).\r\n"),
+    ("e SEARCH HEADER Message-ID 1@example", b"* SEARCH 1\r\ne OK Search completed (0.001 + 0.000 secs).\r\n"),
+    ("e SEARCH SENTSINCE 2-Dec-2026", b"* SEARCH 2\r\ne OK Search completed (0.001 + 0.000 secs).\r\n"),
+    ("e SEARCH ON 3-Dec-2026", b"* SEARCH 1 2\r\ne OK Search completed (0.001 + 0.000 secs).\r\n"),
+    ("e UID MOVE 5 Junk", b"e OK No messages found (0.001 + 0.000 secs).\r\n"),
+    ("e UID STORE 1:2 +FLAGS (\\Answered)", b"* 1 FETCH (UID 1 FLAGS (\\Answered \\Seen))\r\n"
+     b"* 2 FETCH (UID 2 FLAGS (\\Answered))\r\ne OK Store completed (0.001 + 0.000 secs).\r\n"),
     ("d CHECK", b"d OK Check completed (0.001 + 0.000 secs).\r\n"),
     ("d STORE 1 +FLAGS (\\Flagged)", b"* 1 FETCH (FLAGS (\\Flagged \\Seen))\r\nd OK Store completed (0.001 + 0.000 secs).\r\n"),
     ("d COPY 1 Nope", b"d NO [TRYCREATE] Mailbox doesn't exist: Nope (0.001 + 0.000 secs).\r\n"),
@@ -280,6 +291,14 @@ def test_fetch_as_dovecot_answers(command, reply):
 ])
 def test_selected_commands_as_dovecot_answers(command, reply):
     assert talk(selected(), command) == reply
+
+
+def test_expunge_announces_from_the_last():
+    m = selected()
+    assert talk(m, "e STORE 1:2 +FLAGS.SILENT (\\Deleted)", "e EXPUNGE") == (
+        b"e OK Store completed (0.001 + 0.000 secs).\r\n* 2 EXPUNGE\r\n* 1 EXPUNGE\r\n"
+        b"e OK Expunge completed (0.001 + 0.000 secs).\r\n"
+    )
 
 
 def test_create_rename_delete_live_in_the_session():

@@ -228,6 +228,7 @@ _MACROS = {
     "FAST": ["FLAGS", "INTERNALDATE", "RFC822.SIZE"],
     "FULL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"],
 }
+_BODY_DATA = frozenset({"SECTION", "RFC822", "RFC822.HEADER", "RFC822.TEXT"})
 _SIMPLE_FETCH = {"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODYSTRUCTURE", "BODY",
                  "RFC822", "RFC822.HEADER", "RFC822.TEXT"}
 _SECTION = re.compile(
@@ -932,17 +933,17 @@ class ImapServer:
     def _expunge(self, uids: set[int] | None, *, announce: bool) -> None:
         folder = self._selected
         assert folder is not None
-        seq = 1
-        kept = []
-        for message in folder.messages:
-            if "\\Deleted" in message.flags and (uids is None or message.uid in uids):
-                self._change(folder, message, "expunge")
-                if announce:
-                    self._send(f"* {seq} EXPUNGE")
-            else:
-                kept.append(message)
-                seq += 1
-        folder.messages = kept
+        gone = [
+            seq for seq, message in enumerate(folder.messages, 1)
+            if "\\Deleted" in message.flags and (uids is None or message.uid in uids)
+        ]
+        for seq in gone:
+            self._change(folder, folder.messages[seq - 1], "expunge")
+        if announce:  # Dovecot announces them from the last: no number moves meanwhile
+            for seq in reversed(gone):
+                self._send(f"* {seq} EXPUNGE")
+        removed = set(gone)
+        folder.messages = [m for seq, m in enumerate(folder.messages, 1) if seq not in removed]
 
     def _do_uid(self, tag: str, args: list[Token]) -> None:
         if not args or not isinstance(args[0], str):
@@ -989,6 +990,8 @@ class ImapServer:
         items = self._fetch_items(args[1])
         if uid and not any(item.kind == "UID" for item in items):
             items.insert(0, _Fetch("UID", "UID"))
+        # Dovecot answers the message's data (sections, RFC822*) after everything else
+        items = [i for i in items if i.kind not in _BODY_DATA] + [i for i in items if i.kind in _BODY_DATA]
         folder = self._selected
         assert folder is not None
         for seq, message in zip(*self._messages(ranges, uid=uid)):
@@ -1044,13 +1047,15 @@ class ImapServer:
     def _fetch_one(self, folder: SessionFolder, seq: int, message: SessionMessage, items: list[_Fetch]) -> bytes:
         out: list[bytes] = []
         sets_seen = not self._read_only and "\\Seen" not in message.flags and any(not i.peek for i in items)
+        implicit_flags = sets_seen and not any(i.kind == "FLAGS" for i in items)
         if sets_seen:
             message.flags.add("\\Seen")
             self._change(folder, message, "flags", flags=["\\Seen"], how="+FLAGS")
-            if not any(i.kind == "FLAGS" for i in items):
-                out.append(b"FLAGS " + _flag_list(message.flags))
         reads: dict[str, None] = {}
         for item in items:
+            if implicit_flags and item.kind in _BODY_DATA:  # the flags it changed, before the data
+                out.append(b"FLAGS " + _flag_list(message.flags))
+                implicit_flags = False
             kind = item.kind
             if kind == "FLAGS":
                 out.append(b"FLAGS " + _flag_list(message.flags))
@@ -1153,7 +1158,7 @@ class ImapServer:
         assert source is not None
         seqs, messages = self._messages(ranges, uid=uid)
         if not messages:
-            return self._tagged(tag, "OK", ("Move" if move else "Copy") + " completed.")
+            return self._tagged(tag, "OK", "No messages found.")
         if len(target.messages) + len(messages) > MAX_FOLDER_MESSAGES:
             return self._tagged(tag, "NO", "[OVERQUOTA] Quota exceeded (mailbox for user is full)")
         old_uids, new_uids = [], []
@@ -1171,16 +1176,10 @@ class ImapServer:
         if target is source:
             pass
         self._send(f"* OK {code} Moved UIDs.")
-        moved = set(id(m) for m in messages)
-        kept = []
-        removed = 0
-        for seq, message in enumerate(source.messages, 1):
-            if id(message) in moved and message.uid in old_uids:
-                self._send(f"* {seq - removed} EXPUNGE")
-                removed += 1
-            else:
-                kept.append(message)
-        source.messages = kept
+        for seq in reversed(seqs):
+            self._send(f"* {seq} EXPUNGE")
+        removed = set(seqs)
+        source.messages = [m for seq, m in enumerate(source.messages, 1) if seq not in removed]
         self._tagged(tag, "OK", "Move completed.", timing=TIMING_3)
 
     def _do_move(self, tag: str, args: list[Token], uid: bool = False) -> None:
@@ -1190,10 +1189,7 @@ class ImapServer:
         if args and isinstance(args[0], str) and args[0].upper() == "CHARSET":
             if len(args) < 2:
                 raise ParseError()
-            charset = astring(args[1]) or ""
-            if charset.upper() not in ("UTF-8", "US-ASCII"):
-                return self._tagged(tag, "NO", f"[BADCHARSET (US-ASCII UTF-8)] Unknown charset: {charset}")
-            args = args[2:]
+            args = args[2:]  # Dovecot converts any charset iconv knows; the bait is ASCII anyway
         if not args:
             raise ParseError("Missing search parameters")
         folder = self._selected
@@ -1248,7 +1244,7 @@ class _SearchParser:
         text = self._string()
         parsed = _parse_date(text)
         if parsed is None:
-            raise ParseError(f"Invalid search date parameter: {text}")
+            raise ParseError("Invalid search date parameter")
         return parsed
 
     def key(self) -> Matcher:

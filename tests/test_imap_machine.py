@@ -35,6 +35,9 @@ class Env:
     def now_s(self) -> float:
         return 1_796_272_176.0
 
+    def cram_challenge(self) -> str:
+        return "<1234.1796272176@mx>"
+
 
 def machine(**kw) -> ImapServer:
     return ImapServer(ImapSettings(policy=POLICY, **kw.pop("settings", {})), STORE, Env(), ip="192.0.2.1", **kw)
@@ -141,6 +144,30 @@ def test_plaintext_login_disabled():
         b"* CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ AUTH=PLAIN\r\n"
     )
     assert talk(m, "d LOGIN alice secret").endswith(b"Logged in\r\n")
+
+
+def test_authenticate_login_and_cram_md5_when_configured():
+    import base64
+    from looper.proto.sasl import cram_md5_digest
+
+    m = machine(settings={"auth_mechanisms": ("PLAIN", "LOGIN", "CRAM-MD5")})
+    assert drain(m).endswith(b"AUTH=PLAIN AUTH=LOGIN AUTH=CRAM-MD5] Dovecot (Debian) ready.\r\n")
+    assert talk(m, "a AUTHENTICATE LOGIN", "YWxpY2U=") == b"+ VXNlcm5hbWU6\r\n+ UGFzc3dvcmQ6\r\n"
+    assert talk(m, "c2VjcmV0").endswith(b"] Logged in\r\n")
+    m = machine(settings={"auth_mechanisms": ("CRAM-MD5",)})
+    drain(m)
+    challenge = "<1234.1796272176@mx>"
+    assert talk(m, "a AUTHENTICATE CRAM-MD5") == b"+ " + base64.b64encode(challenge.encode()) + b"\r\n"
+    answer = base64.b64encode(f"alice {cram_md5_digest('secret', challenge)}".encode()).decode()
+    assert talk(m, answer).endswith(b"] Logged in\r\n")
+
+
+def test_a_read_is_logged_once_per_message_and_kind():
+    m = selected()
+    m.events()
+    talk(m, "a FETCH 1:* ENVELOPE", "b FETCH 1:* ENVELOPE", "c FETCH 1 BODY.PEEK[]")
+    reads = [(e.fields["uid"], e.fields["what"]) for e in m.events() if e.eventid == "looper.bait.read"]
+    assert reads == [(1, "envelope"), (2, "envelope"), (1, "body")]
 
 
 def test_authenticate_plain_with_sasl_ir():

@@ -72,6 +72,9 @@ MAX_BAD_PRELOGIN = 3
 MAX_BAD = 20
 MAX_COMMANDS = 100_000
 MAX_KEYWORDS = 50
+# looper.bait.read is logged once per message and kind of read in a session:
+# a client that fetches 1:* in a loop does not flood the log.
+MAX_READS_REMEMBERED = 10_000
 # Timeouts: imap's autologout (CLIENT_IDLE_TIMEOUT_MSECS, 30 min); imap-login
 # disconnects a client that has not logged in after 3 minutes.
 IDLE_TIMEOUT_S = 30 * 60.0
@@ -147,7 +150,10 @@ _TAG = re.compile(rb"[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|~]+\Z")
 
 
 class Environment(Protocol):
+    """The clock and randomness the machine may not have itself."""
+
     def now_s(self) -> float: ...
+    def cram_challenge(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -271,6 +277,7 @@ class ImapServer:
         self._enabled: set[str] = set()
         self._subscribed: set[str] = set()
         self._appended_bytes = 0
+        self._reads: set[tuple[str, int, str]] = set()
         self._append: tuple[str, SessionFolder, set[str], datetime, bytes] | None = None
         self._closed = False
         self._send(f"* OK [CAPABILITY {self._capabilities()}] {GREETING_TEXT}")
@@ -595,7 +602,8 @@ class ImapServer:
         if not self._plaintext_allowed:
             self._emit("looper.login.failed", mechanism=mechanism, username=None, reason="plaintext login disabled")
             return self._tagged(tag, "NO", "[PRIVACYREQUIRED] Plaintext authentication disabled.")
-        exchange = SaslExchange(mechanism, cram_challenge="")
+        challenge = self.environment.cram_challenge() if mechanism == "CRAM-MD5" else ""
+        exchange = SaslExchange(mechanism, cram_challenge=challenge)
         initial = astring(args[1]) if len(args) == 2 else None
         self._sasl, self._sasl_tag = exchange, tag
         self._sasl_outcome(exchange.start(initial))
@@ -1094,6 +1102,10 @@ class ImapServer:
                 else:
                     reads["header"] = None
         for what in reads:
+            key = (folder.name, message.uid, what)
+            if key in self._reads or len(self._reads) >= MAX_READS_REMEMBERED:
+                continue
+            self._reads.add(key)
             self._emit("looper.bait.read", folder=folder.name, uid=message.uid, subject=message.subject, what=what)
         return b"* %d FETCH (" % seq + b" ".join(out) + b")"
 

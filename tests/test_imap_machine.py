@@ -15,7 +15,7 @@ import re
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from looper.proto.actions import Close, Send, StartTLS, Store
+from looper.proto.actions import Close, CloseReason, Send, StartTLS, Store
 from looper.proto.imap import MAX_HELD_BYTES, MAX_LINE_BYTES, ImapServer, ImapSettings, State
 from looper.proto.login import LoginPolicy
 from tests.imap_bait import MULTIPART, PLAIN, STORE
@@ -398,10 +398,26 @@ def test_timeouts():
     m = machine()
     drain(m)
     assert m.idle_timeout_s == 180.0
+    m.timed_out()  # 180 s, as dovecot 2.3.19.1 waited for a login
+    assert drain(m) == b"* BYE Disconnected for inactivity.\r\n<close>"
     m = logged_in()
     assert m.idle_timeout_s == 1800.0
+    assert talk(m, "i IDLE") == b"+ idling\r\n" and m.idle_timeout_s == 120.0
+    m.timed_out()
+    assert drain(m) == b"* OK Still here\r\n"
+    assert talk(m, "DONE").startswith(b"i OK Idle completed") and m.idle_timeout_s == 1800.0
     m.timed_out()
     assert drain(m) == b"* BYE Disconnected for inactivity.\r\n<close>"
+
+
+def test_shutdown():
+    m = machine()
+    drain(m)
+    m.shutting_down(CloseReason.SHUTDOWN)  # imap-login said nothing in 20 s: we just close
+    assert drain(m) == b"<close>"
+    m = logged_in()
+    m.shutting_down(CloseReason.SHUTDOWN)
+    assert drain(m) == b"* BYE Server shutting down.\r\n<close>"
 
 
 SCRIPT = [

@@ -78,6 +78,7 @@ MAX_READS_REMEMBERED = 10_000
 # Timeouts: imap's autologout (CLIENT_IDLE_TIMEOUT_MSECS, 30 min); imap-login
 # disconnects a client that has not logged in after 3 minutes.
 IDLE_TIMEOUT_S = 30 * 60.0
+IDLE_NOTIFY_S = 2 * 60.0  # imap_idle_notify_interval: "* OK Still here" while in IDLE
 PRELOGIN_TIMEOUT_S = 180.0
 # auth_failure_delay (2 s), then the anvil penalty doubling up to 15 s.
 AUTH_FAILURE_DELAY_S = 2.0
@@ -302,13 +303,18 @@ class ImapServer:
         self._feed(bytes(data))
 
     def timed_out(self) -> None:
-        if not self._closed:
-            self._send(INACTIVITY)
-            self._close(CloseReason.TIMEOUT)
+        if self._closed:
+            return
+        if self.mode is Mode.IDLE:  # imap_idle_notify_interval: IDLE is kept, not logged out
+            return self._send("* OK Still here")
+        self._send(INACTIVITY)
+        self._close(CloseReason.TIMEOUT)
 
     def shutting_down(self, reason: CloseReason) -> None:
+        """imap says goodbye; imap-login (before the login) says nothing."""
         if not self._closed:
-            self._send(SHUTTING_DOWN)
+            if self.state is not State.NOT_AUTHENTICATED:
+                self._send(SHUTTING_DOWN)
             self._close(reason)
 
     def connection_closed(self) -> None:
@@ -906,11 +912,13 @@ class ImapServer:
             raise ParseError()
         self._idle_tag = tag
         self.mode = Mode.IDLE
+        self.idle_timeout_s = IDLE_NOTIFY_S
         self._send("+ idling")
 
     def _idle_line(self, line: bytes) -> None:
         self._emit("looper.command.input", input=as_text(line[:MAX_LOGGED_INPUT]))
         self.mode = Mode.COMMAND
+        self.idle_timeout_s = IDLE_TIMEOUT_S
         if line.upper() == b"DONE":
             self._tagged(self._idle_tag, "OK", "Idle completed.", timing=TIMING_3)
         else:

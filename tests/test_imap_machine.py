@@ -11,6 +11,8 @@ own (a bait mailbox has been read before).
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -18,6 +20,7 @@ from hypothesis import given, settings, strategies as st
 from looper.proto.actions import Close, CloseReason, Send, StartTLS, Store
 from looper.proto.imap import MAX_HELD_BYTES, MAX_LINE_BYTES, ImapServer, ImapSettings, State
 from looper.proto.login import LoginPolicy
+from looper.proto.mailbox import BaitFolder, BaitMessage, BaitStore
 from tests.imap_bait import MULTIPART, PLAIN, STORE
 
 POLICY = LoginPolicy(frozenset({("alice", "secret")}))
@@ -462,3 +465,28 @@ def test_the_whole_script_a_byte_at_a_time():
     out, events = run([bytes([b]) for b in data])
     assert out == run([data])[0]
     assert re.search(rb"l OK Logout completed", out) and "looper.bait.read" in events
+
+
+DATA = Path(__file__).parent / "data" / "imap"
+
+
+def test_envelope_bodystructure_and_sections_of_hard_messages_as_dovecot_forms_them():
+    """tests/data/imap/: two messages (encoded words, a folded Subject,
+    groups, an address without a domain, a quoted name with quotes,
+    multipart/alternative in multipart/mixed, message/rfc822, languages,
+    dispositions with parameters; and one with no MIME header at all),
+    and what dovecot 2.3.19.1 answered to these fetches (UIDs 5 and 6)."""
+    when = datetime(2026, 12, 3, 4, 29, 36, tzinfo=timezone.utc)
+    messages = tuple(
+        BaitMessage(5 + i, (DATA / name).read_bytes(), frozenset({"\\Seen"}), when)
+        for i, name in enumerate(("edge.eml", "bare.eml"))
+    )
+    m = ImapServer(ImapSettings(policy=POLICY), BaitStore((BaitFolder("INBOX", None, 1, messages),)), Env(), ip="192.0.2.1")
+    drain(m)
+    talk(m, "a LOGIN alice secret", "b EXAMINE INBOX")
+    assert talk(m, "c FETCH 1:* (UID ENVELOPE BODYSTRUCTURE)") == (
+        (DATA / "edge-envelope-bodystructure.dovecot").read_bytes() + OK_FETCH
+    )
+    sections = ("BODY.PEEK[1] BODY.PEEK[1.1] BODY.PEEK[1.2.MIME] BODY.PEEK[2] BODY.PEEK[2.HEADER] BODY.PEEK[2.TEXT]"
+                " BODY.PEEK[2.1] BODY.PEEK[3.MIME] BODY.PEEK[TEXT]<0.20>")
+    assert talk(m, f"c FETCH 1:* ({sections})") == (DATA / "edge-sections.dovecot").read_bytes() + OK_FETCH

@@ -29,19 +29,23 @@ from email.message import Message
 
 _HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.compat32)
 # An atom-safe string: printable ASCII, no quote or backslash needing a literal.
-_NEEDS_LITERAL = re.compile(rb"[\x00\r\n\x80-\xff]")
+_NEEDS_LITERAL = re.compile(rb'[\x00\r\n\x80-\xff"\\\\]')
 MAX_MIME_DEPTH = 20  # Dovecot's message_parser stops nesting there too (roughly); bounded either way
 MAX_MIME_PARTS = 500
 
 
 def nstring(value: bytes | str | None) -> bytes:
-    """NIL, a quoted string, or a literal when the value needs one (RFC 3501 4.3)."""
+    """NIL, a quoted string, or a literal when the value needs one (RFC 3501
+    4.3). As Dovecot: a value with a quote or backslash is a literal too
+    (it never escapes), and a folded one is a literal with its CR LFs
+    removed."""
     if value is None:
         return b"NIL"
     raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
     if _NEEDS_LITERAL.search(raw):
+        raw = raw.replace(b"\r", b"").replace(b"\n", b"")
         return b"{%d}\r\n" % len(raw) + raw
-    return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return b'"' + raw + b'"'
 
 
 def literal(raw: bytes) -> bytes:
@@ -121,11 +125,17 @@ def _split_multipart(body: bytes, boundary: bytes) -> list[bytes]:
 # -- ENVELOPE -------------------------------------------------------------------
 
 
-def _raw_field(fields: Message, name: str) -> str | None:
+def _raw_field(fields: Message, name: str, *, unfold: bool = True) -> str | None:
+    """A header field's raw value (never decoded); folded, it keeps its
+    CR LF unless `unfold` (nstring then makes it a literal without them)."""
     value = fields.get(name)
     if value is None:
         return None
-    text = str(value).replace("\r", "").replace("\n", "")
+    text = str(value)
+    if unfold:
+        text = text.replace("\r", "").replace("\n", "")
+    else:
+        text = text.replace("\r\n", "\n").replace("\n", "\r\n")
     return text.strip() or None
 
 
@@ -134,16 +144,103 @@ def _addresses(fields: Message, name: str) -> bytes:
     if value is None:
         return b"NIL"
     out = []
-    for display, address in email.utils.getaddresses([value]):
-        if not address and not display:
-            continue
-        mailbox, at, host = address.rpartition("@")
-        if not at:
-            mailbox, host = address, None
-        out.append(
-            b"(" + nstring(display or None) + b" NIL " + nstring(mailbox or None) + b" " + nstring(host or None) + b")"
-        )
+    for item in parse_addresses(value):
+        out.append(b"(" + b" ".join(nstring(v) for v in item) + b")")
     return b"(" + b"".join(out) + b")" if out else b"NIL"
+
+
+def parse_addresses(value: str) -> list[tuple[str | None, None, str | None, str | None]]:
+    """An address list (RFC 5322 3.4) as ENVELOPE's (name, adl, mailbox,
+    host) tuples, raw as Dovecot gives them: groups open with (NIL NIL
+    name NIL) and close with (NIL NIL NIL NIL); an address without a
+    domain gets "MISSING_DOMAIN"."""
+    out: list[tuple[str | None, None, str | None, str | None]] = []
+    in_group = False
+    for chunk, end in _split_top(value):
+        if end == ":":
+            out.append((None, None, _phrase(chunk) or "", None))
+            in_group = True
+            continue
+        if chunk.strip():
+            mailbox = _mailbox(chunk)
+            if mailbox is not None:
+                out.append(mailbox)
+        if end == ";" and in_group:
+            out.append((None, None, None, None))
+            in_group = False
+    if in_group:
+        out.append((None, None, None, None))
+    return out
+
+
+def _split_top(value: str) -> list[tuple[str, str]]:
+    """The chunks between top-level , : ; (outside quotes, comments, <>),
+    each with the separator that ended it ("" at the end)."""
+    chunks: list[tuple[str, str]] = []
+    current: list[str] = []
+    depth = 0
+    quoted = angle = False
+    escaped = False
+    for char in value:
+        if escaped:
+            current.append(char)
+            escaped = False
+            continue
+        if char == "\\" and (quoted or depth):
+            current.append(char)
+            escaped = True
+            continue
+        if quoted:
+            quoted = char != '"'
+        elif depth:
+            depth += {"(": 1, ")": -1}.get(char, 0)
+        elif char == '"':
+            quoted = True
+        elif char == "(":
+            depth = 1
+        elif char == "<":
+            angle = True
+        elif char == ">":
+            angle = False
+        elif char in ",:;" and not angle:
+            chunks.append(("".join(current), char))
+            current = []
+            continue
+        current.append(char)
+    chunks.append(("".join(current), ""))
+    return chunks[:MAX_MIME_PARTS]
+
+
+def _phrase(text: str) -> str | None:
+    """A display name: comments dropped, quoted strings unquoted, white space single."""
+    words = []
+    for found in re.finditer(r'"((?:[^"\\]|\\.)*)"|\((?:[^()\\]|\\.)*\)|(\S+)', text):
+        if found.group(1) is not None:
+            words.append(re.sub(r"\\(.)", r"\1", found.group(1)))
+        elif found.group(2) is not None:
+            words.append(found.group(2))
+    return " ".join(words) or None
+
+
+def _mailbox(chunk: str) -> tuple[str | None, None, str | None, str | None] | None:
+    angle = re.search(r"<([^>]*)>?", chunk)
+    if angle is not None:
+        name = _phrase(chunk[: angle.start()])
+        address = angle.group(1)
+    else:
+        comment = re.search(r"\(((?:[^()\\]|\\.)*)\)", chunk)
+        name = comment.group(1) if comment else None
+        address = re.sub(r"\((?:[^()\\]|\\.)*\)", "", chunk)
+    address = address.strip()
+    if ":" in address and address.startswith("@"):  # an obsolete source route
+        address = address.split(":", 1)[1]
+    local, at, host = address.rpartition("@")
+    if not at:
+        local, host = address, ""
+    local, host = local.strip(), host.strip()
+    if not local and not host:
+        return None if name is None else (name, None, "MISSING_MAILBOX", "MISSING_DOMAIN")
+    return (name, None, local or "MISSING_MAILBOX", host or "MISSING_DOMAIN")
 
 
 def envelope(part: Part) -> bytes:
@@ -151,16 +248,16 @@ def envelope(part: Part) -> bytes:
     sender = "sender" if "sender" in fields else "from"
     reply_to = "reply-to" if "reply-to" in fields else "from"
     items = [
-        nstring(_raw_field(fields, "date")),
-        nstring(_raw_field(fields, "subject")),
+        nstring(_raw_field(fields, "date", unfold=False)),
+        nstring(_raw_field(fields, "subject", unfold=False)),
         _addresses(fields, "from"),
         _addresses(fields, sender),
         _addresses(fields, reply_to),
         _addresses(fields, "to"),
         _addresses(fields, "cc"),
         _addresses(fields, "bcc"),
-        nstring(_raw_field(fields, "in-reply-to")),
-        nstring(_raw_field(fields, "message-id")),
+        nstring(_raw_field(fields, "in-reply-to", unfold=False)),
+        nstring(_raw_field(fields, "message-id", unfold=False)),
     ]
     return b"(" + b" ".join(items) + b")"
 
@@ -169,9 +266,7 @@ def envelope(part: Part) -> bytes:
 
 
 def _params(fields: Message) -> bytes:
-    params = fields.get_params()
-    if not params:
-        return b"NIL"
+    params = fields.get_params() or [("", "")]
     pairs = [(k, v) for k, v in params[1:]]  # the first is the type itself
     if not pairs and fields.get_content_maintype() == "text":
         pairs = [("charset", "us-ascii")]
@@ -199,6 +294,14 @@ def _disposition(fields: Message) -> bytes:
     return b"(" + nstring(kind) + b" " + inner + b")"
 
 
+def _languages(fields: Message) -> bytes:
+    value = _raw_field(fields, "content-language")
+    if value is None:
+        return b"NIL"
+    languages = [v for v in re.split(r"[\s,]+", value) if v]
+    return b"(" + b" ".join(nstring(v) for v in languages) + b")" if languages else b"NIL"
+
+
 def body_structure(part: Part, *, extended: bool = True) -> bytes:
     fields = part.fields
     if part.maintype == "multipart":
@@ -210,7 +313,7 @@ def body_structure(part: Part, *, extended: bool = True) -> bytes:
             children = b"".join(body_structure(child, extended=extended) for child in part.children)
         out = b"(" + children + b" " + nstring(part.subtype)
         if extended:
-            out += b" " + _params(fields) + b" " + _disposition(fields) + b" " + nstring(_raw_field(fields, "content-language")) + b" " + nstring(_raw_field(fields, "content-location"))
+            out += b" " + _params(fields) + b" " + _disposition(fields) + b" " + _languages(fields) + b" " + nstring(_raw_field(fields, "content-location"))
         return out + b")"
     encoding = _raw_field(fields, "content-transfer-encoding") or "7bit"
     items = [
@@ -230,7 +333,7 @@ def body_structure(part: Part, *, extended: bool = True) -> bytes:
         items += [
             nstring(_raw_field(fields, "content-md5")),
             _disposition(fields),
-            nstring(_raw_field(fields, "content-language")),
+            _languages(fields),
             nstring(_raw_field(fields, "content-location")),
         ]
     return b"(" + b" ".join(items) + b")"

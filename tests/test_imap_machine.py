@@ -103,7 +103,10 @@ def test_a_failed_login_waits_as_dovecot_does():
     m.receive_data(b"b LOGIN alice wrong\r\n")
     (send,) = m.actions()
     assert send.delay_s == 2.0
-    assert [e.eventid for e in m.events()] == ["looper.command.input", "looper.login.failed"]
+    m.receive_data(b"c LOGIN alice wrong\r\n")
+    (send,) = m.actions()
+    assert send.delay_s == 6.0
+    assert [e.eventid for e in m.events()] == ["looper.command.input", "looper.login.failed"] * 2
 
 
 def test_prelogin_bad_commands_and_their_limit():

@@ -4,14 +4,21 @@ Bytes in (receive_data), actions and events out, like the SMTP machine
 (looper/proto/smtpd.py) and through the same adapter (looper/net/session.py).
 
 Everything that affects transitions lives here:
-- one enum of states (State) and one table (COMMANDS) of the commands each
-  state allows, with the handler and the state it moves to;
+- one enum of states (State) and one table (COMMANDS) of the states in
+  which each command is known; its handler is `_do_<command>`, and the
+  state changes are made there and nowhere else: LOGIN and AUTHENTICATE
+  (NOT_AUTHENTICATED -> AUTHENTICATED), SELECT and EXAMINE (-> SELECTED),
+  CLOSE, UNSELECT and a failed SELECT (-> AUTHENTICATED), LOGOUT and every
+  Close (-> LOGOUT). A command the table does not allow in the state is
+  answered as Dovecot answers it (BAD, counted towards its limit);
 - input is read a line at a time (LineReader); a line that ends in a
   literal `{n}` / `{n+}` makes the next n octets raw; a command is complete
   at a line without one. A synchronizing literal is answered "+ OK".
-  A literal over its limit is refused before it is read (a `{n+}` one is
-  skipped without being kept);
-- AUTHENTICATE and IDLE read their continuation lines in their own modes.
+  A literal over its limit is refused before it is read: an APPEND's with
+  [TOOBIG] (a `{n+}` one skipped as it comes, never kept), any other with
+  Dovecot's "* BYE Literal size too large";
+- AUTHENTICATE and IDLE read their continuation lines in their own modes
+  (Mode).
 
 Dovecot's texts, verified against dovecot 2.3.19.1 (imap-login before the
 login, imap after it; tests/test_imap_machine.py holds the exact bytes):
@@ -28,19 +35,19 @@ every read of bait (looper.bait.read).
 from __future__ import annotations
 
 import base64
-import email.utils
 import enum
 import hashlib
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.header import decode_header, make_header
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from looper.events import Event
 from looper.proto import imap_fetch as fx
 from looper.proto.actions import Action, Close, CloseReason, Send, StartTLS, Store
 from looper.proto.imap_parse import ParseError, Token, astring, format_set, in_set, parse_set, tokens
+from looper.proto.imap_search import SearchParser
 from looper.proto.lines import LineReader, Overlong, Refused
 from looper.proto.login import LoginPolicy, login_fields
 from looper.proto.mailbox import BaitFolder, BaitStore
@@ -80,9 +87,11 @@ MAX_READS_REMEMBERED = 10_000
 IDLE_TIMEOUT_S = 30 * 60.0
 IDLE_NOTIFY_S = 2 * 60.0  # imap_idle_notify_interval: "* OK Still here" while in IDLE
 PRELOGIN_TIMEOUT_S = 180.0
-# auth_failure_delay (2 s), then the anvil penalty doubling up to 15 s.
+# A failed login waits: dovecot 2.3.19.1 answered an address's first
+# failure after 2 s and the next ones after 6 s (auth_failure_delay, then
+# the anvil penalty).
 AUTH_FAILURE_DELAY_S = 2.0
-AUTH_PENALTY_MAX_S = 15.0
+AUTH_REPEAT_FAILURE_DELAY_S = 6.0
 MAX_LOGGED_INPUT = 2048
 
 # -- Dovecot's texts -------------------------------------------------------------------
@@ -655,7 +664,7 @@ class ImapServer:
             self._subscribed = set(self._folders)
             return self._send(f"{tag} OK [CAPABILITY {POSTLOGIN_CAPABILITIES}] Logged in")
         self._login_failed(credentials, "bad credentials")
-        delay = min(AUTH_PENALTY_MAX_S, AUTH_FAILURE_DELAY_S * 2 ** max(self.auth_failures - 1, 0))
+        delay = LoginPolicy.failure_delay_s(self.auth_failures, AUTH_FAILURE_DELAY_S, AUTH_REPEAT_FAILURE_DELAY_S)
         self._tagged(tag, "NO", AUTH_FAILED, delay_s=delay)
 
     def _login_failed(self, credentials: Credentials, reason: str) -> None:
@@ -1193,8 +1202,6 @@ class ImapServer:
         code = f"[COPYUID {target.uidvalidity} {format_set(old_uids)} {format_set(new_uids)}]"
         if not move:
             return self._tagged(tag, "OK", f"{code} Copy completed.", timing=TIMING_3)
-        if target is source:
-            pass
         self._send(f"* OK {code} Moved UIDs.")
         for seq in reversed(seqs):
             self._send(f"* {seq} EXPUNGE")
@@ -1214,7 +1221,7 @@ class ImapServer:
             raise ParseError("Missing search parameters")
         folder = self._selected
         assert folder is not None
-        matcher = _SearchParser(args, folder).parse_all()
+        matcher = SearchParser(args, folder).parse_all()
         hits = []
         for seq, message in enumerate(folder.messages, 1):
             if matcher(seq, message):
@@ -1226,167 +1233,6 @@ class ImapServer:
                 flags: list[str] | None = None, how: str | None = None, to: str | None = None) -> None:
         self._emit("looper.imap.change", folder=folder.name, uid=message.uid, change=change,
                    flags=flags or [], how=how, to=to)
-
-
-# -- SEARCH -------------------------------------------------------------------------------
-
-Matcher = Callable[[int, SessionMessage], bool]
-
-
-class _SearchParser:
-    """Search keys (RFC 3501 6.4.4) into one predicate over (seq, message)."""
-
-    def __init__(self, args: list[Token], folder: SessionFolder) -> None:
-        self.args = args
-        self.pos = 0
-        self.folder = folder
-
-    def parse_all(self) -> Matcher:
-        keys = []
-        while self.pos < len(self.args):
-            keys.append(self.key())
-        return lambda seq, m: all(k(seq, m) for k in keys)
-
-    def _next(self) -> Token:
-        if self.pos >= len(self.args):
-            raise ParseError("Missing search parameters")
-        token = self.args[self.pos]
-        self.pos += 1
-        return token
-
-    def _string(self) -> str:
-        value = astring(self._next())
-        if value is None:
-            raise ParseError("Invalid arguments.")
-        return value
-
-    def _date(self) -> tuple[int, int, int]:
-        text = self._string()
-        parsed = _parse_date(text)
-        if parsed is None:
-            raise ParseError("Invalid search date parameter")
-        return parsed
-
-    def key(self) -> Matcher:
-        token = self._next()
-        if isinstance(token, list):
-            inner = _SearchParser(token, self.folder)
-            return inner.parse_all()
-        if isinstance(token, bytes):
-            raise ParseError("Invalid arguments.")
-        upper = token.upper()
-        flag_keys = {
-            "ANSWERED": ("\\Answered", True), "DELETED": ("\\Deleted", True), "DRAFT": ("\\Draft", True),
-            "FLAGGED": ("\\Flagged", True), "SEEN": ("\\Seen", True), "UNANSWERED": ("\\Answered", False),
-            "UNDELETED": ("\\Deleted", False), "UNDRAFT": ("\\Draft", False), "UNFLAGGED": ("\\Flagged", False),
-            "UNSEEN": ("\\Seen", False),
-        }
-        if upper == "ALL" or upper == "OLD":
-            return lambda seq, m: True
-        if upper in ("NEW", "RECENT"):
-            return lambda seq, m: False
-        if upper in flag_keys:
-            flag, present = flag_keys[upper]
-            return lambda seq, m: (flag in m.flags) == present
-        if upper in ("KEYWORD", "UNKEYWORD"):
-            word = self._string()
-            present = upper == "KEYWORD"
-            return lambda seq, m: (word in m.flags) == present
-        if upper in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
-            needle = self._string().lower()
-            name = upper.lower()
-            return lambda seq, m: needle in _header_text(m, name)
-        if upper == "HEADER":
-            name = self._string().lower()
-            needle = self._string().lower()
-            return lambda seq, m: (name in m.parsed.fields) and needle in _header_text(m, name)
-        if upper == "BODY":
-            needle = self._string().lower().encode("utf-8")
-            return lambda seq, m: needle in m.parsed.body.lower()
-        if upper == "TEXT":
-            needle = self._string().lower().encode("utf-8")
-            return lambda seq, m: needle in m.content.lower()
-        if upper in ("SINCE", "BEFORE", "ON"):
-            day = self._date()
-            return _date_matcher(upper, day, lambda m: m.internaldate)
-        if upper in ("SENTSINCE", "SENTBEFORE", "SENTON"):
-            day = self._date()
-            return _date_matcher(upper[4:], day, _sent_date)
-        if upper in ("LARGER", "SMALLER"):
-            text = self._string()
-            if not text.isdigit():
-                raise ParseError("Invalid size")
-            size = int(text)
-            if upper == "LARGER":
-                return lambda seq, m: len(m.content) > size
-            return lambda seq, m: len(m.content) < size
-        if upper == "UID":
-            text = self._next()
-            largest = self.folder.messages[-1].uid if self.folder.messages else 1
-            ranges = parse_set(text, largest) if isinstance(text, str) else None
-            if ranges is None:
-                raise ParseError("Invalid messageset")
-            return lambda seq, m: in_set(m.uid, ranges)
-        if upper == "NOT":
-            inner = self.key()
-            return lambda seq, m: not inner(seq, m)
-        if upper == "OR":
-            left, right = self.key(), self.key()
-            return lambda seq, m: left(seq, m) or right(seq, m)
-        ranges = parse_set(token, len(self.folder.messages))
-        if ranges is not None:
-            return lambda seq, m: in_set(seq, ranges)
-        raise ParseError(f"Unknown argument {token}")
-
-
-def _header_text(message: SessionMessage, name: str) -> str:
-    values = message.parsed.fields.get_all(name) or []
-    out = []
-    for value in values:
-        raw = str(value)
-        try:
-            out.append(str(make_header(decode_header(raw))))
-        except Exception:
-            out.append(raw)
-    return " ".join(out).lower()
-
-
-def _sent_date(message: SessionMessage) -> datetime | None:
-    value = message.parsed.fields.get("date")
-    if value is None:
-        return None
-    try:
-        return email.utils.parsedate_to_datetime(str(value))
-    except (TypeError, ValueError, IndexError):
-        return None
-
-
-def _date_matcher(how: str, day: tuple[int, int, int], get: Callable[[SessionMessage], datetime | None]) -> Matcher:
-    def match(seq: int, message: SessionMessage) -> bool:
-        when = get(message)
-        if when is None:
-            return False
-        found = (when.year, when.month, when.day)
-        if how == "SINCE":
-            return found >= day
-        if how == "BEFORE":
-            return found < day
-        return found == day
-
-    return match
-
-
-def _parse_date(text: str) -> tuple[int, int, int] | None:
-    parts = text.split("-")
-    if len(parts) != 3 or not parts[0].isdigit() or not parts[2].isdigit():
-        return None
-    month = parts[1].capitalize()
-    if month not in _MONTHS:
-        return None
-    day, year = int(parts[0]), int(parts[2])
-    if not 1 <= day <= 31 or not 1 <= year <= 9999:
-        return None
-    return year, _MONTHS.index(month) + 1, day
 
 
 def _parse_datetime(text: str) -> datetime | None:

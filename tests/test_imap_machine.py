@@ -18,7 +18,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from looper.proto.actions import Close, CloseReason, Send, StartTLS, Store
-from looper.proto.imap import MAX_HELD_BYTES, MAX_LINE_BYTES, ImapServer, ImapSettings, State
+from looper.proto.imap import (
+    COMMANDS, MAX_APPEND_BYTES, MAX_HELD_BYTES, MAX_LINE_BYTES, ImapServer, ImapSettings, Mode, State,
+)
 from looper.proto.login import LoginPolicy
 from looper.proto.mailbox import BaitFolder, BaitMessage, BaitStore
 from tests.imap_bait import MULTIPART, PLAIN, STORE
@@ -493,3 +495,62 @@ def test_envelope_bodystructure_and_sections_of_hard_messages_as_dovecot_forms_t
     sections = ("BODY.PEEK[1] BODY.PEEK[1.1] BODY.PEEK[1.2.MIME] BODY.PEEK[2] BODY.PEEK[2.HEADER] BODY.PEEK[2.TEXT]"
                 " BODY.PEEK[2.1] BODY.PEEK[3.MIME] BODY.PEEK[TEXT]<0.20>")
     assert talk(m, f"c FETCH 1:* ({sections})") == (DATA / "edge-sections.dovecot").read_bytes() + OK_FETCH
+
+
+def in_state(state: State) -> ImapServer:
+    if state is State.NOT_AUTHENTICATED:
+        m = machine()
+        drain(m)
+        return m
+    return logged_in() if state is State.AUTHENTICATED else selected()
+
+
+ARGUMENTS = ["", " INBOX", " 1 FLAGS", " 1:* (FLAGS BODY[])", ' "" "*"', " alice secret", " PLAIN", " (x", " {3+}\r\nabc"]
+
+
+@pytest.mark.parametrize("state", [State.NOT_AUTHENTICATED, State.AUTHENTICATED, State.SELECTED])
+def test_the_table_every_command_in_every_state(state):
+    """Every command of the table, and one it lacks, in every state: no
+    exception, and the state moves only where the table's handlers move it."""
+    moves = {
+        "LOGIN": {State.AUTHENTICATED}, "AUTHENTICATE": {State.AUTHENTICATED},
+        "SELECT": {State.SELECTED, State.AUTHENTICATED}, "EXAMINE": {State.SELECTED, State.AUTHENTICATED},
+        "CLOSE": {State.AUTHENTICATED}, "UNSELECT": {State.AUTHENTICATED}, "DELETE": {State.AUTHENTICATED},
+        "LOGOUT": {State.LOGOUT},
+    }
+    for name in [*COMMANDS, "XYZZY"]:
+        for arguments in ARGUMENTS:
+            m = in_state(state)
+            m.receive_data(f"t {name}{arguments}\r\n".encode())
+            out = drain(m)
+            assert out.count(b"\r\n") >= 1 or m.mode is not Mode.COMMAND, (name, arguments)
+            allowed = {state} | (moves.get(name, set()) if state in COMMANDS.get(name, set()) else set())
+            if b"<close>" in out:
+                allowed.add(State.LOGOUT)
+            assert m.state in allowed, (state, name, arguments, m.state)
+
+
+def test_a_huge_nonsync_append_is_skipped_never_kept():
+    m = selected()
+    size = 3 * MAX_APPEND_BYTES
+    m.receive_data(b"a APPEND INBOX {%d+}\r\n" % size)
+    chunk = b"x" * 65536
+    for _ in range(size // len(chunk)):
+        m.receive_data(chunk)
+        assert len(m._pending.data) == 0
+    m.receive_data(b"\r\nb NOOP\r\n")
+    assert drain(m) == (
+        b"a NO [TOOBIG] Mail size is larger than the maximum size allowed by server configuration (0.001 + 0.000 secs).\r\n"
+        b"b OK NOOP completed (0.001 + 0.000 secs).\r\n"
+    )
+
+
+def test_input_held_while_storing_is_bounded():
+    m = selected()
+    m.receive_data(b"a APPEND INBOX {5+}\r\nhello\r\n")
+    assert m.paused and any(isinstance(a, Store) for a in m.actions())
+    for _ in range(100):
+        m.receive_data(b"b NOOP\r\n" * 1000)
+    assert len(m._held) <= MAX_HELD_BYTES
+    m.stored("/x")
+    assert drain(m).startswith(b"* 3 EXISTS\r\na OK [APPENDUID 1796272220 3] Append completed")

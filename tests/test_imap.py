@@ -40,7 +40,7 @@ async def imap_trap(relay):
         port, tls_port = free_port(), free_port()
         listen = {"imap": [f"127.0.0.1:{port}"], "imaps": [f"127.0.0.1:{tls_port}"], **sections.pop("listen", {})}
         trap = await relay(listen=listen, credentials=["alice:secret"], **sections)
-        trap.trap.emulated.bait = STORE
+        trap.trap.context.bait = STORE  # what looper/bait.py will load at start
         trap.imap_port, trap.imaps_port = port, tls_port
         return trap
 

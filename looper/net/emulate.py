@@ -87,8 +87,7 @@ def imap_settings(config: Config) -> ImapSettings:
 
 class EmulatedRelay:
     def __init__(self, config: Config, eventlog: EventLog, hostname: str, *, store: MessageStore,
-                 message_memory: MessageMemory, login_failures: FailureMemory,
-                 bait: BaitStore | None = None) -> None:
+                 message_memory: MessageMemory, login_failures: FailureMemory) -> None:
         smtp = config.smtp
         self.hostname = hostname
         self.eventlog = eventlog
@@ -98,7 +97,6 @@ class EmulatedRelay:
         self.environment = SystemEnvironment(hostname)
         self.max_session_s = smtp.max_session_seconds
         self.login_failures = login_failures  # the trap's: shared with IMAP and POP3
-        self.bait = bait if bait is not None else BaitStore()
         self.imap_settings = imap_settings(config)
 
     def serve(
@@ -111,14 +109,16 @@ class EmulatedRelay:
         client_name: str | None = None,
         implicit_tls: bool = False,
         protocol: str = "smtp",
+        bait: BaitStore | None = None,
         on_closed: Callable[[str, int, int], None],
         transcript: Transcript | None = None,
     ) -> ServerSession:
-        """Take over `transport`: the client meets the emulated server of `protocol`."""
+        """Take over `transport`: the client meets the emulated server of
+        `protocol` (IMAP: over `bait`, the trap's store as it is now)."""
         ip = info.src_ip
         machine: SmtpServer | ImapServer
         if protocol == "imap":
-            machine = ImapServer(self.imap_settings, self.bait, self.environment, ip=ip, tls=implicit_tls,
+            machine = ImapServer(self.imap_settings, bait or BaitStore(), self.environment, ip=ip, tls=implicit_tls,
                                  earlier_failures=self.login_failures.of(ip))
         else:
             machine = self._smtp_machine(info, early_bytes, client_name, implicit_tls)

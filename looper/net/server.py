@@ -121,7 +121,7 @@ class Trap:
                 )
             context.emulated = EmulatedRelay(config, context.eventlog, hostname, store=context.store,
                                              message_memory=context.message_memory,
-                                             login_failures=context.login_failures, bait=context.bait)
+                                             login_failures=context.login_failures)
         try:
             for kind in LISTENER_KINDS:
                 for endpoint in getattr(config.listen, kind.name):
@@ -237,7 +237,7 @@ class _ServedSession:
             return connection.close(SessionMode.REFUSED, refusal.reason, 0, 0)
         connection.gather_dns()
         self.server_session = context.emulated.serve(
-            self.transport, info, implicit_tls=self.kind.implicit_tls, protocol=self.kind.protocol,
+            self.transport, info, implicit_tls=self.kind.implicit_tls, protocol=self.kind.protocol, bait=context.bait,
             on_closed=lambda reason, bytes_in, bytes_out: connection.close(SessionMode.EMULATE, reason, bytes_in, bytes_out),
             transcript=connection.transcript,
         )

@@ -95,6 +95,10 @@ def test_prelogin_as_dovecot_answers():
     assert talk(m, "a AUTHENTICATE FOO") == b"a NO [ALERT] Unsupported authentication mechanism.\r\n"
     assert talk(m, "a AUTHENTICATE PLAIN", "*") == b"+ \r\na BAD Authentication aborted by client.\r\n"
     assert talk(m, "a AUTHENTICATE PLAIN", "!!!notbase64") == b"+ \r\na NO [ALERT] Invalid base64 in response\r\n"
+    assert talk(m, "a AUTHENTICATE PLAIN YWJj", "b AUTHENTICATE PLAIN =") == (
+        b"a NO [AUTHENTICATIONFAILED] Authentication failed.\r\nb NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
+    )
+    assert talk(m, "c AUTHENTICATE PLAIN AGFsaWNlAHNlY3JldA== extra") == b"c BAD Invalid base64 data in initial response\r\n"
     assert talk(m, "b LOGIN alice wrong") == b"b NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
     assert talk(m, "a LOGOUT") == b"* BYE Logging out\r\na OK Logout completed.\r\n<close>"
 

@@ -608,7 +608,7 @@ class ImapServer:
         self._try_login(tag, credentials)
 
     def _do_authenticate(self, tag: str, args: list[Token]) -> None:
-        if not args or not isinstance(args[0], str) or len(args) > 2:
+        if not args or not isinstance(args[0], str):
             raise ParseError()
         mechanism = args[0].upper()
         if mechanism not in self.settings.auth_mechanisms:
@@ -619,9 +619,11 @@ class ImapServer:
             return self._tagged(tag, "NO", "[PRIVACYREQUIRED] Plaintext authentication disabled.")
         challenge = self.environment.cram_challenge() if mechanism == "CRAM-MD5" else ""
         exchange = SaslExchange(mechanism, cram_challenge=challenge)
-        initial = astring(args[1]) if len(args) == 2 else None
         self._sasl, self._sasl_tag = exchange, tag
-        self._sasl_outcome(exchange.start(initial))
+        if len(args) > 2 or (len(args) == 2 and astring(args[1]) is None):  # Dovecot takes it all as the response
+            return self._sasl_outcome(Failure.UNDECODABLE, initial=True)
+        initial = astring(args[1]) if len(args) == 2 else None
+        self._sasl_outcome(exchange.start(initial), initial=initial is not None)
 
     def _sasl_response(self, line: bytes) -> None:
         self._emit("looper.command.input", input=as_text(line[:MAX_LOGGED_INPUT]))
@@ -631,7 +633,7 @@ class ImapServer:
             return
         self._sasl_outcome(exchange.respond(line))
 
-    def _sasl_outcome(self, outcome: Challenge | Credentials | Failure) -> None:
+    def _sasl_outcome(self, outcome: Challenge | Credentials | Failure, *, initial: bool = False) -> None:
         exchange, tag = self._sasl, self._sasl_tag
         assert exchange is not None
         if isinstance(outcome, Challenge):
@@ -641,10 +643,16 @@ class ImapServer:
         if outcome is Failure.CANCELLED:
             self._emit("looper.login.failed", mechanism=exchange.mechanism, username=None, reason="cancelled")
             return self._tagged(tag, "BAD", "Authentication aborted by client.")
-        if isinstance(outcome, Failure):
-            self._emit("looper.login.failed", mechanism=exchange.mechanism, username=None,
-                       reason="invalid base64" if outcome is Failure.UNDECODABLE else "malformed response")
+        if outcome is Failure.UNDECODABLE:
+            self._emit("looper.login.failed", mechanism=exchange.mechanism, username=None, reason="invalid base64")
+            if initial:
+                return self._tagged(tag, "BAD", "Invalid base64 data in initial response")
             return self._tagged(tag, "NO", "[ALERT] Invalid base64 in response")
+        if isinstance(outcome, Failure):  # base64, but not what the mechanism wants: a failed login
+            self.auth_failures += 1
+            self._emit("looper.login.failed", mechanism=exchange.mechanism, username=None, reason="malformed response")
+            delay = LoginPolicy.failure_delay_s(self.auth_failures, AUTH_FAILURE_DELAY_S, AUTH_REPEAT_FAILURE_DELAY_S)
+            return self._tagged(tag, "NO", AUTH_FAILED, delay_s=delay)
         self._try_login(tag, outcome)
 
     def _try_login(self, tag: str, credentials: Credentials) -> None:

@@ -306,6 +306,15 @@ def test_fetch_as_dovecot_answers(command, reply):
      b'* LIST (\\Drafts) "/" Drafts\r\n* LIST (\\Junk) "/" Junk\r\n* LIST () "/" INBOX\r\nc OK List completed (0.001 + 0.000 secs).\r\n'),
     ('c LIST (SPECIAL-USE) "" "*"', b'* LIST (\\Archive) "/" Archive\r\n* LIST (\\Sent) "/" Sent\r\n'
      b'* LIST (\\Drafts) "/" Drafts\r\n* LIST (\\Junk) "/" Junk\r\nc OK List completed (0.001 + 0.000 secs).\r\n'),
+    ('b LIST "" "*" RETURN (SPECIAL-USE SUBSCRIBED)', b'* LIST (\\Subscribed \\Archive) "/" Archive\r\n'
+     b'* LIST (\\Subscribed \\Sent) "/" Sent\r\n* LIST (\\Subscribed \\Drafts) "/" Drafts\r\n'
+     b'* LIST (\\Subscribed \\Junk) "/" Junk\r\n* LIST (\\Subscribed) "/" INBOX\r\nb OK List completed (0.001 + 0.000 secs).\r\n'),
+    ('b LIST (SUBSCRIBED) "" "S*" RETURN (CHILDREN SPECIAL-USE)',
+     b'* LIST (\\Subscribed \\HasNoChildren \\Sent) "/" Sent\r\nb OK List completed (0.001 + 0.000 secs).\r\n'),
+    ('b LIST "" inbox', b'* LIST (\\HasNoChildren) "/" INBOX\r\nb OK List completed (0.001 + 0.000 secs).\r\n'),
+    ('b LIST "" "Se%"', b'* LIST (\\HasNoChildren \\Sent) "/" Sent\r\nb OK List completed (0.001 + 0.000 secs).\r\n'),
+    ("b STATUS Sent (MESSAGES UIDNEXT UNSEEN SIZE)", b"* STATUS Sent (MESSAGES 0 UIDNEXT 1 UNSEEN 0 SIZE 0)\r\n"
+     b"b OK Status completed (0.001 + 0.000 + 0.000 secs).\r\n"),
     ("b STARTTLS", b"b BAD Error in IMAP command STARTTLS: Unknown command (0.001 + 0.000 secs).\r\n"),
     ("b AUTHENTICATE PLAIN", b"b BAD Error in IMAP command AUTHENTICATE: Unknown command (0.001 + 0.000 secs).\r\n"),
     ("c DELETE Nope", b"c NO [NONEXISTENT] Mailbox doesn't exist: Nope (0.001 + 0.000 secs).\r\n"),

@@ -699,12 +699,18 @@ class ImapServer:
         return folders + ([inbox] if inbox is not None else [])
 
     def _do_list(self, tag: str, args: list[Token]) -> None:
-        special_only = extended = False
-        if args and isinstance(args[0], list):  # LIST-EXTENDED selection options
-            special_only = any(isinstance(a, str) and a.upper() == "SPECIAL-USE" for a in args[0])
-            args, extended = args[1:], True
-        if len(args) >= 4 and isinstance(args[2], str) and args[2].upper() == "RETURN":
-            args, extended = args[:2], True
+        """LIST, and LIST-EXTENDED (RFC 5258, 6154) as Dovecot answers it:
+        with extended syntax, an attribute is shown only when asked for."""
+        selection: set[str] = set()
+        returns: set[str] | None = None
+        if args and isinstance(args[0], list):
+            selection = {a.upper() for a in args[0] if isinstance(a, str)}
+            args = args[1:]
+        if len(args) >= 3 and isinstance(args[2], str) and args[2].upper() == "RETURN":
+            if len(args) != 4 or not isinstance(args[3], list):
+                raise ParseError()
+            returns = {a.upper() for a in args[3] if isinstance(a, str)}
+            args = args[:2]
         if len(args) != 2:
             raise ParseError()
         reference, pattern = astring(args[0]), astring(args[1])
@@ -713,16 +719,31 @@ class ImapServer:
         if not pattern:
             self._send('* LIST (\\Noselect) "/" ""')
             return self._tagged(tag, "OK", "List completed.")
-        matcher = _wildcard(reference + pattern)
+        extended = bool(selection) or returns is not None
+        returns = returns or set()
+        full = reference + pattern
+        matcher = _wildcard(full)
+        # INBOX is INBOX in any case (RFC 3501 5.1)
+        inbox_matcher = _wildcard("INBOX" + full[5:]) if full[:5].upper() == "INBOX" else matcher
         for folder in self._list_names():
-            if special_only and folder.special_use is None:
+            if "SPECIAL-USE" in selection and folder.special_use is None:
                 continue
-            if matcher.match(folder.name):
-                if extended:  # with LIST-EXTENDED options, Dovecot leaves out \HasNoChildren
-                    attributes = folder.special_use or ""
-                else:
-                    attributes = "\\HasNoChildren" + (f" {folder.special_use}" if folder.special_use else "")
-                self._send(f'* LIST ({attributes}) "/" {_mailbox_name(folder.name)}')
+            subscribed = folder.name in self._subscribed
+            if "SUBSCRIBED" in selection and not subscribed:
+                continue
+            if not (inbox_matcher if folder.name == "INBOX" else matcher).match(folder.name):
+                continue
+            if extended:
+                attributes = []
+                if subscribed and ("SUBSCRIBED" in selection or "SUBSCRIBED" in returns):
+                    attributes.append("\\Subscribed")
+                if "CHILDREN" in returns:
+                    attributes.append("\\HasNoChildren")
+                if folder.special_use and ("SPECIAL-USE" in selection or "SPECIAL-USE" in returns):
+                    attributes.append(folder.special_use)
+            else:
+                attributes = ["\\HasNoChildren"] + ([folder.special_use] if folder.special_use else [])
+            self._send(f'* LIST ({" ".join(attributes)}) "/" {_mailbox_name(folder.name)}')
         self._tagged(tag, "OK", "List completed.")
 
     def _do_lsub(self, tag: str, args: list[Token]) -> None:
@@ -847,6 +868,8 @@ class ImapServer:
             self.state = State.AUTHENTICATED
         if folder is None:
             return self._tagged(tag, "NO", f"Mailbox doesn't exist: {name}")
+        if any(isinstance(a, list) and any(isinstance(x, str) and x.upper() == "CONDSTORE" for x in a) for a in args[1:]):
+            self._enabled.add("CONDSTORE")
         self._selected, self._read_only = folder, read_only
         self.state = State.SELECTED
         self._send_flags(folder, read_only=read_only)

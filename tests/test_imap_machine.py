@@ -341,6 +341,19 @@ def test_selected_commands_as_dovecot_answers(command, reply):
     assert talk(selected(), command) == reply
 
 
+def test_append_to_the_selected_folder_as_dovecot_answers():
+    m = logged_in()
+    talk(m, "b SELECT Drafts")
+    message = "Subject: x\r\nFrom: a@b.c\r\n\r\nhi\r\n"
+    assert talk(m, f'd APPEND Drafts (\\Seen) "01-Dec-2026 10:00:00 +0100" {{{len(message)}}}', message) == (
+        b"+ OK\r\n* 1 EXISTS\r\n* 1 RECENT\r\nd OK [APPENDUID 1796272219 1] Append completed (0.001 + 0.000 + 0.000 secs).\r\n"
+    )
+    assert talk(m, "e FETCH * (UID FLAGS INTERNALDATE)") == (
+        b'* 1 FETCH (UID 1 FLAGS (\\Seen \\Recent) INTERNALDATE "01-Dec-2026 09:00:00 +0000")\r\n'
+        b"e OK Fetch completed (0.001 + 0.000 secs).\r\n"
+    )
+
+
 def test_expunge_announces_from_the_last():
     m = selected()
     assert talk(m, "e STORE 1:2 +FLAGS.SILENT (\\Deleted)", "e EXPUNGE") == (
@@ -566,4 +579,4 @@ def test_input_held_while_storing_is_bounded():
         m.receive_data(b"b NOOP\r\n" * 1000)
     assert len(m._held) <= MAX_HELD_BYTES
     m.stored("/x")
-    assert drain(m).startswith(b"* 3 EXISTS\r\na OK [APPENDUID 1796272220 3] Append completed")
+    assert drain(m).startswith(b"* 3 EXISTS\r\n* 1 RECENT\r\na OK [APPENDUID 1796272220 3] Append completed")

@@ -181,6 +181,7 @@ class SessionMessage:
     flags: set[str]
     internaldate: datetime
     _parsed: fx.Part | None = None
+    recent: bool = False  # appended in this session: \Recent to it, as Dovecot shows its own appends
 
     @property
     def parsed(self) -> fx.Part:
@@ -843,7 +844,7 @@ class ImapServer:
             if key == "MESSAGES":
                 values.append(f"MESSAGES {len(folder.messages)}")
             elif key == "RECENT":
-                values.append("RECENT 0")
+                values.append(f"RECENT {sum(1 for m in folder.messages if m.recent)}")
             elif key == "UIDNEXT":
                 values.append(f"UIDNEXT {folder.uidnext}")
             elif key == "UIDVALIDITY":
@@ -874,7 +875,7 @@ class ImapServer:
         self.state = State.SELECTED
         self._send_flags(folder, read_only=read_only)
         self._send(f"* {len(folder.messages)} EXISTS")
-        self._send("* 0 RECENT")
+        self._send(f"* {sum(1 for m in folder.messages if m.recent)} RECENT")
         for seq, message in enumerate(folder.messages, 1):
             if "\\Seen" not in message.flags:
                 self._send(f"* OK [UNSEEN {seq}] First unseen.")
@@ -931,7 +932,7 @@ class ImapServer:
             return
         tag, folder, flags, when, content = self._append
         self._append = None
-        message = SessionMessage(folder.uidnext, content, flags, when)
+        message = SessionMessage(folder.uidnext, content, flags, when.astimezone(timezone.utc), recent=True)
         subject = message.subject
         message_id = message.parsed.fields.get("message-id")
         self._emit(
@@ -945,6 +946,7 @@ class ImapServer:
         folder.uidnext += 1
         if folder is self._selected:
             self._send(f"* {len(folder.messages)} EXISTS")
+            self._send(f"* {sum(1 for m in folder.messages if m.recent)} RECENT")
         self._tagged(tag, "OK", f"[APPENDUID {folder.uidvalidity} {message.uid}] Append completed.", timing=TIMING_3)
 
     def _do_idle(self, tag: str, args: list[Token]) -> None:
@@ -1110,11 +1112,11 @@ class ImapServer:
         reads: dict[str, None] = {}
         for item in items:
             if implicit_flags and item.kind in _BODY_DATA:  # the flags it changed, before the data
-                out.append(b"FLAGS " + _flag_list(message.flags))
+                out.append(b"FLAGS " + _flag_list(message.flags, message.recent))
                 implicit_flags = False
             kind = item.kind
             if kind == "FLAGS":
-                out.append(b"FLAGS " + _flag_list(message.flags))
+                out.append(b"FLAGS " + _flag_list(message.flags, message.recent))
             elif kind == "UID":
                 out.append(b"UID %d" % message.uid)
             elif kind == "INTERNALDATE":
@@ -1204,7 +1206,7 @@ class ImapServer:
                 self._change(folder, message, "flags", flags=sorted(flags), how=how)
             if not silent:
                 uid_part = b"UID %d " % message.uid if uid else b""
-                self._send(b"* %d FETCH (" % seq + uid_part + b"FLAGS " + _flag_list(message.flags) + b")")
+                self._send(b"* %d FETCH (" % seq + uid_part + b"FLAGS " + _flag_list(message.flags, message.recent) + b")")
         self._tagged(tag, "OK", "Store completed.")
 
     def _do_copy(self, tag: str, args: list[Token], uid: bool = False, *, move: bool = False) -> None:
@@ -1283,8 +1285,10 @@ def _format_datetime(when: datetime) -> str:
             f" {sign}{minutes // 60:02d}{minutes % 60:02d}")
 
 
-def _flag_list(flags: set[str]) -> bytes:
-    ordered = [flag for flag in SYSTEM_FLAGS if flag in flags] + sorted(f for f in flags if f not in SYSTEM_FLAGS)
+def _flag_list(flags: set[str], recent: bool = False) -> bytes:
+    """System flags in Dovecot's order, then \\Recent, then keywords."""
+    ordered = [flag for flag in SYSTEM_FLAGS if flag in flags] + (["\\Recent"] if recent else [])
+    ordered += sorted(f for f in flags if f not in SYSTEM_FLAGS)
     return ("(" + " ".join(ordered) + ")").encode("utf-8", "replace")
 
 

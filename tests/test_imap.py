@@ -196,3 +196,19 @@ async def test_harvester_mode_lets_nobody_in(imap_trap):
                 client.login("alice", "secret")
 
     await asyncio.to_thread(attempt)
+
+
+async def test_accept_after_counts_failures_across_sessions(imap_trap):
+    trap = await imap_trap(smtp={"accept_after": 1})
+
+    def guess(password):
+        with Client("127.0.0.1", trap.imap_port, timeout=10) as client:
+            try:
+                return client.login("admin", password)[0]
+            except imaplib.IMAP4.error as refused:
+                return str(refused)
+
+    assert "AUTHENTICATIONFAILED" in await asyncio.to_thread(guess, "123456")
+    await trap.quiet()  # the session's failures are remembered when it closes
+    assert await asyncio.to_thread(guess, "654321") == "OK"  # a new session: the address is remembered
+    assert trap.trap.context.login_failures.of(CLIENT) == 0  # a success clears the address

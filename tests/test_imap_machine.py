@@ -3,9 +3,14 @@
 The expected replies below were taken from dovecot 2.3.19.1 (Debian's
 package), run privately on 127.0.0.20 with a passwd-file user, a Maildir
 holding tests/imap_bait.py's two messages, disable_plaintext_auth = no,
-and talked to from 127.0.0.21. Dovecot's timings "(0.001 + 0.000 secs)"
-vary on the real server; RECENT and the failure delay are the machine's
-own (a bait mailbox has been read before).
+and talked to from 127.0.0.21 (tests/data/imap/ holds two harder
+messages and Dovecot's answers about them). Dovecot's timings "(0.001 +
+0.000 secs)" vary on the real server; RECENT is the machine's own (a bait
+mailbox has been read before: only a session's own appends are recent).
+Measured on it too: the login delays (2 s, then 6 s), imap-login's
+limits (1032-octet lines, 8178-octet literals, three bad commands) and its
+180 s before "* BYE Disconnected for inactivity.", and nmap -sV's
+"Dovecot imapd" for both the trap's ports.
 """
 
 from __future__ import annotations

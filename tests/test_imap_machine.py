@@ -415,6 +415,9 @@ def test_limits():
     m = machine()
     drain(m)
     assert talk(m, "a LOGIN {8179}") == b"* BYE Literal size too large\r\n<close>"
+    m = machine()
+    drain(m)
+    assert talk(m, "a APPEND INBOX {8179+}") == b"* BYE Literal size too large\r\n<close>"
     # imap, after the login: BAD, and the session goes on
     m = selected()
     assert talk(m, "b SELECT " + "x" * MAX_LINE_BYTES, "c NOOP") == (

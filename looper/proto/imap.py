@@ -401,7 +401,7 @@ class ImapServer:
             return self._command(pending)
         size, non_sync = int(found.group(1)), bool(found.group(2))
         if pending.refused is None and len(pending.data) + size > pending.limit:
-            if pending.name != "APPEND":
+            if pending.name != "APPEND" or self.state is State.NOT_AUTHENTICATED:
                 self._pending = _Pending()
                 self._emit_input(pending)
                 self._send("* BYE Literal size too large")

@@ -358,7 +358,7 @@ class Trap(Server):
                  observer: str = "on", profile: str = "") -> None:
         port = free_port()
         self.log_dir, self.config_path = workdir / f"looper-{port}", workdir / f"looper-{port}.json"
-        self.config = {"sensor": "bench", "listen": {"smtp": [f"127.0.0.1:{port}"]},
+        self.config = {"sensor": "bench", "listen": {"smtp": [f"127.0.0.1:{port}"], "imap": [], "imaps": [], "pop3": [], "pop3s": []},
                        "dialback": {"allow_private": True}, "log": {"dir": str(self.log_dir)}}
         if os.getuid() == 0 and "run_as" in __import__("looper.config").config.Config.__annotations__:
             self.config["run_as"] = None  # the trap stays who runs the bench: its ports need no root, no user to add

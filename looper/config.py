@@ -260,8 +260,12 @@ class Listen:
     submissions: tuple[Endpoint, ...] = _setting(tuple, _list_of(_endpoint))
     # The bait mail servers, always emulated (never dialed back): IMAP and
     # POP3, each plain (STARTTLS/STLS) and with implicit TLS.
-    imap: tuple[Endpoint, ...] = _setting(tuple, _list_of(_endpoint))
-    imaps: tuple[Endpoint, ...] = _setting(tuple, _list_of(_endpoint))
+    imap: tuple[Endpoint, ...] = _setting(
+        lambda: (Endpoint("0.0.0.0", 143), Endpoint("::", 143)), _list_of(_endpoint)
+    )
+    imaps: tuple[Endpoint, ...] = _setting(
+        lambda: (Endpoint("0.0.0.0", 993), Endpoint("::", 993)), _list_of(_endpoint)
+    )
     pop3: tuple[Endpoint, ...] = _setting(tuple, _list_of(_endpoint))
     pop3s: tuple[Endpoint, ...] = _setting(tuple, _list_of(_endpoint))
 

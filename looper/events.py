@@ -87,6 +87,14 @@ EVENT_FIELDS: dict[str, dict[str, str]] = {
     "looper.smtp.forbidden": {"input": "str"},
     "looper.login.success": _LOGIN,
     "looper.login.failed": {**_LOGIN, "reason": "str"},
+    "looper.bait.read": {"folder": "str", "uid": "int", "subject": "str|null", "what": "str"},
+    "looper.imap.change": {
+        "folder": "str", "uid": "int", "change": "str", "flags": "list", "how": "str|null", "to": "str|null",
+    },
+    "looper.imap.append": {
+        "folder": "str", "uid": "int", "size": "int", "sha256": "str", "path": "str|null", "flags": "list",
+        "subject": "str|null", "message_id": "str|null",
+    },
     "looper.tls.established": {"version": "str", "cipher": "str"},
     "looper.tls.failed": {"error": "str"},
     "looper.dns.client": {

@@ -25,6 +25,9 @@ SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "config" / "looper.yam
 def test_defaults_need_no_file():
     config = load_config(None)
     assert config.listen.smtp == (Endpoint("0.0.0.0", 25), Endpoint("::", 25))
+    assert (config.listen.imap, config.listen.imaps) == (
+        (Endpoint("0.0.0.0", 143), Endpoint("::", 143)), (Endpoint("0.0.0.0", 993), Endpoint("::", 993))
+    )
     assert config.dialback.port == 25
     assert config.dialback.timeout == 5.0
     assert config.dialback.allow_private is False

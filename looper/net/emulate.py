@@ -20,7 +20,9 @@ from looper.net.capture import MessageStore
 from looper.net.session import ServerSession
 from looper.net.tls import server_context, snakeoil_host_name
 from looper.proto.budget import MessageMemory
-from looper.proto.login import FailureMemory
+from looper.proto.imap import ImapServer, ImapSettings
+from looper.proto.login import FailureMemory, LoginPolicy
+from looper.proto.mailbox import BaitStore
 from looper.proto.personas import PERSONAS
 from looper.proto.smtpd import ClientInfo, SmtpServer, SmtpSettings
 from looper.transcripts import Transcript
@@ -68,6 +70,21 @@ def smtp_settings(config: Config, hostname: str, message_memory: MessageMemory |
     )
 
 
+def imap_settings(config: Config) -> ImapSettings:
+    """The bait IMAP server's settings: the one login policy (as SMTP
+    AUTH's: credentials, accept_after, none in harvester mode) and
+    mail_access."""
+    return ImapSettings(
+        policy=LoginPolicy(
+            frozenset((c.user, c.password) for c in config.credentials),
+            config.smtp.accept_after,
+            admits=config.smtp.mode == "open_relay",
+        ),
+        plaintext_login=config.mail_access.plaintext_login,
+        auth_mechanisms=config.mail_access.auth_mechanisms,
+    )
+
+
 class EmulatedRelay:
     def __init__(self, config: Config, eventlog: EventLog, hostname: str, *, store: MessageStore,
                  message_memory: MessageMemory, login_failures: FailureMemory) -> None:
@@ -81,6 +98,7 @@ class EmulatedRelay:
         self.environment = SystemEnvironment(hostname)
         self.max_session_s = smtp.max_session_seconds
         self.login_failures = login_failures  # the trap's: shared with IMAP and POP3
+        self.imap_settings = imap_settings(config)
 
     def serve(
         self,
@@ -91,20 +109,20 @@ class EmulatedRelay:
         early_eof: bool = False,
         client_name: str | None = None,
         implicit_tls: bool = False,
+        protocol: str = "smtp",
+        bait: BaitStore | None = None,
         on_closed: Callable[[str, int, int], None],
         transcript: Transcript | None = None,
     ) -> ServerSession:
-        """Take over `transport`: the client meets the emulated relay."""
+        """Take over `transport`: the client meets the emulated server of
+        `protocol` (IMAP: over `bait`, the trap's store as it is now)."""
         ip = info.src_ip
-        client = ClientInfo(
-            ip=ip,
-            name=client_name,
-            earlier_auth_failures=self.login_failures.of(ip),
-            tls=implicit_tls,
-            pregreet_bytes=len(early_bytes),
-            local_ip=info.dst_ip,
-        )
-        machine = SmtpServer(self.settings, client, self.environment)
+        machine: SmtpServer | ImapServer
+        if protocol == "imap":
+            machine = ImapServer(self.imap_settings, bait or BaitStore(), self.environment, ip=ip, tls=implicit_tls,
+                                 earlier_failures=self.login_failures.of(ip))
+        else:
+            machine = self._smtp_machine(info, early_bytes, client_name, implicit_tls)
 
         def closed(reason: str, bytes_in: int, bytes_out: int) -> None:
             self.login_failures.remember(ip, machine.auth_failures)
@@ -122,6 +140,19 @@ class EmulatedRelay:
         )
         session.attach(transport, early_bytes, early_eof=early_eof)
         return session
+
+    def _smtp_machine(self, info: SessionInfo, early_bytes: bytes, client_name: str | None,
+                      implicit_tls: bool) -> SmtpServer:
+        ip = info.src_ip
+        client = ClientInfo(
+            ip=ip,
+            name=client_name,
+            earlier_auth_failures=self.login_failures.of(ip),
+            tls=implicit_tls,
+            pregreet_bytes=len(early_bytes),
+            local_ip=info.dst_ip,
+        )
+        return SmtpServer(self.settings, client, self.environment)
 
     def close(self) -> None:
         pass  # the store is the trap's: it closes it

@@ -49,6 +49,8 @@ class ListenerKind:
 LISTENER_KINDS = (
     ListenerKind("smtp", "smtp", dials_back=True, implicit_tls=False),
     ListenerKind("submissions", "smtp", dials_back=False, implicit_tls=True),  # RFC 8314
+    ListenerKind("imap", "imap", dials_back=False, implicit_tls=False),  # STARTTLS
+    ListenerKind("imaps", "imap", dials_back=False, implicit_tls=True),
 )
 # After the goodbyes: time for them to be written before what is left is aborted.
 GOODBYE_GRACE_SECONDS = 5.0
@@ -239,7 +241,7 @@ class _ServedSession:
             return connection.close(SessionMode.REFUSED, refusal.reason, 0, 0)
         connection.gather_dns()
         self.server_session = context.emulated.serve(
-            self.transport, info, implicit_tls=self.kind.implicit_tls,
+            self.transport, info, implicit_tls=self.kind.implicit_tls, protocol=self.kind.protocol, bait=context.bait,
             on_closed=lambda reason, bytes_in, bytes_out: connection.close(SessionMode.EMULATE, reason, bytes_in, bytes_out),
             transcript=connection.transcript,
         )

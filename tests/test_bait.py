@@ -233,8 +233,9 @@ def test_check_config_names_a_broken_bait_in_one_line_when_imap_or_pop3_listens(
     path.write_text(path.read_text().replace("{developer_first}", "{dev_first}"))
     config = tmp_path / "looper.yaml"
     config.write_text(f"run_as: null\nlog: {{dir: '{tmp_path / 'logs'}'}}\nbait: {{folder: '{folder}'}}\n")
-    check_bait(parse_config(config.read_text(), str(config)), str(config))  # nothing listens: not loaded
-    config.write_text(config.read_text() + "listen: {smtp: [], pop3: ['127.0.0.1:11110']}\n")
+    quiet = "listen: {smtp: [], imap: [], imaps: [], pop3: [], pop3s: []}\n"
+    check_bait(parse_config(config.read_text() + quiet, str(config)), str(config))  # nothing listens: not loaded
+    config.write_text(config.read_text() + "listen: {smtp: [], imap: [], imaps: [], pop3: ['127.0.0.1:11110'], pop3s: []}\n")
     assert cli.main(["check-config", "-c", str(config)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1

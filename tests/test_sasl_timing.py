@@ -42,9 +42,9 @@ def kind_of(attempt: dict, what: str) -> str:
 def persona_pauses() -> tuple[dict[str, list[float]], dict[str, set[tuple[float, float]]]]:
     """The recorded pauses by kind, and the persona's (delay_s, spread_s) for them.
 
-    Only first sessions, up to the first 454: Postfix's 10 s wait for
-    Dovecot (the 454 that follows a penalty of 15 s) is not modelled yet,
-    and Dovecot's penalty across sessions differs between the recordings."""
+    First sessions only: Dovecot's penalty across sessions differs between
+    the recordings (4 s in auth_penalty_next_connection.json, none in the
+    second sessions here); the persona carries its first level over."""
     recorded: dict[str, list[float]] = defaultdict(list)
     persona: dict[str, set[tuple[float, float]]] = defaultdict(set)
     by_client: dict[str, list[dict]] = defaultdict(list)
@@ -55,26 +55,29 @@ def persona_pauses() -> tuple[dict[str, list[float]], dict[str, set[tuple[float,
         client = Client(SETTINGS, ClientInfo("127.0.0.71"))
         client.say(b"EHLO client.example.test\r\n")
         for n, attempt in enumerate(attempts):
-            if not attempt["reply"].startswith("535"):
-                break
             attempt = {**attempt, "penalty_level": n}  # a new wrong password each time
             bad = f"wrong{n}"
             mech = attempt["mechanism"]
+            expected = attempt["reply"].encode("latin-1")
             if mech == "PLAIN-IR":
                 reply, fail = pause(client, b"AUTH PLAIN " + b64(f"\0{USER}\0{bad}"))
                 kind = kind_of(attempt, "initial-response verdict")
             else:
                 reply, prompt = pause(client, b"AUTH " + mech.encode())
-                assert reply.startswith(b"334"), reply
-                recorded[kind_of(attempt, "first 334")].append(attempt["prompt_ms"] / 1000)
-                persona[kind_of(attempt, "first 334")].add(prompt)
-                if mech == "LOGIN":
-                    reply, second = pause(client, b64(USER))
-                    recorded["second 334"].append(attempt["second_prompt_ms"] / 1000)
-                    persona["second 334"].add(second)
-                reply, fail = pause(client, b64(f"\0{USER}\0{bad}") if mech == "PLAIN" else b64(bad))
-                kind = "verdict on a response"
-            assert reply.startswith(b"535 5.7.8 "), reply
+                if reply.startswith(b"334"):
+                    recorded[kind_of(attempt, "first 334")].append(attempt["prompt_ms"] / 1000)
+                    persona[kind_of(attempt, "first 334")].add(prompt)
+                    if mech == "LOGIN":
+                        reply, second = pause(client, b64(USER))
+                        recorded["second 334"].append(attempt["second_prompt_ms"] / 1000)
+                        persona["second 334"].add(second)
+                    reply, fail = pause(client, b64(f"\0{USER}\0{bad}") if mech == "PLAIN" else b64(bad))
+                    kind = "verdict on a response"
+                else:
+                    fail = prompt
+            if reply.startswith(b"454"):
+                kind = "454 4.7.0, Postfix gave up waiting"
+            assert reply == expected, (attempt, reply)
             recorded[kind].append(attempt["fail_ms"] / 1000)
             persona[kind].add(fail)
     return recorded, persona
@@ -83,11 +86,11 @@ def persona_pauses() -> tuple[dict[str, list[float]], dict[str, set[tuple[float,
 def test_the_recording_has_first_and_later_failures_and_prompts():
     recorded, _ = persona_pauses()
     assert {"first 334, fresh", "first 334 after 1 failures", "verdict on a response",
-            "initial-response verdict, fresh"} <= set(recorded)
+            "initial-response verdict, fresh", "454 4.7.0, Postfix gave up waiting"} <= set(recorded)
     assert RECORDED["summary"]["later_failure"]["n"] >= 5
 
 
-def test_persona_pauses_follow_the_recorded_distribution():
+def test_persona_replies_and_pauses_follow_the_recorded_ones():
     recorded, persona = persona_pauses()
     for kind, values in recorded.items():
         (delay_s, spread_s), = persona[kind]  # one model per kind of pause
@@ -103,3 +106,4 @@ def test_no_pause_comes_earlier_than_the_real_servers_shortest():
     # (auth_login_bad.json and others, 1500.96-1505.53 ms).
     assert POSTFIX.auth_failure_delay_s >= 1.5 and POSTFIX.auth_repeat_failure_delay_s >= 1.5
     assert POSTFIX.auth_penalty_first_s >= 4.0  # 4.004-4.006 s recorded
+    assert POSTFIX.auth_backend_timeout_s >= 10.0  # 10.009-10.014 s recorded

@@ -27,8 +27,11 @@ REPLY_KEYS = frozenset(
     starttls_ready starttls_syntax tls_active timeout too_many_errors shutdown auth_ok
     auth_failed auth_bad_base64_initial auth_bad_base64_continued auth_bad_mechanism
     auth_syntax auth_aborted auth_already auth_in_transaction storage_failed
+    auth_backend_lost
     """.split()
 )
+# Replies only a persona with the behaviour behind them needs.
+OPTIONAL_REPLY_KEYS = frozenset({"auth_backend_lost"})  # auth_backend_timeout_s
 
 
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -109,6 +112,12 @@ class Persona:
     auth_penalty_first_s: float = 0.0
     auth_penalty_max_s: float = 0.0
     auth_penalty_spread_s: float = 0.0
+    # How long the server waits for its SASL back end's answer: when the
+    # penalty (and, for an initial response, the failure delay) reach it,
+    # the client gets auth_backend_lost after this wait, plus up to the
+    # spread (Postfix with Dovecot: 454 after 10.009-10.014 s). 0: no limit.
+    auth_backend_timeout_s: float = 0.0
+    auth_backend_timeout_spread_s: float = 0.0
     # A local part that routes elsewhere (victim%elsewhere, elsewhere!victim,
     # "victim@elsewhere") makes the recipient foreign: relaying, refused as
     # relaying (Postfix: allow_percent_hack, swap_bangpath and
@@ -133,7 +142,8 @@ class Persona:
         return QUEUE_ID_FORMATS[self.queue_id_style](now_s, serial)
 
     def __post_init__(self) -> None:
-        missing = REPLY_KEYS - self.replies.keys()
+        needed = REPLY_KEYS - OPTIONAL_REPLY_KEYS | ({"auth_backend_lost"} if self.auth_backend_timeout_s else set())
+        missing = needed - self.replies.keys()
         if missing:
             raise ValueError(f"persona {self.name} lacks replies: {', '.join(sorted(missing))}")
 
@@ -143,6 +153,8 @@ POSTFIX = Persona(
     auth_penalty_first_s=4.0,
     auth_penalty_max_s=15.0,
     auth_penalty_spread_s=0.01,
+    auth_backend_timeout_s=10.0,
+    auth_backend_timeout_spread_s=0.015,
     ehlo_first_line="{host}",
     extensions=(
         "PIPELINING",
@@ -219,6 +231,7 @@ POSTFIX = Persona(
         "shutdown": "421 4.3.2 Service not available, closing transmission channel",
         "auth_ok": "235 2.7.0 Authentication successful",
         "auth_failed": "535 5.7.8 Error: authentication failed: (reason unavailable)",
+        "auth_backend_lost": "454 4.7.0 Temporary authentication failure: Connection lost to authentication server",
         "auth_bad_base64_initial": "535 5.7.8 Error: authentication failed: Invalid base64 data in initial response",
         "auth_bad_base64_continued": "535 5.7.8 Error: authentication failed: Invalid base64 data in continued response",
         "auth_bad_mechanism": "535 5.7.8 Error: authentication failed: Invalid authentication mechanism",

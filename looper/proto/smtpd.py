@@ -831,6 +831,9 @@ class SmtpServer:
         mechanism = self._sasl.mechanism
         penalty = self._auth_penalty() if initial else {"delay_s": 0.0, "spread_s": 0.0}
         if isinstance(outcome, Challenge):
+            if self._backend_times_out(penalty, verdict=False):
+                self._sasl = None  # the back end never answered: no failure to count
+                return self._backend_lost()
             line = b"334 " + base64.b64encode(outcome.data) + b"\r\n"
             if penalty["delay_s"]:
                 self._flush()
@@ -850,15 +853,38 @@ class SmtpServer:
             self._login_failed(mechanism, None, reason="invalid base64")
             return self._reply("auth_bad_base64_initial" if initial else "auth_bad_base64_continued")
         if outcome is Failure.MALFORMED:
-            self._login_failed(mechanism, None, reason="malformed response")
-            return self._reply("auth_failed", **self._auth_failure_delay(penalty))
+            return self._auth_failed(mechanism, None, "malformed response", penalty)
         if self._accepts(outcome):
             self._authenticated = outcome.username
             self._auth_failures = self._penalty_level = 0
             self._emit("looper.login.success", **login_fields(outcome))
             return self._reply("auth_ok")
-        self._login_failed(mechanism, outcome, reason="bad credentials")
+        self._auth_failed(mechanism, outcome, "bad credentials", penalty)
+
+    def _auth_failed(self, mechanism: str, credentials: Credentials | None, reason: str,
+                     penalty: dict[str, float]) -> None:
+        if self._backend_times_out(penalty, verdict=True):
+            # Judged after the penalty, answered after the server gave up.
+            if penalty["delay_s"] < self.persona.auth_backend_timeout_s:
+                self._login_failed(mechanism, credentials, reason=reason)
+            return self._backend_lost()
+        self._login_failed(mechanism, credentials, reason=reason)
         self._reply("auth_failed", **self._auth_failure_delay(penalty))
+
+    def _backend_times_out(self, penalty: dict[str, float], *, verdict: bool) -> bool:
+        """Could the back end's first answer (the penalty, plus the failure
+        delay for a verdict) come too late for the server? On the longest
+        pause: the recordings show the 454 where the two just reach it."""
+        timeout_s = self.persona.auth_backend_timeout_s
+        if not timeout_s or not penalty["delay_s"]:
+            return False
+        pause = self._auth_failure_delay(penalty) if verdict else penalty
+        return pause["delay_s"] + pause["spread_s"] >= timeout_s
+
+    def _backend_lost(self) -> None:
+        persona = self.persona
+        self._reply("auth_backend_lost", delay_s=persona.auth_backend_timeout_s,
+                    spread_s=persona.auth_backend_timeout_spread_s)
 
     def _accepts(self, credentials: Credentials) -> bool:
         return self.settings.login_policy.accepts(credentials, self._auth_failures)

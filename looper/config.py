@@ -25,16 +25,16 @@ import yaml
 
 from looper.proto.personas import PERSONAS, REPLY_KEYS
 
-DEFAULT_CREDENTIALS = (
-    ("admin", "admin"),
-    ("admin", "password"),
-    ("admin", "123456"),
-    ("test", "test"),
-    ("user", "user"),
-    ("info", "info"),
-    ("webmaster", "webmaster"),
-    ("postmaster", "postmaster"),
-)
+# None by default: every common pair is in some detector's list (potsnitch
+# tries admin:admin, admin:password, root:root first), and a pair accepted at
+# the first try is what gives a honeypot away. Brute-forcers get in through
+# smtp.accept_after instead (README, "Honeypot detectors").
+DEFAULT_CREDENTIALS: tuple[tuple[str, str], ...] = ()
+
+# Failed logins after which an address gets in with any pair: more than two
+# whole potsnitch runs from one address make (5 attempts each), far fewer
+# than a wordlist has.
+DEFAULT_ACCEPT_AFTER = 10
 
 
 class ConfigError(Exception):
@@ -413,8 +413,11 @@ class Smtp:
     relay: str = _setting("open", _choice("open", "authenticated"))
     # Accept any user:password once an address has failed this often
     # (null: only `credentials`). Never 0: detectors try a random pair first.
-    accept_after: int | None = _setting(None, _optional(_int(1, 1_000_000)))
-    auth_mechanisms: tuple[str, ...] = _setting(lambda: ("PLAIN", "LOGIN"), _mechanisms)
+    accept_after: int | None = _setting(DEFAULT_ACCEPT_AFTER, _optional(_int(1, 1_000_000)))
+    # With CRAM-MD5 as a real Dovecot offers it ("plain login cram-md5"):
+    # LOGIN for the brute-forcers that use it, and no "only weak mechanisms"
+    # tell (potsnitch's smtp_weak_auth_only).
+    auth_mechanisms: tuple[str, ...] = _setting(lambda: ("PLAIN", "LOGIN", "CRAM-MD5"), _mechanisms)
     # Largest message, advertised in SIZE; null: the persona's own default
     # (Postfix 10240000, Exim 52428800, Exchange 37748736).
     max_message_bytes: int | None = _setting(None, _optional(_int(1024, 1 << 31)))
@@ -736,8 +739,8 @@ class Config:
     dialback: Dialback = field(default_factory=Dialback)
     splice: Splice = field(default_factory=Splice)
     smtp: Smtp = field(default_factory=Smtp)
-    # user:password pairs the emulated servers accept (SMTP AUTH now; IMAP
-    # and POP3 later): common weak pairs, what a credential stuffer tries.
+    # user:password pairs the emulated servers always accept (SMTP AUTH now;
+    # IMAP and POP3 later): none by default (see DEFAULT_CREDENTIALS).
     credentials: tuple[Credential, ...] = _setting(
         lambda: tuple(Credential(*pair) for pair in DEFAULT_CREDENTIALS), _list_of(_credential)
     )

@@ -57,7 +57,8 @@ def _spammer(port: int) -> str:
     """A spammer's session with the emulated relay (smtplib, in a thread)."""
     with smtplib.SMTP(TRAP, port, source_address=(SPAMMER, 0), timeout=STEP_SECONDS) as client:
         client.ehlo("spambot.example")
-        client.login("admin", "admin")  # one of the weak pairs it accepts
+        client.user, client.password = "admin", "admin"  # the pair the demo's trap accepts
+        client.auth("PLAIN", client.auth_plain)
         client.sendmail("win@lottery.example", ["victim@elsewhere.example"], _message("spam"))
     return "sent"
 
@@ -73,6 +74,9 @@ async def run_demo(folder: str, out: TextIO, colour: bool) -> dict:
         "listen": {"smtp": [f"{TRAP}:{port}"], "imap": [], "imaps": [], "pop3": [], "pop3s": []},
         "dialback": {"port": dialback_port, "allow_private": True, "timeout": 2},
         "smtp": {"hostname": "mx.demo.looper.test"},
+        # None is accepted by default (README, "Honeypot detectors"); the
+        # demo's spammer gets in at once.
+        "credentials": ["admin:admin"],
         "log": {"dir": folder},
     }
     config = config_from_mapping(settings, "looper demo")

@@ -147,4 +147,6 @@ def normalised(reply: bytes) -> bytes:
 
 
 def recordings(persona: str = "postfix") -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted((DATA / persona).glob("*.json"))}
+    """The conversations (files with exchanges; not e.g. measured timings)."""
+    found = {p.stem: json.loads(p.read_text()) for p in sorted((DATA / persona).glob("*.json"))}
+    return {name: doc for name, doc in found.items() if "exchanges" in doc}

@@ -98,7 +98,8 @@ async def test_auth_with_configured_credentials(relay, mechanism):
 
 
 async def test_harvester_mode_refuses_logins_and_relaying(relay):
-    trap = await relay(smtp={"mode": "harvester"})
+    # PLAIN and LOGIN only: smtplib would try CRAM-MD5 (no password) first.
+    trap = await relay(smtp={"mode": "harvester", "auth_mechanisms": ["PLAIN", "LOGIN"]})
     # Dovecot's 2 s and 6 s failure delays, made short (test_smtpd_postfix.py holds them).
     emulated = trap.trap.emulated
     emulated.settings = replace(
@@ -121,7 +122,7 @@ async def test_harvester_mode_refuses_logins_and_relaying(relay):
 
 
 async def test_starttls_then_auth_over_tls(relay, tmp_path):
-    trap = await relay()
+    trap = await relay(credentials=["admin:admin"])  # no pair is accepted by default
 
     def secure_login():
         with smtp_client(trap) as client:

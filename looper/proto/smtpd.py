@@ -174,7 +174,7 @@ class SmtpServer:
     __slots__ = (
         "settings", "persona", "client", "env", "idle_timeout_s", "_mode", "_lines", "_waiting",
         "_out", "_actions", "_events", "_errors", "_junk", "_helo", "_esmtp", "_tls", "_authenticated",
-        "_auth_failures", "_sasl", "_transaction", "_chunk_size", "_chunk_keep", "_chunk_last",
+        "_auth_failures", "_penalty_level", "_last_failed_secret", "_sasl", "_transaction", "_chunk_size", "_chunk_keep", "_chunk_last",
         "_pending_store", "_held_bytes", "_last_reply", "_eof_pending",
     )
 
@@ -198,6 +198,12 @@ class SmtpServer:
         self._tls = client.tls
         self._authenticated: str | None = None
         self._auth_failures = client.earlier_auth_failures
+        # Dovecot's penalty: raised by each failure with another secret than
+        # the last failed one. From earlier sessions only its first level
+        # carries over: the recordings show 4 s (auth_penalty_next_connection)
+        # or none (sasl_failure_timing.json, second sessions), never more.
+        self._penalty_level = min(client.earlier_auth_failures, 1)
+        self._last_failed_secret: object = None
         self._sasl: SaslExchange | None = None
         self._transaction: _Transaction | None = None
         self._chunk_size = 0
@@ -823,8 +829,17 @@ class SmtpServer:
 
     def _sasl_outcome(self, outcome: Challenge | Credentials | Failure, *, initial: bool) -> None:
         mechanism = self._sasl.mechanism
+        penalty = self._auth_penalty() if initial else {"delay_s": 0.0, "spread_s": 0.0}
         if isinstance(outcome, Challenge):
-            self._send_lines([b"334 " + base64.b64encode(outcome.data) + b"\r\n"])
+            if self._backend_times_out(penalty, verdict=False):
+                self._sasl = None  # the back end never answered: no failure to count
+                return self._backend_lost()
+            line = b"334 " + base64.b64encode(outcome.data) + b"\r\n"
+            if penalty["delay_s"]:
+                self._flush()
+                self._actions.append(Send(line, **penalty))
+            else:
+                self._send_lines([line])
             if self._mode is not Mode.SASL:
                 self._move(Step.CHALLENGED)
             return
@@ -838,27 +853,69 @@ class SmtpServer:
             self._login_failed(mechanism, None, reason="invalid base64")
             return self._reply("auth_bad_base64_initial" if initial else "auth_bad_base64_continued")
         if outcome is Failure.MALFORMED:
-            self._login_failed(mechanism, None, reason="malformed response")
-            return self._reply("auth_failed", **self._auth_failure_delay())
+            return self._auth_failed(mechanism, None, "malformed response", penalty)
         if self._accepts(outcome):
             self._authenticated = outcome.username
-            self._auth_failures = 0
+            self._auth_failures = self._penalty_level = 0
             self._emit("looper.login.success", **login_fields(outcome))
             return self._reply("auth_ok")
-        self._login_failed(mechanism, outcome, reason="bad credentials")
-        self._reply("auth_failed", **self._auth_failure_delay())
+        self._auth_failed(mechanism, outcome, "bad credentials", penalty)
+
+    def _auth_failed(self, mechanism: str, credentials: Credentials | None, reason: str,
+                     penalty: dict[str, float]) -> None:
+        if self._backend_times_out(penalty, verdict=True):
+            # Judged after the penalty, answered after the server gave up.
+            if penalty["delay_s"] < self.persona.auth_backend_timeout_s:
+                self._login_failed(mechanism, credentials, reason=reason)
+            return self._backend_lost()
+        self._login_failed(mechanism, credentials, reason=reason)
+        self._reply("auth_failed", **self._auth_failure_delay(penalty))
+
+    def _backend_times_out(self, penalty: dict[str, float], *, verdict: bool) -> bool:
+        """Could the back end's first answer (the penalty, plus the failure
+        delay for a verdict) come too late for the server? On the longest
+        pause: the recordings show the 454 where the two just reach it."""
+        timeout_s = self.persona.auth_backend_timeout_s
+        if not timeout_s or not penalty["delay_s"]:
+            return False
+        pause = self._auth_failure_delay(penalty) if verdict else penalty
+        return pause["delay_s"] + pause["spread_s"] >= timeout_s
+
+    def _backend_lost(self) -> None:
+        persona = self.persona
+        self._reply("auth_backend_lost", delay_s=persona.auth_backend_timeout_s,
+                    spread_s=persona.auth_backend_timeout_spread_s)
 
     def _accepts(self, credentials: Credentials) -> bool:
         return self.settings.login_policy.accepts(credentials, self._auth_failures)
 
-    def _auth_failure_delay(self) -> dict[str, float]:
+    def _auth_failure_delay(self, penalty: dict[str, float]) -> dict[str, float]:
+        """The pause before a 535: the back end's failure delay, after the
+        penalty when the failure is the AUTH command's first answer."""
         persona = self.persona
         if self._auth_failures <= 1:
-            return {"delay_s": persona.auth_failure_delay_s, "spread_s": persona.auth_failure_spread_s}
-        return {"delay_s": persona.auth_repeat_failure_delay_s, "spread_s": persona.auth_repeat_failure_spread_s}
+            delay_s, spread_s = persona.auth_failure_delay_s, persona.auth_failure_spread_s
+        else:
+            delay_s, spread_s = persona.auth_repeat_failure_delay_s, persona.auth_repeat_failure_spread_s
+        return {"delay_s": penalty["delay_s"] + delay_s, "spread_s": penalty["spread_s"] + spread_s}
+
+    def _auth_penalty(self) -> dict[str, float]:
+        """Dovecot's pause before its first answer to an AUTH from an address
+        that has failed: first_s, doubled per level, at most max_s."""
+        persona = self.persona
+        if not self._penalty_level or not persona.auth_penalty_first_s:
+            return {"delay_s": 0.0, "spread_s": 0.0}
+        level = min(self._penalty_level, 16)
+        delay_s = min(persona.auth_penalty_first_s * 2 ** (level - 1), persona.auth_penalty_max_s)
+        return {"delay_s": delay_s, "spread_s": persona.auth_penalty_spread_s}
 
     def _login_failed(self, mechanism: str, credentials: Credentials | None, *, reason: str) -> None:
         self._auth_failures += 1
+        secret = None if credentials is None else (credentials.password, credentials.digest)
+        if reason in ("bad credentials", "malformed response"):  # what Dovecot judged
+            if self._penalty_level == 0 or secret != self._last_failed_secret:
+                self._penalty_level += 1
+            self._last_failed_secret = secret
         fields = login_fields(credentials) if credentials else {"mechanism": mechanism, "username": None}
         self._emit("looper.login.failed", reason=reason, **fields)
 

@@ -1,0 +1,3 @@
+"""PotSnitch - Low-interaction honeypot detection tool."""
+
+__version__ = "0.1.0"

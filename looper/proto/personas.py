@@ -29,6 +29,14 @@ REPLY_KEYS = frozenset(
     auth_syntax auth_aborted auth_already auth_in_transaction storage_failed
     """.split()
 )
+# Replies of rules only some servers have; a persona without the key does
+# not have the rule (HELP and EXPN are then unknown commands).
+OPTIONAL_REPLY_KEYS = frozenset(
+    """
+    need_helo help expn quit_syntax starttls_not_offered too_many_unknown too_many_syntax
+    too_many_nonmail
+    """.split()
+)
 
 
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -112,9 +120,37 @@ class Persona:
     hangs_up_on_forbidden: bool = True
     # Size limit when smtp.max_message_bytes is not set, and queue ids.
     default_max_message_bytes: int = 10_240_000
+    # What the stock Debian package offers before anyone configures it:
+    # STARTTLS (Postfix and Exim do, with a certificate of their own;
+    # sendmail only once starttls.m4 is included) and the AUTH mechanisms
+    # (Postfix and Exim none; sendmail its Cyrus SASL defaults).
+    offers_starttls_by_default: bool = True
+    default_auth_mechanisms: tuple[str, ...] = ()
     queue_id_style: str = "postfix"
     # How the Received: field it would add reads (one line; MTAs fold it).
     received_format: str = ""
+    # Rules where servers differ from Postfix, as data (the machine reads
+    # them; a persona leaves them at these defaults to have Postfix's):
+    # - MAIL before HELO/EHLO is refused (need_helo); STARTTLS and AUTH are
+    #   not offered until EHLO (starttls_not_offered, auth_not_enabled).
+    helo_required: bool = False
+    starttls_needs_ehlo: bool = False
+    auth_needs_ehlo: bool = False
+    # - The command is "MAIL FROM:" / "RCPT TO:", colon and all (Exim's
+    #   command table): without it the line is an unknown command.
+    envelope_verb_has_colon: bool = False
+    # - Verbs this server does not know at all (answered as unknown).
+    unknown_verbs: frozenset[str] = frozenset()
+    # - Counted limits, each with its own count (None: no such limit):
+    #   unknown commands (the one past the limit gets too_many_unknown
+    #   instead of its answer, and the connection closes); syntax and
+    #   protocol errors, replies 501 and 503 (the one past the limit gets
+    #   its answer as a continuation line, then too_many_syntax, and the
+    #   close); non-mail commands (NOOP, VRFY, EXPN, ETRN, HELP, and HELO,
+    #   EHLO, RSET after the first: too_many_nonmail and the close).
+    unknown_command_limit: int | None = None
+    syntax_error_limit: int | None = None
+    nonmail_command_limit: int | None = None
 
     def queue_id(self, now_s: float, serial: int) -> str:
         """The queue id this server would give a message stored at `now_s`
@@ -125,6 +161,19 @@ class Persona:
         missing = REPLY_KEYS - self.replies.keys()
         if missing:
             raise ValueError(f"persona {self.name} lacks replies: {', '.join(sorted(missing))}")
+        unknown = self.replies.keys() - REPLY_KEYS - OPTIONAL_REPLY_KEYS
+        if unknown:
+            raise ValueError(f"persona {self.name} has unknown replies: {', '.join(sorted(unknown))}")
+        needed = {
+            "need_helo": self.helo_required,
+            "starttls_not_offered": self.starttls_needs_ehlo,
+            "too_many_unknown": self.unknown_command_limit is not None,
+            "too_many_syntax": self.syntax_error_limit is not None,
+            "too_many_nonmail": self.nonmail_command_limit is not None,
+        }
+        for key, rule in needed.items():
+            if rule and key not in self.replies:
+                raise ValueError(f"persona {self.name} has the rule but not the reply {key}")
 
 
 POSTFIX = Persona(
@@ -236,12 +285,20 @@ EXIM = Persona(
     default_max_message_bytes=52_428_800,
     queue_id_style="exim",
     hangs_up_on_forbidden=False,
+    helo_required=True,
+    starttls_needs_ehlo=True,
+    auth_needs_ehlo=True,
+    envelope_verb_has_colon=True,
+    unknown_verbs=frozenset({"XCLIENT", "XFORWARD"}),
+    unknown_command_limit=3,  # smtp_max_unknown_commands
+    syntax_error_limit=3,  # smtp_max_synprot_errors
+    nonmail_command_limit=10,  # smtp_accept_max_nonmail
     auth_failure_delay_s=0.0,  # Exim answers a failed login at once
     auth_failure_spread_s=0.0,
     auth_repeat_failure_delay_s=0.0,
     auth_repeat_failure_spread_s=0.0,
-    soft_error_limit=1_000_000,  # Exim does not slow down; it counts
-    hard_error_limit=4,  # smtp_max_unknown_commands 3
+    soft_error_limit=1_000_000,  # Exim does not slow down; it counts (the limits above)
+    hard_error_limit=1_000_000,
     junk_command_limit=1_000_000,
     hop_limit=1_000_000,  # received_headers_max is checked at delivery, not in SMTP
     bare_lf=True,
@@ -310,11 +367,19 @@ EXIM = Persona(
         "auth_bad_base64_initial": "501 Invalid base64 data",
         "auth_bad_base64_continued": "501 Invalid base64 data",
         "auth_bad_mechanism": "504 {argument} authentication mechanism not supported",
-        "auth_syntax": "501 {argument} authentication mechanism not supported",
+        "auth_syntax": "504 {argument} authentication mechanism not supported",
         "auth_aborted": "501 Authentication cancelled",
         "auth_already": "503 already authenticated",
         "auth_in_transaction": "503 not permitted in mail transaction",
         "storage_failed": "452 Space shortage, please try later",
+        "need_helo": "503 HELO or EHLO required",
+        "help": "214-Commands supported:\r\n214 AUTH STARTTLS HELO EHLO MAIL RCPT DATA BDAT NOOP QUIT RSET HELP",
+        "expn": "550 Administrative prohibition",
+        "quit_syntax": "501 unexpected argument data",
+        "starttls_not_offered": "503 STARTTLS command used when not advertised",
+        "too_many_unknown": "500 Too many unrecognized commands",
+        "too_many_syntax": "501 Too many syntax or protocol errors",
+        "too_many_nonmail": "554 Too many nonmail commands",
     },
 )
 
@@ -337,6 +402,11 @@ SENDMAIL = Persona(
         "HELP",
     ),
     queue_id_style="sendmail",
+    offers_starttls_by_default=False,
+    default_auth_mechanisms=("DIGEST-MD5", "CRAM-MD5"),
+    helo_required=True,  # PrivacyOptions needmailhelo
+    unknown_verbs=frozenset({"BDAT", "XCLIENT", "XFORWARD"}),
+    unknown_command_limit=25,  # MAXBADCOMMANDS
     soft_error_limit=1_000_000,  # sendmail slows down by its own rules, not Postfix's
     hard_error_limit=1_000_000,
     junk_command_limit=1_000_000,
@@ -400,7 +470,7 @@ SENDMAIL = Persona(
         "bad_utf8": '500 5.5.1 Command unrecognized: "{command}"',
         "starttls_ready": "220 2.0.0 Ready to start TLS",
         "starttls_syntax": "501 5.5.2 Syntax error (no parameters allowed)",
-        "tls_active": '500 5.5.1 Command unrecognized: "STARTTLS"',
+        "tls_active": "454 4.3.3 TLS not available after start",
         "timeout": "421 4.4.1 {host} Lost input channel from {client_name_ip} to MTA after rcpt",
         "too_many_errors": "421 4.7.0 {host} Too many errors",
         "shutdown": "421 4.3.2 {host} Shutting down",
@@ -414,6 +484,18 @@ SENDMAIL = Persona(
         "auth_already": "503 5.5.0 Already Authenticated",
         "auth_in_transaction": "503 5.5.0 AUTH not permitted during a mail transaction",
         "storage_failed": "452 4.4.5 Insufficient disk space; try again later",
+        "need_helo": "503 5.0.0 Polite people say HELO first",
+        "help": (
+            "214-2.0.0 This is sendmail version 8.17.1.9\r\n214-2.0.0 Topics:\r\n"
+            "214-2.0.0 \tHELO\tEHLO\tMAIL\tRCPT\tDATA\r\n214-2.0.0 \tRSET\tNOOP\tQUIT\tHELP\tVRFY\r\n"
+            "214-2.0.0 \tEXPN\tVERB\tETRN\tDSN\tAUTH\r\n214-2.0.0 \tSTARTTLS\r\n"
+            "214-2.0.0 For more info use \"HELP <topic>\".\r\n214-2.0.0 To report bugs in the implementation see\r\n"
+            "214-2.0.0 \thttp://www.sendmail.org/email-addresses.html\r\n"
+            "214-2.0.0 For local information send email to Postmaster at your site.\r\n214 2.0.0 End of HELP info"
+        ),
+        "expn": "250 2.1.5 root <root@{host}>",
+        "starttls_not_offered": "454 4.3.3 TLS not available after start",
+        "too_many_unknown": "421 4.7.0 {host} Too many bad commands; closing connection",
     },
 )
 

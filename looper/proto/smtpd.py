@@ -113,6 +113,9 @@ class SmtpSettings:
     idle_timeout_s: float = 300.0
     greet_delay_s: float = 0.0
     tls_available: bool = True
+    # AUTH offered and taken only inside TLS (Postfix's smtpd_tls_auth_only,
+    # Exim's shipped authenticators without AUTH_SERVER_ALLOW_NOTLS_PASSWORDS).
+    auth_tls_only: bool = False
     # Domains delivered here (Postfix's mydestination); None: the host name
     # and localhost, as Debian's postfix package sets it up.
     local_domains: tuple[str, ...] | None = None
@@ -175,7 +178,7 @@ class SmtpServer:
         "settings", "persona", "client", "env", "idle_timeout_s", "_mode", "_lines", "_waiting",
         "_out", "_actions", "_events", "_errors", "_junk", "_helo", "_esmtp", "_tls", "_authenticated",
         "_auth_failures", "_sasl", "_transaction", "_chunk_size", "_chunk_keep", "_chunk_last",
-        "_pending_store", "_held_bytes", "_last_reply", "_eof_pending",
+        "_pending_store", "_held_bytes", "_last_reply", "_eof_pending", "_counts",
     )
 
     def __init__(self, settings: SmtpSettings, client: ClientInfo, environment: Environment) -> None:
@@ -207,6 +210,8 @@ class SmtpServer:
         self._held_bytes = 0  # this session's part of settings.message_memory
         self._last_reply = b""  # the last reply line given: the verdict of a MAIL or RCPT
         self._eof_pending = False  # the client's EOF came while we were WAITING
+        # The persona's counted limits: unknown commands, syntax errors, non-mail commands.
+        self._counts = {"unknown": 0, "syntax": 0, "nonmail": 0}
         if client.pregreet_bytes:
             self._emit("looper.smtp.pregreet", bytes=client.pregreet_bytes)
         self._flush()
@@ -440,6 +445,8 @@ class SmtpServer:
     def _reply(self, key: str, *, count_error: bool = True, delay_s: float = 0.0, spread_s: float = 0.0,
                **values: Any) -> None:
         line = self._last_reply = self._line(key, **values)
+        if count_error and self._over_counted_limit(key, line):
+            return
         if delay_s or spread_s:
             self._flush()
             self._actions.append(Send(line, delay_s, spread_s))
@@ -447,6 +454,30 @@ class SmtpServer:
             self._send_lines([line])
         if count_error and line[:1] in b"45":
             self._errors += 1
+
+    def _over_counted_limit(self, key: str, line: bytes) -> bool:
+        """The persona's own counted limits (Exim's and sendmail's): the
+        reply past one is replaced or followed by the limit's, and the
+        session ends. True if that happened."""
+        persona = self.persona
+        if key in _UNKNOWN_KEYS and persona.unknown_command_limit is not None:
+            self._counts["unknown"] += 1
+            if self._counts["unknown"] > persona.unknown_command_limit:
+                self._limit_reached("unknown commands", "too_many_unknown")
+                return True
+        elif line[:3] in (b"501", b"503") and persona.syntax_error_limit is not None:
+            self._counts["syntax"] += 1
+            if self._counts["syntax"] > persona.syntax_error_limit:
+                self._send_lines([line[:3] + b"-" + line[4:]])
+                self._limit_reached("syntax errors", "too_many_syntax")
+                return True
+        return False
+
+    def _limit_reached(self, limit: str, key: str) -> None:
+        self._emit("looper.smtp.limit", limit=limit, errors=self._errors)
+        self._last_reply = self._line(key)
+        self._send_lines([self._last_reply])
+        self._close()
 
     def _flush(self) -> None:
         if self._out:
@@ -499,7 +530,9 @@ class SmtpServer:
         except UnicodeDecodeError:
             return self._reply("bad_utf8")
         argument = words[1].strip().decode("utf-8") if len(words) > 1 else ""
-        handler = _HANDLERS.get(verb_text)
+        handler = _HANDLERS.get(verb_text) if verb_text not in self.persona.unknown_verbs else None
+        if handler is not None and self._nonmail_limit_reached(verb_text):
+            return
         if handler is None:
             first = text.lstrip(" \t")[:1]
             if verb_text in _FORBIDDEN or not first.isascii() or not first.isalpha() or verb.endswith(b":"):
@@ -512,6 +545,22 @@ class SmtpServer:
         handler(self, verb_text, argument)
         if verb_text in _ENVELOPE_EVENTS:
             self._log_verdict(_ENVELOPE_EVENTS[verb_text], argument)
+
+    def _nonmail_limit_reached(self, verb: str) -> bool:
+        """Exim's smtp_accept_max_nonmail: NOOP, VRFY, EXPN, ETRN and HELP
+        count, HELO, EHLO and RSET from their second time on."""
+        limit = self.persona.nonmail_command_limit
+        if limit is None or verb not in _NONMAIL_VERBS:
+            return False
+        first = "first RSET" if verb == "RSET" else "first HELO"
+        if verb in _NONMAIL_AFTER_FIRST and first not in self._counts:
+            self._counts[first] = 1
+            return False
+        self._counts["nonmail"] += 1
+        if self._counts["nonmail"] <= limit:
+            return False
+        self._limit_reached("non-mail commands", "too_many_nonmail")
+        return True
 
     def _log_verdict(self, eventid: str, argument: str) -> None:
         """MAIL and RCPT with the answer they got, as the reflect path logs
@@ -542,7 +591,7 @@ class SmtpServer:
             if extension == "STARTTLS" and (self._tls or not self.settings.tls_available):
                 continue
             if extension.startswith("AUTH"):
-                if not self.settings.auth_mechanisms:
+                if not self._auth_offered:
                     continue
                 extension = extension.replace("{mechanisms}", " ".join(self.settings.auth_mechanisms))
             lines.append(extension.replace("{max_size}", str(self.settings.max_message_bytes)))
@@ -550,6 +599,10 @@ class SmtpServer:
         self._send_lines(Reply(250, tuple(lines)).to_bytes().splitlines(keepends=True))
 
     def _mail_cmd(self, verb: str, argument: str) -> None:
+        if self.persona.envelope_verb_has_colon and not argument.upper().startswith("FROM:"):
+            return self._reply("unknown")
+        if self.persona.helo_required and self._helo is None:
+            return self._reply("need_helo")
         if self._transaction is not None:
             return self._reply("nested_mail")
         path = parse_path(argument, "FROM:", strict=True)
@@ -585,6 +638,8 @@ class SmtpServer:
         self._reply("mail_ok", path=path.as_sent)
 
     def _rcpt_cmd(self, verb: str, argument: str) -> None:
+        if self.persona.envelope_verb_has_colon and not argument.upper().startswith("TO:"):
+            return self._reply("unknown")
         transaction = self._transaction
         if transaction is None:
             return self._reply("need_mail")
@@ -761,6 +816,8 @@ class SmtpServer:
         self._count_junk()
 
     def _quit_cmd(self, verb: str, argument: str) -> None:
+        if argument and "quit_syntax" in self.persona.replies:
+            return self._reply("quit_syntax")
         self._reply("quit", count_error=False)
         self._close()
 
@@ -773,6 +830,17 @@ class SmtpServer:
             self._reply(verdict, address=address)
         else:
             self._reply("vrfy", argument=argument)
+        self._count_junk()
+
+    def _help_cmd(self, verb: str, argument: str) -> None:
+        self._reply("help" if "help" in self.persona.replies else "unknown", command=verb)
+
+    def _expn_cmd(self, verb: str, argument: str) -> None:
+        if "expn" not in self.persona.replies:
+            return self._reply("unknown", command=verb)
+        if not argument:
+            return self._reply("vrfy_syntax")
+        self._reply("expn", argument=argument)
         self._count_junk()
 
     def _etrn_cmd(self, verb: str, argument: str) -> None:
@@ -789,8 +857,8 @@ class SmtpServer:
             return self._reply("starttls_syntax")
         if self._tls:
             return self._reply("tls_active")
-        if not self.settings.tls_available:
-            return self._reply("unknown")
+        if not self.settings.tls_available or (self.persona.starttls_needs_ehlo and not self._esmtp):
+            return self._reply("starttls_not_offered" if "starttls_not_offered" in self.persona.replies else "unknown")
         self._reply("starttls_ready")
         self._flush()
         self._actions.append(StartTLS())
@@ -799,9 +867,15 @@ class SmtpServer:
 
     # -- AUTH -------------------------------------------------------------------
 
+    @property
+    def _auth_offered(self) -> bool:
+        if self.persona.auth_needs_ehlo and not self._esmtp:
+            return False
+        return bool(self.settings.auth_mechanisms) and (self._tls or not self.settings.auth_tls_only)
+
     def _auth_cmd(self, verb: str, argument: str) -> None:
         mechanisms = self.settings.auth_mechanisms
-        if not mechanisms:
+        if not self._auth_offered:
             return self._reply("auth_not_enabled")
         if self._authenticated:
             return self._reply("auth_already")
@@ -894,6 +968,11 @@ def _valid_recipient(address: str) -> bool:
     return all(0 < len(label) <= 63 for label in domain.split(".")) if domain else True
 
 
+# Replies that say "unknown command", for the personas that count them.
+_UNKNOWN_KEYS = frozenset({"unknown", "bad_syntax", "bad_utf8", "xclient", "xclient_syntax", "forbidden"})
+_NONMAIL_VERBS = frozenset({"NOOP", "VRFY", "EXPN", "ETRN", "HELP", "HELO", "EHLO", "RSET"})
+_NONMAIL_AFTER_FIRST = frozenset({"HELO", "EHLO", "RSET"})
+
 _ENVELOPE_EVENTS = {"MAIL": "looper.smtp.mail", "RCPT": "looper.smtp.rcpt"}
 _MECHANISM_NAME = re.compile(rb"[A-Za-z0-9_-]{0,20}")  # RFC 4422 3.1, case folded
 
@@ -928,6 +1007,8 @@ _HANDLERS = {
     "XFORWARD": SmtpServer._xclient_cmd,
     "STARTTLS": SmtpServer._starttls_cmd,
     "AUTH": SmtpServer._auth_cmd,
+    "HELP": SmtpServer._help_cmd,
+    "EXPN": SmtpServer._expn_cmd,
 }
 
 

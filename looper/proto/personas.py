@@ -34,7 +34,8 @@ REPLY_KEYS = frozenset(
 OPTIONAL_REPLY_KEYS = frozenset(
     """
     need_helo help expn quit_syntax starttls_not_offered too_many_unknown too_many_syntax
-    too_many_nonmail
+    too_many_nonmail rcpts_rejected no_valid_rcpt_pipelined address_error smtputf8_not_offered
+    body_syntax vrfy_error address_needs_domain expn_syntax
     """.split()
 )
 
@@ -151,6 +152,14 @@ class Persona:
     unknown_command_limit: int | None = None
     syntax_error_limit: int | None = None
     nonmail_command_limit: int | None = None
+    # - How MAIL and RCPT arguments are read ("postfix": address.py's
+    #   parse_path; "exim": Exim's parse_extract_address, with its own
+    #   errors, answered as address_error).
+    address_rules: str = "postfix"
+    # - Unknown users of a local domain are refused to every client
+    #   (Postfix), or only to those that may not relay (Debian's Exim ACL
+    #   accepts whatever a relay client sends).
+    verifies_local_users_of_relay_clients: bool = True
 
     def queue_id(self, now_s: float, serial: int) -> str:
         """The queue id this server would give a message stored at `now_s`
@@ -293,6 +302,8 @@ EXIM = Persona(
     unknown_command_limit=3,  # smtp_max_unknown_commands
     syntax_error_limit=3,  # smtp_max_synprot_errors
     nonmail_command_limit=10,  # smtp_accept_max_nonmail
+    address_rules="exim",
+    verifies_local_users_of_relay_clients=False,
     auth_failure_delay_s=0.0,  # Exim answers a failed login at once
     auth_failure_spread_s=0.0,
     auth_repeat_failure_delay_s=0.0,
@@ -317,8 +328,8 @@ EXIM = Persona(
         "data_go": '354 Enter message, ending with "." on a line by itself',
         "queued": "250 OK id={queue_id}",
         "need_mail": "503 sender not yet given",
-        "need_rcpt": "503 valid RCPT command must precede DATA",
-        "no_valid_rcpt": "503 valid RCPT command must precede DATA",
+        "need_rcpt": "503 valid RCPT command must precede {command}",
+        "no_valid_rcpt": "503 valid RCPT command must precede {command}",
         "nested_mail": "503 sender already given",
         "data_syntax": "501 unexpected argument data",
         "rset_ok": "250 Reset OK",
@@ -355,7 +366,7 @@ EXIM = Persona(
         "xclient_syntax": "500 unrecognized command",
         "auth_not_enabled": "503 AUTH command used when not advertised",
         "forbidden": "500 unrecognized command",
-        "bad_utf8": "501 SMTPUTF8 used when not advertised",
+        "bad_utf8": "500 unrecognized command",
         "starttls_ready": "220 TLS go ahead",
         "starttls_syntax": "501 unexpected argument data",
         "tls_active": "503 STARTTLS command used when not advertised",
@@ -378,8 +389,17 @@ EXIM = Persona(
         "quit_syntax": "501 unexpected argument data",
         "starttls_not_offered": "503 STARTTLS command used when not advertised",
         "too_many_unknown": "500 Too many unrecognized commands",
-        "too_many_syntax": "501 Too many syntax or protocol errors",
+        "too_many_syntax": "{code} Too many syntax or protocol errors",
         "too_many_nonmail": "554 Too many nonmail commands",
+        # Before no_valid_rcpt when every RCPT got the same refusal ({reply}).
+        "rcpts_rejected": "503-All RCPT commands were rejected with this error:\r\n503-{reply}",
+        # ...whose wording differs after a pipelined RCPT (PIPELINING offered).
+        "no_valid_rcpt_pipelined": "503 Valid RCPT command must precede {command}",
+        "address_error": "501 {argument}: {reason}",
+        "address_needs_domain": "501 {argument}: {reason}",  # the same words, not a syntax error
+        "smtputf8_not_offered": "501 SMTPUTF8 used when not advertised",
+        "body_syntax": "501 invalid data for BODY",
+        "vrfy_error": "501 {reason}",  # VRFY names no argument when the parser refused it
     },
 )
 
@@ -494,6 +514,7 @@ SENDMAIL = Persona(
             "214-2.0.0 For local information send email to Postmaster at your site.\r\n214 2.0.0 End of HELP info"
         ),
         "expn": "250 2.1.5 root <root@{host}>",
+        "expn_syntax": "501 5.5.2 Argument required",
         "starttls_not_offered": "454 4.3.3 TLS not available after start",
         "too_many_unknown": "421 4.7.0 {host} Too many bad commands; closing connection",
     },

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from looper.events import Event
 from looper.proto.actions import Action, Close, CloseReason, Send, StartTLS, Store
-from looper.proto.address import parse_path
+from looper.proto.address import EximPath, exim_path, parse_path
 from looper.proto.budget import MessageMemory
 from looper.proto.lines import LineReader, Overlong
 from looper.proto.message import DotDecoder, MessageScanner
@@ -178,7 +178,8 @@ class SmtpServer:
         "settings", "persona", "client", "env", "idle_timeout_s", "_mode", "_lines", "_waiting",
         "_out", "_actions", "_events", "_errors", "_junk", "_helo", "_esmtp", "_tls", "_authenticated",
         "_auth_failures", "_sasl", "_transaction", "_chunk_size", "_chunk_keep", "_chunk_last",
-        "_pending_store", "_held_bytes", "_last_reply", "_eof_pending", "_counts",
+        "_pending_store", "_held_bytes", "_last_reply", "_eof_pending", "_counts", "_rcpt_refusals",
+        "_previous_verb",
     )
 
     def __init__(self, settings: SmtpSettings, client: ClientInfo, environment: Environment) -> None:
@@ -212,6 +213,8 @@ class SmtpServer:
         self._eof_pending = False  # the client's EOF came while we were WAITING
         # The persona's counted limits: unknown commands, syntax errors, non-mail commands.
         self._counts = {"unknown": 0, "syntax": 0, "nonmail": 0}
+        self._rcpt_refusals: set[bytes] = set()  # the refusals RCPTs got since the last reset (Exim)
+        self._previous_verb = ""
         if client.pregreet_bytes:
             self._emit("looper.smtp.pregreet", bytes=client.pregreet_bytes)
         self._flush()
@@ -465,17 +468,17 @@ class SmtpServer:
             if self._counts["unknown"] > persona.unknown_command_limit:
                 self._limit_reached("unknown commands", "too_many_unknown")
                 return True
-        elif line[:3] in (b"501", b"503") and persona.syntax_error_limit is not None:
+        if line[:3] in (b"500", b"501", b"503") and key not in _NOT_SYNTAX_KEYS and persona.syntax_error_limit is not None:
             self._counts["syntax"] += 1
             if self._counts["syntax"] > persona.syntax_error_limit:
                 self._send_lines([line[:3] + b"-" + line[4:]])
-                self._limit_reached("syntax errors", "too_many_syntax")
+                self._limit_reached("syntax errors", "too_many_syntax", code=line[:3].decode())
                 return True
         return False
 
-    def _limit_reached(self, limit: str, key: str) -> None:
+    def _limit_reached(self, limit: str, key: str, **values: Any) -> None:
         self._emit("looper.smtp.limit", limit=limit, errors=self._errors)
-        self._last_reply = self._line(key)
+        self._last_reply = self._line(key, **values)
         self._send_lines([self._last_reply])
         self._close()
 
@@ -543,8 +546,11 @@ class SmtpServer:
                 return self._close()
             return self._reply("unknown", command=text[:200])
         handler(self, verb_text, argument)
+        if verb_text == "RCPT" and self._last_reply[:1] in b"45":
+            self._rcpt_refusals.add(self._last_reply)
         if verb_text in _ENVELOPE_EVENTS:
             self._log_verdict(_ENVELOPE_EVENTS[verb_text], argument)
+        self._previous_verb = verb_text
 
     def _nonmail_limit_reached(self, verb: str) -> bool:
         """Exim's smtp_accept_max_nonmail: NOOP, VRFY, EXPN, ETRN and HELP
@@ -576,6 +582,7 @@ class SmtpServer:
             return self._reply("ehlo_syntax" if verb == "EHLO" else "helo_syntax")
         name = " ".join(words(argument))
         self._helo, self._esmtp, self._transaction = name, verb == "EHLO", None
+        self._rcpt_refusals.clear()
         lowered = name.lower().rstrip(".")
         self._emit(
             "looper.smtp.helo",
@@ -605,6 +612,8 @@ class SmtpServer:
             return self._reply("need_helo")
         if self._transaction is not None:
             return self._reply("nested_mail")
+        if self.persona.address_rules == "exim":
+            return self._exim_mail(argument)
         path = parse_path(argument, "FROM:", strict=True)
         if path is None or not path.raw:
             return self._reply("mail_syntax")
@@ -643,6 +652,8 @@ class SmtpServer:
         transaction = self._transaction
         if transaction is None:
             return self._reply("need_mail")
+        if self.persona.address_rules == "exim":
+            return self._exim_rcpt(transaction, argument)
         path = parse_path(argument, "TO:", strict=True)
         if path is None or not path.raw:
             return self._reply("rcpt_syntax")
@@ -660,6 +671,50 @@ class SmtpServer:
         transaction.rcpt_to.append(address)
         self._reply("rcpt_ok", path=path.as_sent, address=address)
 
+    # Exim reads MAIL and RCPT its own way (address.exim_path): the options
+    # it knows (none for RCPT: DSN is not offered) come off the end, the
+    # rest is one address, and every refusal names what it read.
+    _EXIM_MAIL_OPTIONS = frozenset({"SIZE", "BODY", "RET", "ENVID", "AUTH", "SMTPUTF8", "PRDR"})
+
+    def _exim_mail(self, argument: str) -> None:
+        raw = argument[len("FROM:"):]
+        if not raw.strip(" \t"):
+            return self._reply("mail_syntax")
+        path = exim_path(raw, self._EXIM_MAIL_OPTIONS, recipient=False)
+        if path.address is None:
+            return self._exim_refusal(path)
+        for param in reversed(path.params):  # Exim takes them from the end
+            key, _, value = param.partition("=")
+            key = key.upper()
+            if key == "SMTPUTF8":
+                return self._reply("smtputf8_not_offered")
+            if key == "BODY" and value.upper() not in ("7BIT", "8BITMIME"):
+                return self._reply("body_syntax")
+            if key == "SIZE" and _is_number(value) and int(value) > self.settings.max_message_bytes:
+                return self._reply("size_exceeded")
+        self._transaction = _Transaction(path.address)
+        self._reply("mail_ok")
+
+    def _exim_refusal(self, path: EximPath) -> None:
+        key = "address_error" if path.parse_error else "address_needs_domain"
+        self._reply(key, argument=path.argument, reason=path.reason)
+
+    def _exim_rcpt(self, transaction: _Transaction, argument: str) -> None:
+        raw = argument[len("TO:"):]
+        if not raw.strip(" \t"):
+            return self._reply("rcpt_syntax")
+        path = exim_path(raw, frozenset(), recipient=True)
+        if path.address is None:
+            return self._exim_refusal(path)
+        address = path.address
+        if len(transaction.rcpt_to) >= self.settings.max_recipients:
+            return self._reply("too_many_rcpt")
+        verdict = self._recipient_verdict(address)
+        if verdict is not None:
+            return self._reply(verdict, address=address)
+        transaction.rcpt_to.append(address)
+        self._reply("rcpt_ok", address=address)
+
     def _recipient_verdict(self, address: str) -> str | None:
         """None if accepted, else the reply key (user_unknown, relay_denied)."""
         local, at, domain = address.rpartition("@")
@@ -673,25 +728,43 @@ class SmtpServer:
             return None  # an address literal of our own is a local destination
         if domain in self.settings.local_domain_set and not (self.persona.routed_local_parts
                                                              and _routes_elsewhere(local)):
-            return None if local.lower() in self.settings.local_users else "user_unknown"
-        if self.settings.mode == "open_relay" and (self.settings.relay == "open" or self._authenticated):
-            return None
-        return "relay_denied"
+            if local.lower() in self.settings.local_users:
+                return None
+            if not self.persona.verifies_local_users_of_relay_clients and self._may_relay:
+                return None
+            return "user_unknown"
+        return None if self._may_relay else "relay_denied"
+
+    @property
+    def _may_relay(self) -> bool:
+        return self.settings.mode == "open_relay" and (self.settings.relay == "open" or bool(self._authenticated))
 
     def _data_cmd(self, verb: str, argument: str) -> None:
         transaction = self._transaction
         if argument:
             return self._reply("data_syntax")
         if transaction is None:
-            return self._reply("need_rcpt")
+            return self._no_recipients("need_rcpt", verb)
         if transaction.bdat_size is not None:
             return self._reply("data_after_bdat")
         if not transaction.rcpt_to:
-            return self._reply("no_valid_rcpt")
+            return self._no_recipients("no_valid_rcpt", verb)
         transaction.scanner = MessageScanner(self.client.ip)
         transaction.decoder = DotDecoder(bare_lf=self.persona.bare_lf)
         self._reply("data_go")
         self._move(Step.DATA_ACCEPTED)
+
+    def _no_recipients(self, key: str, verb: str) -> None:
+        """DATA or BDAT with no recipient. Exim first repeats the refusal
+        every RCPT got, if they all got the same one, and words it
+        differently right after a pipelined RCPT."""
+        replies = self.persona.replies
+        if len(self._rcpt_refusals) == 1 and "rcpts_rejected" in replies:
+            (refusal,) = self._rcpt_refusals
+            self._send_lines([self._line("rcpts_rejected", reply=as_text(refusal).rstrip("\r\n"))])
+        if self._previous_verb == "RCPT" and self._esmtp and "no_valid_rcpt_pipelined" in replies:
+            return self._reply("no_valid_rcpt_pipelined", command=verb, count_error=False)
+        self._reply(key, command=verb)
 
     def _take_data(self, data: bytes, position: int) -> int:
         transaction = self._transaction
@@ -808,6 +881,7 @@ class SmtpServer:
         if argument:
             return self._reply("rset_syntax")
         self._transaction = None
+        self._rcpt_refusals.clear()
         self._reply("rset_ok")
         self._count_junk()
 
@@ -824,6 +898,13 @@ class SmtpServer:
     def _vrfy_cmd(self, verb: str, argument: str) -> None:
         if not argument:
             return self._reply("vrfy_syntax")
+        if self.persona.address_rules == "exim":
+            path = exim_path(argument, frozenset(), recipient=True)
+            if path.address is None:
+                self._count_junk()
+                if path.parse_error:
+                    return self._reply("vrfy_error", reason=path.reason)
+                return self._exim_refusal(path)
         address = words(argument)[0].strip("<>")
         verdict = self._recipient_verdict(address) if address else None
         if verdict is not None:
@@ -838,8 +919,8 @@ class SmtpServer:
     def _expn_cmd(self, verb: str, argument: str) -> None:
         if "expn" not in self.persona.replies:
             return self._reply("unknown", command=verb)
-        if not argument:
-            return self._reply("vrfy_syntax")
+        if not argument and "expn_syntax" in self.persona.replies:
+            return self._reply("expn_syntax")
         self._reply("expn", argument=argument)
         self._count_junk()
 
@@ -970,6 +1051,8 @@ def _valid_recipient(address: str) -> bool:
 
 # Replies that say "unknown command", for the personas that count them.
 _UNKNOWN_KEYS = frozenset({"unknown", "bad_syntax", "bad_utf8", "xclient", "xclient_syntax", "forbidden"})
+# Refusals that are not syntax or protocol errors to a persona that counts those.
+_NOT_SYNTAX_KEYS = frozenset({"address_needs_domain", "no_valid_rcpt_pipelined"})
 _NONMAIL_VERBS = frozenset({"NOOP", "VRFY", "EXPN", "ETRN", "HELP", "HELO", "EHLO", "RSET"})
 _NONMAIL_AFTER_FIRST = frozenset({"HELO", "EHLO", "RSET"})
 

@@ -39,13 +39,13 @@ def settings_for(persona: str, group: dict[str, str] | None = None) -> SmtpSetti
     settings = SmtpSettings(
         hostname="mail.example.test",
         persona=chosen,
-        credentials=CREDENTIALS,
         auth_mechanisms=chosen.default_auth_mechanisms,
         max_message_bytes=chosen.default_max_message_bytes,
         tls_available=chosen.offers_starttls_by_default,
+        size_limit_configured=False,
     )
     if "authenticators" in group:  # Debian's example plaintext authenticators
-        settings = replace(settings, auth_mechanisms=("PLAIN", "LOGIN"),
+        settings = replace(settings, auth_mechanisms=("PLAIN", "LOGIN"), credentials=CREDENTIALS,
                            auth_tls_only="AUTH_SERVER_ALLOW_NOTLS_PASSWORDS" not in group)
     if "starttls.m4" in group:
         settings = replace(settings, tls_available=True)
@@ -53,7 +53,7 @@ def settings_for(persona: str, group: dict[str, str] | None = None) -> SmtpSetti
         settings = replace(settings, mode="harvester")  # the client may not relay
     for key in ("MESSAGE_SIZE_LIMIT", "confMAX_MESSAGE_SIZE"):
         if key in group:
-            settings = replace(settings, max_message_bytes=int(group[key]))
+            settings = replace(settings, max_message_bytes=int(group[key]), size_limit_configured=True)
     if "smtp_receive_timeout" in group or "confTO_COMMAND" in group:
         settings = replace(settings, idle_timeout_s=5.0)
     return settings
@@ -78,36 +78,23 @@ NOT_YET = {
     ("exim", "rcpt_syntax"), ("exim", "relay_denied"), ("exim", "relay_denied_bdat"), ("exim", "rset_noop"),
     ("exim", "size_bdat"), ("exim", "size_bdat_chunks"), ("exim", "starttls_before_ehlo"),
     ("exim", "timeout_in_data"),
-    # sendmail: 85
+    # sendmail: 48
     ("sendmail", "auth_unknown_mech"), ("sendmail", "bare_cr"), ("sendmail", "bare_lf"), ("sendmail", "bare_lf_dot"),
-    ("sendmail", "bdat_before_mail"), ("sendmail", "bdat_before_rcpt"), ("sendmail", "bdat_chunks"),
-    ("sendmail", "bdat_last"), ("sendmail", "bdat_no_ehlo"), ("sendmail", "bdat_pipelined"),
-    ("sendmail", "cmd_len_2047"), ("sendmail", "data_arg"), ("sendmail", "data_received_count"),
-    ("sendmail", "early_talker"), ("sendmail", "ehlo_variants"), ("sendmail", "eight_bit"),
-    ("sendmail", "error_limit_syntax"), ("sendmail", "error_limit_wait"), ("sendmail", "etrn"),
-    ("sendmail", "expn_verb_etrn"), ("sendmail", "greeting_pipelined_helo"), ("sendmail", "header_as_command"),
-    ("sendmail", "help_unknown"), ("sendmail", "http_get_after_ehlo"), ("sendmail", "local_rcpt"),
+    ("sendmail", "cmd_len_2047"), ("sendmail", "early_talker"), ("sendmail", "ehlo_variants"),
+    ("sendmail", "eight_bit"), ("sendmail", "error_limit_wait"), ("sendmail", "etrn"), ("sendmail", "expn_verb_etrn"),
+    ("sendmail", "greeting_pipelined_helo"), ("sendmail", "help_unknown"), ("sendmail", "local_rcpt"),
     ("sendmail", "long_line_2049"), ("sendmail", "long_line_4097"), ("sendmail", "long_line_exact"),
-    ("sendmail", "long_line_split_verb"), ("sendmail", "mail_before_ehlo"), ("sendmail", "mail_empty"),
-    ("sendmail", "mail_no_colon"), ("sendmail", "mail_noarg"), ("sendmail", "mail_param_binarymime"),
-    ("sendmail", "mail_param_body_foo"), ("sendmail", "mail_param_ret_foo"), ("sendmail", "mail_param_size_abc"),
-    ("sendmail", "mail_param_smtputf8"), ("sendmail", "mail_param_unknown"), ("sendmail", "mail_params"),
-    ("sendmail", "mail_params_bad"), ("sendmail", "mail_size_default"), ("sendmail", "mail_size_over"),
-    ("sendmail", "mail_syntax"), ("sendmail", "mail_syntax2"), ("sendmail", "mail_to"),
-    ("sendmail", "non_letter_command"), ("sendmail", "nul_byte"), ("sendmail", "pipelined_all"),
-    ("sendmail", "pipelined_bad_rcpt"), ("sendmail", "pipelined_everything"), ("sendmail", "pipelined_rset_noop"),
-    ("sendmail", "rcpt_limit"), ("sendmail", "rcpt_literal"), ("sendmail", "rcpt_no_colon"),
-    ("sendmail", "rcpt_noarg"), ("sendmail", "rcpt_null"), ("sendmail", "rcpt_param_unknown"),
-    ("sendmail", "rcpt_space_domain"), ("sendmail", "rcpt_syntax"), ("sendmail", "rcpt_variants"),
-    ("sendmail", "relay_denied"), ("sendmail", "relay_denied_bdat"), ("sendmail", "relay_denied_local"),
+    ("sendmail", "long_line_split_verb"), ("sendmail", "mail_syntax2"), ("sendmail", "pipelined_all"),
+    ("sendmail", "pipelined_everything"), ("sendmail", "pipelined_rset_noop"), ("sendmail", "rcpt_limit"),
+    ("sendmail", "rcpt_literal"), ("sendmail", "rcpt_null"), ("sendmail", "rcpt_space_domain"),
+    ("sendmail", "rcpt_syntax"), ("sendmail", "rcpt_variants"), ("sendmail", "relay_denied"),
     ("sendmail", "size_bdat"), ("sendmail", "size_bdat_chunks"), ("sendmail", "size_data"),
     ("sendmail", "size_data_declared"), ("sendmail", "size_ehlo"), ("sendmail", "size_mail_param"),
     ("sendmail", "starttls_before_ehlo"), ("sendmail", "starttls_in_transaction"),
     ("sendmail", "starttls_in_transaction_tls"), ("sendmail", "starttls_no_ehlo_after"),
     ("sendmail", "starttls_no_ehlo_after_tls"), ("sendmail", "starttls_pipelined"), ("sendmail", "starttls_twice"),
     ("sendmail", "timeout_after_ehlo"), ("sendmail", "timeout_idle"), ("sendmail", "timeout_in_data"),
-    ("sendmail", "timeout_partial_line"), ("sendmail", "too_many_hops"), ("sendmail", "too_many_hops_100"),
-    ("sendmail", "vrfy_expn"), ("sendmail", "vrfy_many"),
+    ("sendmail", "timeout_partial_line"), ("sendmail", "vrfy_expn"), ("sendmail", "vrfy_many"),
 }
 
 

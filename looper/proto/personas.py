@@ -35,7 +35,8 @@ OPTIONAL_REPLY_KEYS = frozenset(
     """
     need_helo help expn quit_syntax starttls_not_offered too_many_unknown too_many_syntax
     too_many_nonmail rcpts_rejected no_valid_rcpt_pipelined address_error smtputf8_not_offered
-    body_syntax vrfy_error address_needs_domain expn_syntax
+    body_syntax vrfy_error address_needs_domain expn_syntax verb help_mail relay_denied_unresolved
+    size_overflow
     """.split()
 )
 
@@ -160,6 +161,21 @@ class Persona:
     #   (Postfix), or only to those that may not relay (Debian's Exim ACL
     #   accepts whatever a relay client sends).
     verifies_local_users_of_relay_clients: bool = True
+    # - Hanging up on a web request (see hangs_up_on_forbidden): on any
+    #   line Postfix forbids (also non-letters and header lines), or, as
+    #   sendmail does, only on GET, POST or CONNECT as the first command.
+    forbidden_first_command_only: bool = False
+    # - MAIL parameters it knows (others: unsupported_option, {param_name}),
+    #   and whether a SIZE that is not a number is let through.
+    mail_parameters: frozenset[str] = frozenset({"SIZE", "BODY", "RET", "ENVID", "AUTH", "SMTPUTF8"})
+    ignores_bad_size: bool = False
+    # - Commands whose argument is ignored rather than refused.
+    ignores_arguments: frozenset[str] = frozenset()
+    # - Command lines are bytes to it (8-bit is not a UTF-8 error).
+    eight_bit_commands: bool = False
+    # - With no size limit configured it says SIZE without a number and
+    #   takes any SIZE= up to its free disk space (sendmail's MaxMessageSize 0).
+    unlimited_size_by_default: bool = False
 
     def queue_id(self, now_s: float, serial: int) -> str:
         """The queue id this server would give a message stored at `now_s`
@@ -427,10 +443,16 @@ SENDMAIL = Persona(
     helo_required=True,  # PrivacyOptions needmailhelo
     unknown_verbs=frozenset({"BDAT", "XCLIENT", "XFORWARD"}),
     unknown_command_limit=25,  # MAXBADCOMMANDS
+    forbidden_first_command_only=True,
+    mail_parameters=frozenset({"SIZE", "BODY", "RET", "ENVID", "AUTH", "BY"}),
+    ignores_bad_size=True,
+    ignores_arguments=frozenset({"DATA", "QUIT", "NOOP", "RSET"}),
+    eight_bit_commands=True,
+    unlimited_size_by_default=True,
     soft_error_limit=1_000_000,  # sendmail slows down by its own rules, not Postfix's
     hard_error_limit=1_000_000,
     junk_command_limit=1_000_000,
-    hop_limit=26,  # MaxHopCount 25
+    hop_limit=1_000_000,  # MaxHopCount (100) acts at delivery, not in SMTP
     received_format=(
         "Received: from {helo} ({client_name_ip}) by {host} (8.17.1.9/8.17.1.9/Debian-2+deb12u2)"
         " with {protocol} id {queue_id}{for_recipient}; {date_gmt}"
@@ -456,20 +478,21 @@ SENDMAIL = Persona(
         "rset_ok": "250 2.0.0 Reset state",
         "rset_syntax": "250 2.0.0 Reset state",
         "noop": "250 2.0.0 OK",
-        "mail_syntax": "501 5.5.2 Syntax error in parameters scanning \"from\"",
-        "bad_sender": "553 5.1.0 {address}... Unbalanced '<'",
+        "mail_syntax": "501 5.5.2 Syntax error in parameters scanning \"{scanned}\"",
+        "bad_sender": "553 5.0.0 {address}... Unbalanced '<'",
         "size_syntax": "501 5.5.2 Syntax error in parameters scanning \"SIZE\"",
-        "ret_syntax": "501 5.5.4 Bad argument \"{param}\" to RET",
-        "unsupported_option": "555 5.5.4 {param} parameter unrecognized",
-        "size_exceeded": "552 5.2.3 Message size exceeds fixed maximum message size",
+        "ret_syntax": "501 5.5.2 Bad argument \"{value}\" to RET",
+        "unsupported_option": "555 5.5.4 {param_name} parameter unrecognized",
+        "size_exceeded": "552 5.2.3 Message size exceeds fixed maximum message size ({max_size})",
         "size_fs_limit": "452 4.4.5 Insufficient disk space; try again later",
-        "rcpt_syntax": "501 5.5.2 Syntax error in parameters scanning \"to\"",
-        "bad_rcpt": "553 5.1.0 {address}... Unbalanced '<'",
+        "size_overflow": "552 5.2.3 Message size exceeds maximum value",
+        "rcpt_syntax": "501 5.5.2 Syntax error in parameters scanning \"{scanned}\"",
+        "bad_rcpt": "553 5.0.0 {address}... Unbalanced '<'",
         "too_many_rcpt": "452 4.5.3 Too many recipients",
         "relay_denied": "550 5.7.1 <{address}>... Relaying denied",
         "user_unknown": "550 5.1.1 <{address}>... User unknown",
         "too_many_hops": "554 5.4.6 Too many hops",
-        "message_too_big": "552 5.2.3 Message size exceeds fixed maximum message size",
+        "message_too_big": "552 5.2.3 Message exceeds maximum fixed size ({max_size})",
         "bdat_ok": "250 2.0.0 OK",
         "bdat_queued": "250 2.0.0 {queue_id} Message accepted for delivery",
         "bdat_syntax": '500 5.5.1 Command unrecognized: "{command}"',
@@ -482,7 +505,7 @@ SENDMAIL = Persona(
         "unknown": '500 5.5.1 Command unrecognized: "{command}"',
         "bad_syntax": '500 5.5.1 Command unrecognized: "{command}"',
         "etrn": "250 2.0.0 Queuing for node {argument} started",
-        "etrn_syntax": "501 5.5.2 Parameter required",
+        "etrn_syntax": "500 5.5.2 Parameter required",
         "xclient": '500 5.5.1 Command unrecognized: "{command}"',
         "xclient_syntax": '500 5.5.1 Command unrecognized: "{command}"',
         "auth_not_enabled": "503 5.3.3 AUTH not available",
@@ -515,6 +538,14 @@ SENDMAIL = Persona(
         ),
         "expn": "250 2.1.5 root <root@{host}>",
         "expn_syntax": "501 5.5.2 Argument required",
+        "verb": "250 2.0.0 Verbose mode",
+        "help_mail": (
+            "214-2.0.0 MAIL From:<sender> [ <parameters> ]\r\n"
+            "214-2.0.0 \tSpecifies the sender.  Parameters are ESMTP extensions.\r\n"
+            "214-2.0.0 \tSee \"HELP DSN\" for details.\r\n214 2.0.0 End of HELP info"
+        ),
+        "body_syntax": "501 5.5.4 Unknown BODY type {value}",
+        "relay_denied_unresolved": "550 5.7.1 <{address}>... Relaying denied. IP name lookup failed [{ip}]",
         "starttls_not_offered": "454 4.3.3 TLS not available after start",
         "too_many_unknown": "421 4.7.0 {host} Too many bad commands; closing connection",
     },

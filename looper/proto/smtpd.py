@@ -116,6 +116,9 @@ class SmtpSettings:
     # AUTH offered and taken only inside TLS (Postfix's smtpd_tls_auth_only,
     # Exim's shipped authenticators without AUTH_SERVER_ALLOW_NOTLS_PASSWORDS).
     auth_tls_only: bool = False
+    # max_message_bytes was configured, not the persona's default (sendmail
+    # without a limit says so; the machine still stops at max_message_bytes).
+    size_limit_configured: bool = True
     # Domains delivered here (Postfix's mydestination); None: the host name
     # and localhost, as Debian's postfix package sets it up.
     local_domains: tuple[str, ...] | None = None
@@ -179,7 +182,7 @@ class SmtpServer:
         "_out", "_actions", "_events", "_errors", "_junk", "_helo", "_esmtp", "_tls", "_authenticated",
         "_auth_failures", "_sasl", "_transaction", "_chunk_size", "_chunk_keep", "_chunk_last",
         "_pending_store", "_held_bytes", "_last_reply", "_eof_pending", "_counts", "_rcpt_refusals",
-        "_previous_verb",
+        "_previous_verb", "_commands_seen",
     )
 
     def __init__(self, settings: SmtpSettings, client: ClientInfo, environment: Environment) -> None:
@@ -215,6 +218,7 @@ class SmtpServer:
         self._counts = {"unknown": 0, "syntax": 0, "nonmail": 0}
         self._rcpt_refusals: set[bytes] = set()  # the refusals RCPTs got since the last reset (Exim)
         self._previous_verb = ""
+        self._commands_seen = 0
         if client.pregreet_bytes:
             self._emit("looper.smtp.pregreet", bytes=client.pregreet_bytes)
         self._flush()
@@ -421,7 +425,8 @@ class SmtpServer:
     def _fill(self, template: str, **values: Any) -> str:
         """A persona's template with what this session knows filled in."""
         client = self.client
-        known = {"host": self.settings.hostname, "ip": client.ip, "helo": self._helo or ""}
+        known = {"host": self.settings.hostname, "ip": client.ip, "helo": self._helo or "",
+                 "max_size": self.settings.max_message_bytes}
         if "{date" in template:
             date = self.env.date()
             known.update(date=date, date_gmt=date.replace("+0000", "GMT"))
@@ -526,19 +531,30 @@ class SmtpServer:
         verb_text = verb.decode("ascii", "replace").upper()
         logged = line if verb_text != "AUTH" else _auth_logged(words)
         self._emit("looper.command.input", input=as_text(logged))
+        self._commands_seen += 1
         if not line.strip(b" \t"):
             return self._reply("bad_syntax", command=line.decode("latin-1"))
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
-            return self._reply("bad_utf8")
+            if not self.persona.eight_bit_commands:
+                return self._reply("bad_utf8")
+            # sendmail strips the top bit of what it echoes
+            text = bytes(byte & 0x7F for byte in line).decode("ascii")
+            words = text.encode().split(None, 1)
         argument = words[1].strip().decode("utf-8") if len(words) > 1 else ""
+        if verb_text in self.persona.ignores_arguments:
+            argument = ""
         handler = _HANDLERS.get(verb_text) if verb_text not in self.persona.unknown_verbs else None
         if handler is not None and self._nonmail_limit_reached(verb_text):
             return
         if handler is None:
             first = text.lstrip(" \t")[:1]
-            if verb_text in _FORBIDDEN or not first.isascii() or not first.isalpha() or verb.endswith(b":"):
+            if self.persona.forbidden_first_command_only:
+                forbidden = verb_text in _FORBIDDEN and self._commands_seen == 1
+            else:
+                forbidden = verb_text in _FORBIDDEN or not first.isascii() or not first.isalpha() or verb.endswith(b":")
+            if forbidden:
                 self._emit("looper.smtp.forbidden", input=text[:200])
                 if not self.persona.hangs_up_on_forbidden:
                     return self._reply("unknown", command=text[:200])
@@ -601,6 +617,8 @@ class SmtpServer:
                 if not self._auth_offered:
                     continue
                 extension = extension.replace("{mechanisms}", " ".join(self.settings.auth_mechanisms))
+            if self._size_unlimited:
+                extension = extension.replace(" {max_size}", "")
             lines.append(extension.replace("{max_size}", str(self.settings.max_message_bytes)))
         # Line by line: from the soft error limit on, each line waits its own sleep.
         self._send_lines(Reply(250, tuple(lines)).to_bytes().splitlines(keepends=True))
@@ -616,28 +634,32 @@ class SmtpServer:
             return self._exim_mail(argument)
         path = parse_path(argument, "FROM:", strict=True)
         if path is None or not path.raw:
-            return self._reply("mail_syntax")
+            return self._reply("mail_syntax", scanned=_scanned(argument))
         address, params = path.address, path.params
         if address is None:
-            return self._reply("bad_sender", address=path.raw)
+            return self._reply("bad_sender", address=path.raw.partition("\0")[0])
         for param in params:
             key, _, value = param.partition("=")
             key = key.upper()
+            persona = self.persona
+            if key not in persona.mail_parameters:
+                return self._reply("unsupported_option", param=param, param_name=key, address=address)
             if key == "SIZE":
                 if not _is_number(value):
+                    if persona.ignores_bad_size:
+                        continue
                     return self._reply("size_syntax")
-                if len(value) >= 20:
-                    return self._reply("size_fs_limit")
-                if int(value) > self.settings.max_message_bytes:
-                    return self._reply("size_exceeded")
+                refusal = self._declared_size_refusal(value)
+                if refusal:
+                    return self._reply(refusal)
             elif key == "BODY":
                 if value.upper() not in ("7BIT", "8BITMIME"):
-                    return self._reply("unsupported_option", param=param)
+                    if "body_syntax" in persona.replies:
+                        return self._reply("body_syntax", value=value)
+                    return self._reply("unsupported_option", param=param, param_name=key)
             elif key == "RET":
                 if value.upper() not in ("FULL", "HDRS"):
-                    return self._reply("ret_syntax")
-            elif key not in ("SMTPUTF8", "ENVID", "AUTH"):
-                return self._reply("unsupported_option", param=param, address=address)
+                    return self._reply("ret_syntax", value=value)
         memory = self.settings.message_memory
         if memory is not None and memory.exhausted:
             # Postfix says this at MAIL when its queue is short of space.
@@ -645,6 +667,20 @@ class SmtpServer:
             return self._reply("storage_failed")
         self._transaction = _Transaction(address)
         self._reply("mail_ok", path=path.as_sent)
+
+    def _declared_size_refusal(self, value: str) -> str | None:
+        """The reply key for MAIL's SIZE=value, if it is refused."""
+        if self._size_unlimited:
+            if len(value) >= 20 and "size_overflow" in self.persona.replies:
+                return "size_overflow"
+            return "size_fs_limit" if int(value) > _FREE_DISK_BYTES else None
+        if len(value) >= 20:
+            return "size_fs_limit"
+        return "size_exceeded" if int(value) > self.settings.max_message_bytes else None
+
+    @property
+    def _size_unlimited(self) -> bool:
+        return self.persona.unlimited_size_by_default and not self.settings.size_limit_configured
 
     def _rcpt_cmd(self, verb: str, argument: str) -> None:
         if self.persona.envelope_verb_has_colon and not argument.upper().startswith("TO:"):
@@ -656,20 +692,26 @@ class SmtpServer:
             return self._exim_rcpt(transaction, argument)
         path = parse_path(argument, "TO:", strict=True)
         if path is None or not path.raw:
-            return self._reply("rcpt_syntax")
+            return self._reply("rcpt_syntax", scanned=_scanned(argument))
         address, params = path.address, path.params
         if not address or not _valid_recipient(address):
-            return self._reply("bad_rcpt", address=address if address is not None else path.raw)
+            return self._reply("bad_rcpt", address=address if address is not None else path.raw.partition("\0")[0])
         for param in params:
-            if param.partition("=")[0].upper() not in ("NOTIFY", "ORCPT"):
-                return self._reply("unsupported_option", param=param)
+            name = param.partition("=")[0].upper()
+            if name not in ("NOTIFY", "ORCPT"):
+                return self._reply("unsupported_option", param=param, param_name=name)
         if len(transaction.rcpt_to) >= self.settings.max_recipients:
             return self._reply("too_many_rcpt")
         verdict = self._recipient_verdict(address)
         if verdict is not None:
-            return self._reply(verdict, address=address)
+            return self._refuse_recipient(verdict, address)
         transaction.rcpt_to.append(address)
         self._reply("rcpt_ok", path=path.as_sent, address=address)
+
+    def _refuse_recipient(self, verdict: str, address: str) -> None:
+        if verdict == "relay_denied" and not self.client.name and "relay_denied_unresolved" in self.persona.replies:
+            verdict = "relay_denied_unresolved"  # sendmail says why it did not trust the client
+        self._reply(verdict, address=address)
 
     # Exim reads MAIL and RCPT its own way (address.exim_path): the options
     # it knows (none for RCPT: DSN is not offered) come off the end, the
@@ -914,7 +956,13 @@ class SmtpServer:
         self._count_junk()
 
     def _help_cmd(self, verb: str, argument: str) -> None:
-        self._reply("help" if "help" in self.persona.replies else "unknown", command=verb)
+        replies = self.persona.replies
+        if argument.upper() == "MAIL" and "help_mail" in replies:
+            return self._reply("help_mail")
+        self._reply("help" if "help" in replies else "unknown", command=verb)
+
+    def _verb_cmd(self, verb: str, argument: str) -> None:
+        self._reply("verb" if "verb" in self.persona.replies else "unknown", command=verb)
 
     def _expn_cmd(self, verb: str, argument: str) -> None:
         if "expn" not in self.persona.replies:
@@ -1091,8 +1139,19 @@ _HANDLERS = {
     "STARTTLS": SmtpServer._starttls_cmd,
     "AUTH": SmtpServer._auth_cmd,
     "HELP": SmtpServer._help_cmd,
+    "VERB": SmtpServer._verb_cmd,
     "EXPN": SmtpServer._expn_cmd,
 }
+
+
+# What a server without a size limit pretends its spool has free.
+_FREE_DISK_BYTES = 100 * 1024**3
+
+
+def _scanned(argument: str) -> str:
+    """The word sendmail was scanning when MAIL or RCPT made no sense."""
+    first = argument.split(":", 1)[0].split()
+    return first[0] if first else ""
 
 
 def _is_number(text: str) -> bool:

@@ -98,6 +98,10 @@ def replay(recorded: dict, settings: SmtpSettings | None = None, client: ClientI
         exchange = Exchange(step["send"].encode("latin-1"), step["recv"].encode("latin-1"), step["ms"], step["closed"])
         exchanges.append(exchange)
         if "tls" in step:
+            if step["tls"].startswith("handshake failed"):
+                # the client's handshake met no TLS server, and it hung up
+                machine.receive_data(b"")
+                exchange.closed = any(isinstance(a, Close) for a in _carry_out(machine))
             continue  # the handshake: done when StartTLS was carried out
         silent = number > 0 and not exchange.send
         if silent and not pending and not exchange.closed and not _closed(exchanges):

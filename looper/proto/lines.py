@@ -88,6 +88,13 @@ class LineReader:
         """Raw bytes still expected (see expect)."""
         return self._raw_left
 
+    def take_partial(self) -> bytes:
+        """The start of a line not complete yet, given up as it is (a
+        server that answers what it has when the client goes quiet)."""
+        partial = bytes(self._partial)
+        self._partial.clear()
+        return partial.removesuffix(b"\r")
+
     def clear(self) -> None:
         """Forget everything read so far (TLS starts: nothing before it counts)."""
         self._partial.clear()

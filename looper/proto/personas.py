@@ -36,7 +36,8 @@ OPTIONAL_REPLY_KEYS = frozenset(
     need_helo help expn quit_syntax starttls_not_offered too_many_unknown too_many_syntax
     too_many_nonmail rcpts_rejected no_valid_rcpt_pipelined address_error smtputf8_not_offered
     body_syntax vrfy_error address_needs_domain expn_syntax verb help_mail relay_denied_unresolved
-    size_overflow
+    size_overflow timeout_data turn rcpt_null rcpt_ok_local vrfy_local vrfy_remote starttls_in_transaction
+    helo_invalid command_too_long
     """.split()
 )
 
@@ -176,6 +177,19 @@ class Persona:
     # - With no size limit configured it says SIZE without a number and
     #   takes any SIZE= up to its free disk space (sendmail's MaxMessageSize 0).
     unlimited_size_by_default: bool = False
+    # - Goes quiet on an idle client: closes without a word, after
+    #   answering half a line if it has one (sendmail); else says timeout.
+    idle_close_silent: bool = False
+    # - An address literal of its own ([127.0.0.1], the listening address)
+    #   is a local domain whose users are checked (sendmail's $=w); Postfix
+    #   takes any recipient there.
+    own_literal_is_local_domain: bool = False
+    # - STARTTLS forgets the HELO (RFC 3207); sendmail keeps it.
+    tls_forgets_helo: bool = True
+    # - A HELO name with a space or 8-bit bytes is refused (helo_invalid),
+    #   and (Exim) an unclosed [ too.
+    checks_helo_name: bool = False
+    helo_name_needs_closed_literal: bool = False
 
     def queue_id(self, now_s: float, serial: int) -> str:
         """The queue id this server would give a message stored at `now_s`
@@ -319,6 +333,8 @@ EXIM = Persona(
     syntax_error_limit=3,  # smtp_max_synprot_errors
     nonmail_command_limit=10,  # smtp_accept_max_nonmail
     address_rules="exim",
+    checks_helo_name=True,
+    helo_name_needs_closed_literal=True,
     verifies_local_users_of_relay_clients=False,
     auth_failure_delay_s=0.0,  # Exim answers a failed login at once
     auth_failure_spread_s=0.0,
@@ -416,6 +432,8 @@ EXIM = Persona(
         "smtputf8_not_offered": "501 SMTPUTF8 used when not advertised",
         "body_syntax": "501 invalid data for BODY",
         "vrfy_error": "501 {reason}",  # VRFY names no argument when the parser refused it
+        "timeout_data": "421 {host} SMTP incoming data timeout - closing connection.",
+        "helo_invalid": "501 Syntactically invalid {verb} argument(s)",
     },
 )
 
@@ -429,7 +447,7 @@ SENDMAIL = Persona(
         "EXPN",
         "VERB",
         "8BITMIME",
-        "SIZE",
+        "SIZE {max_size}",
         "DSN",
         "ETRN",
         "AUTH {mechanisms}",
@@ -449,6 +467,10 @@ SENDMAIL = Persona(
     ignores_arguments=frozenset({"DATA", "QUIT", "NOOP", "RSET"}),
     eight_bit_commands=True,
     unlimited_size_by_default=True,
+    idle_close_silent=True,
+    own_literal_is_local_domain=True,
+    tls_forgets_helo=False,
+    checks_helo_name=True,
     soft_error_limit=1_000_000,  # sendmail slows down by its own rules, not Postfix's
     hard_error_limit=1_000_000,
     junk_command_limit=1_000_000,
@@ -504,7 +526,7 @@ SENDMAIL = Persona(
         "vrfy_syntax": "501 5.5.2 Argument required",
         "unknown": '500 5.5.1 Command unrecognized: "{command}"',
         "bad_syntax": '500 5.5.1 Command unrecognized: "{command}"',
-        "etrn": "250 2.0.0 Queuing for node {argument} started",
+        "etrn": "250 2.0.0 Queuing for node {raw_argument} started",
         "etrn_syntax": "500 5.5.2 Parameter required",
         "xclient": '500 5.5.1 Command unrecognized: "{command}"',
         "xclient_syntax": '500 5.5.1 Command unrecognized: "{command}"',
@@ -546,6 +568,15 @@ SENDMAIL = Persona(
         ),
         "body_syntax": "501 5.5.4 Unknown BODY type {value}",
         "relay_denied_unresolved": "550 5.7.1 <{address}>... Relaying denied. IP name lookup failed [{ip}]",
+        "timeout_data": "421 4.4.1 collect: relay={client_name_ip}, from=<{mail_from}>, info=read timeout",
+        "turn": '502 5.5.1 Command not implemented: "{command}"',
+        "rcpt_null": "553 5.0.0 <>... User address required",
+        "rcpt_ok_local": "250 2.1.5 <{local}@{host}>... Recipient ok",
+        "vrfy_local": "250 2.1.5 {local} <{local}@{host}>",
+        "vrfy_remote": "252 2.1.5 <{address}>",
+        "starttls_in_transaction": "503 5.5.0 TLS not permitted during a mail transaction",
+        "helo_invalid": "501 5.0.0 Invalid domain name",
+        "command_too_long": "421 4.7.0 {host} Command too long, possible attack [{ip}]",
         "starttls_not_offered": "454 4.3.3 TLS not available after start",
         "too_many_unknown": "421 4.7.0 {host} Too many bad commands; closing connection",
     },

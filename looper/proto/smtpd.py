@@ -284,8 +284,16 @@ class SmtpServer:
         if self._mode is Mode.CLOSED:
             return
         self._emit("looper.smtp.limit", limit="timeout", seconds=self.idle_timeout_s)
-        self._reply("timeout", count_error=False)
-        self._close(CloseReason.TIMEOUT)
+        if self._mode is Mode.DATA and "timeout_data" in self.persona.replies:
+            self._reply("timeout_data", count_error=False, mail_from=self._transaction.mail_from)
+        elif self.persona.idle_close_silent:
+            partial = self._lines.take_partial() if self._mode is Mode.COMMAND else b""
+            if partial:
+                self._command(partial)  # answered as it stands
+        else:
+            self._reply("timeout", count_error=False)
+        if self._mode is not Mode.CLOSED:
+            self._close(CloseReason.TIMEOUT)
 
     def shutting_down(self, reason: CloseReason = CloseReason.SHUTDOWN) -> None:
         """The trap is stopping, or the session has lasted long enough
@@ -300,7 +308,9 @@ class SmtpServer:
     def tls_started(self, version: str = "", cipher: str = "") -> None:
         self._tls = True
         # RFC 3207 4.2: everything known before the handshake is forgotten.
-        self._helo, self._esmtp, self._transaction = None, False, None
+        if self.persona.tls_forgets_helo:
+            self._helo = None
+        self._esmtp, self._transaction = False, None
         self._waiting.clear()
         self._lines.clear()
         self._move(Step.RESUMED)
@@ -596,6 +606,8 @@ class SmtpServer:
     def _helo_cmd(self, verb: str, argument: str) -> None:
         if not argument:
             return self._reply("ehlo_syntax" if verb == "EHLO" else "helo_syntax")
+        if self._invalid_helo_name(argument):
+            return self._reply("helo_invalid", verb=verb)
         name = " ".join(words(argument))
         self._helo, self._esmtp, self._transaction = name, verb == "EHLO", None
         self._rcpt_refusals.clear()
@@ -622,6 +634,14 @@ class SmtpServer:
             lines.append(extension.replace("{max_size}", str(self.settings.max_message_bytes)))
         # Line by line: from the soft error limit on, each line waits its own sleep.
         self._send_lines(Reply(250, tuple(lines)).to_bytes().splitlines(keepends=True))
+
+    def _invalid_helo_name(self, argument: str) -> bool:
+        persona = self.persona
+        if not persona.checks_helo_name:
+            return False
+        if " " in argument or "\t" in argument or not argument.isascii() or "\x00" in argument:
+            return True
+        return persona.helo_name_needs_closed_literal and argument.startswith("[") and not argument.endswith("]")
 
     def _mail_cmd(self, verb: str, argument: str) -> None:
         if self.persona.envelope_verb_has_colon and not argument.upper().startswith("FROM:"):
@@ -694,6 +714,8 @@ class SmtpServer:
         if path is None or not path.raw:
             return self._reply("rcpt_syntax", scanned=_scanned(argument))
         address, params = path.address, path.params
+        if address == "" and "rcpt_null" in self.persona.replies:
+            return self._reply("rcpt_null")
         if not address or not _valid_recipient(address):
             return self._reply("bad_rcpt", address=address if address is not None else path.raw.partition("\0")[0])
         for param in params:
@@ -706,7 +728,25 @@ class SmtpServer:
         if verdict is not None:
             return self._refuse_recipient(verdict, address)
         transaction.rcpt_to.append(address)
+        local = self._local_user(address)
+        if local is not None and "rcpt_ok_local" in self.persona.replies:
+            return self._reply("rcpt_ok_local", local=local)  # sendmail names the canonical address
         self._reply("rcpt_ok", path=path.as_sent, address=address)
+
+    def _local_user(self, address: str) -> str | None:
+        """The local user an address is delivered to, or None if it goes elsewhere."""
+        local, at, domain = address.rpartition("@")
+        if not at:
+            local, domain = address, self.settings.hostname
+        if not self._is_local_domain(domain.lower().rstrip(".")) or local.lower() not in self.settings.local_users:
+            return None
+        return local.lower()
+
+    def _is_local_domain(self, domain: str) -> bool:
+        if domain in self.settings.local_domain_set:
+            return True
+        own = {f"[{self.client.local_ip}]", "[127.0.0.1]"} if self.client.local_ip else {"[127.0.0.1]"}
+        return self.persona.own_literal_is_local_domain and domain in own
 
     def _refuse_recipient(self, verdict: str, address: str) -> None:
         if verdict == "relay_denied" and not self.client.name and "relay_denied_unresolved" in self.persona.replies:
@@ -766,9 +806,9 @@ class SmtpServer:
             # A bare local part gets our own domain (Postfix's myorigin).
             local, domain = address, self.settings.hostname
         domain = domain.lower().rstrip(".")
-        if self.client.local_ip and domain == f"[{self.client.local_ip}]":
+        if self.client.local_ip and domain == f"[{self.client.local_ip}]" and not self.persona.own_literal_is_local_domain:
             return None  # an address literal of our own is a local destination
-        if domain in self.settings.local_domain_set and not (self.persona.routed_local_parts
+        if self._is_local_domain(domain) and not (self.persona.routed_local_parts
                                                              and _routes_elsewhere(local)):
             if local.lower() in self.settings.local_users:
                 return None
@@ -948,6 +988,8 @@ class SmtpServer:
                     return self._reply("vrfy_error", reason=path.reason)
                 return self._exim_refusal(path)
         address = words(argument)[0].strip("<>")
+        if "vrfy_local" in self.persona.replies and address:
+            return self._vrfy_as_sendmail(argument, address)
         verdict = self._recipient_verdict(address) if address else None
         if verdict is not None:
             self._reply(verdict, address=address)
@@ -972,10 +1014,26 @@ class SmtpServer:
         self._reply("expn", argument=argument)
         self._count_junk()
 
+    def _vrfy_as_sendmail(self, argument: str, address: str) -> None:
+        """sendmail names a local user, says User unknown for a local
+        stranger, and 252 for anything that would go elsewhere."""
+        self._count_junk()
+        if argument.startswith("<") and ">" not in argument:
+            return self._reply("bad_rcpt", address=argument)
+        local = self._local_user(address)
+        if local is not None:
+            return self._reply("vrfy_local", local=local)
+        if "@" not in address or self._is_local_domain(address.rpartition("@")[2].lower()):
+            return self._reply("user_unknown", address=address)
+        self._reply("vrfy_remote", address=address)
+
+    def _turn_cmd(self, verb: str, argument: str) -> None:
+        self._reply("turn" if "turn" in self.persona.replies else "unknown", command=verb)
+
     def _etrn_cmd(self, verb: str, argument: str) -> None:
         if not argument:
             return self._reply("etrn_syntax")
-        self._reply("etrn", argument=argument.lstrip("@#"))
+        self._reply("etrn", argument=argument.lstrip("@#"), raw_argument=argument)
         self._count_junk()
 
     def _xclient_cmd(self, verb: str, argument: str) -> None:
@@ -988,6 +1046,8 @@ class SmtpServer:
             return self._reply("tls_active")
         if not self.settings.tls_available or (self.persona.starttls_needs_ehlo and not self._esmtp):
             return self._reply("starttls_not_offered" if "starttls_not_offered" in self.persona.replies else "unknown")
+        if self._transaction is not None and "starttls_in_transaction" in self.persona.replies:
+            return self._reply("starttls_in_transaction")
         self._reply("starttls_ready")
         self._flush()
         self._actions.append(StartTLS())
@@ -1140,6 +1200,7 @@ _HANDLERS = {
     "AUTH": SmtpServer._auth_cmd,
     "HELP": SmtpServer._help_cmd,
     "VERB": SmtpServer._verb_cmd,
+    "TURN": SmtpServer._turn_cmd,
     "EXPN": SmtpServer._expn_cmd,
 }
 

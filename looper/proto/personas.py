@@ -37,7 +37,7 @@ OPTIONAL_REPLY_KEYS = frozenset(
     too_many_nonmail rcpts_rejected no_valid_rcpt_pipelined address_error smtputf8_not_offered
     body_syntax vrfy_error address_needs_domain expn_syntax verb help_mail relay_denied_unresolved
     size_overflow timeout_data turn rcpt_null rcpt_ok_local vrfy_local vrfy_remote starttls_in_transaction
-    helo_invalid command_too_long
+    helo_invalid command_too_long nul_byte
     """.split()
 )
 
@@ -123,6 +123,9 @@ class Persona:
     hangs_up_on_forbidden: bool = True
     # Size limit when smtp.max_message_bytes is not set, and queue ids.
     default_max_message_bytes: int = 10_240_000
+    # Recipients per message (Postfix's smtpd_recipient_limit 1000; Exim's
+    # recipients_max 50000; sendmail has none: a bound all the same).
+    default_max_recipients: int = 1000
     # What the stock Debian package offers before anyone configures it:
     # STARTTLS (Postfix and Exim do, with a certificate of their own;
     # sendmail only once starttls.m4 is included) and the AUTH mechanisms
@@ -190,6 +193,10 @@ class Persona:
     #   and (Exim) an unclosed [ too.
     checks_helo_name: bool = False
     helo_name_needs_closed_literal: bool = False
+    # - A command line past command_line_limit (its CR counted) is cut and
+    #   the session goes on (Postfix), or is an attack: command_too_long
+    #   and the close (sendmail: 2046 bytes and the CR are the most).
+    overlong_command_closes: bool = False
 
     def queue_id(self, now_s: float, serial: int) -> str:
         """The queue id this server would give a message stored at `now_s`
@@ -322,6 +329,7 @@ EXIM = Persona(
         "HELP",
     ),
     default_max_message_bytes=52_428_800,
+    default_max_recipients=50_000,
     queue_id_style="exim",
     hangs_up_on_forbidden=False,
     helo_required=True,
@@ -335,6 +343,7 @@ EXIM = Persona(
     address_rules="exim",
     checks_helo_name=True,
     helo_name_needs_closed_literal=True,
+    eight_bit_commands=True,
     verifies_local_users_of_relay_clients=False,
     auth_failure_delay_s=0.0,  # Exim answers a failed login at once
     auth_failure_spread_s=0.0,
@@ -434,6 +443,7 @@ EXIM = Persona(
         "vrfy_error": "501 {reason}",  # VRFY names no argument when the parser refused it
         "timeout_data": "421 {host} SMTP incoming data timeout - closing connection.",
         "helo_invalid": "501 Syntactically invalid {verb} argument(s)",
+        "nul_byte": "501 NUL characters are not allowed in SMTP commands",
     },
 )
 
@@ -456,6 +466,7 @@ SENDMAIL = Persona(
         "HELP",
     ),
     queue_id_style="sendmail",
+    default_max_recipients=50_000,
     offers_starttls_by_default=False,
     default_auth_mechanisms=("DIGEST-MD5", "CRAM-MD5"),
     helo_required=True,  # PrivacyOptions needmailhelo
@@ -471,6 +482,8 @@ SENDMAIL = Persona(
     own_literal_is_local_domain=True,
     tls_forgets_helo=False,
     checks_helo_name=True,
+    command_line_limit=2047,
+    overlong_command_closes=True,
     soft_error_limit=1_000_000,  # sendmail slows down by its own rules, not Postfix's
     hard_error_limit=1_000_000,
     junk_command_limit=1_000_000,

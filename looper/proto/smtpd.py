@@ -32,7 +32,7 @@ from looper.events import Event
 from looper.proto.actions import Action, Close, CloseReason, Send, StartTLS, Store
 from looper.proto.address import EximPath, exim_path, parse_path
 from looper.proto.budget import MessageMemory
-from looper.proto.lines import LineReader, Overlong
+from looper.proto.lines import LineReader, Overlong, Refused
 from looper.proto.message import DotDecoder, MessageScanner
 from looper.proto.personas import Persona
 from looper.proto.reply import Reply
@@ -193,7 +193,8 @@ class SmtpServer:
         self.idle_timeout_s = settings.idle_timeout_s
         self._mode = Mode.COMMAND
         # Command lines and SASL responses, and the byte count of a BDAT chunk.
-        self._lines = LineReader(self.persona.command_line_limit, overlong=Overlong.TRUNCATE)
+        overlong = Overlong.REFUSE if self.persona.overlong_command_closes else Overlong.TRUNCATE
+        self._lines = LineReader(self.persona.command_line_limit, overlong=overlong)
         self._waiting = bytearray()  # what came while WAITING for a store, read after it
         self._out = bytearray()
         self._actions: list[Action] = []
@@ -392,6 +393,10 @@ class SmtpServer:
                 line, position = self._lines.read_line(data, position)
                 if line is None:
                     return
+                if isinstance(line, Refused):  # only when the persona hangs up on it
+                    self._emit("looper.smtp.limit", limit="command line", bytes=self.persona.command_line_limit)
+                    self._reply("command_too_long", count_error=False)
+                    return self._close()
                 if mode is Mode.SASL:
                     self._sasl_response(line)
                 else:
@@ -542,6 +547,8 @@ class SmtpServer:
         logged = line if verb_text != "AUTH" else _auth_logged(words)
         self._emit("looper.command.input", input=as_text(logged))
         self._commands_seen += 1
+        if b"\0" in line and "nul_byte" in self.persona.replies:
+            return self._reply("nul_byte")
         if not line.strip(b" \t"):
             return self._reply("bad_syntax", command=line.decode("latin-1"))
         try:
@@ -549,10 +556,12 @@ class SmtpServer:
         except UnicodeDecodeError:
             if not self.persona.eight_bit_commands:
                 return self._reply("bad_utf8")
-            # sendmail strips the top bit of what it echoes
-            text = bytes(byte & 0x7F for byte in line).decode("ascii")
-            words = text.encode().split(None, 1)
+            text = line.decode("latin-1")  # bytes to it, as they came
+            words = [word.decode("latin-1").encode() for word in words]
         argument = words[1].strip().decode("utf-8") if len(words) > 1 else ""
+        echo = text[:200]
+        if self.persona.eight_bit_commands and not echo.isascii():
+            echo = "".join(chr(ord(char) & 0x7F) for char in echo)  # sendmail strips the top bit
         if verb_text in self.persona.ignores_arguments:
             argument = ""
         handler = _HANDLERS.get(verb_text) if verb_text not in self.persona.unknown_verbs else None
@@ -567,10 +576,10 @@ class SmtpServer:
             if forbidden:
                 self._emit("looper.smtp.forbidden", input=text[:200])
                 if not self.persona.hangs_up_on_forbidden:
-                    return self._reply("unknown", command=text[:200])
+                    return self._reply("unknown", command=echo)
                 self._reply("forbidden", count_error=False)
                 return self._close()
-            return self._reply("unknown", command=text[:200])
+            return self._reply("unknown", command=echo)
         handler(self, verb_text, argument)
         if verb_text == "RCPT" and self._last_reply[:1] in b"45":
             self._rcpt_refusals.add(self._last_reply)
@@ -729,7 +738,7 @@ class SmtpServer:
             return self._refuse_recipient(verdict, address)
         transaction.rcpt_to.append(address)
         local = self._local_user(address)
-        if local is not None and "rcpt_ok_local" in self.persona.replies:
+        if local is not None and local != "postmaster" and "rcpt_ok_local" in self.persona.replies:
             return self._reply("rcpt_ok_local", local=local)  # sendmail names the canonical address
         self._reply("rcpt_ok", path=path.as_sent, address=address)
 

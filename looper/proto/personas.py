@@ -37,7 +37,7 @@ OPTIONAL_REPLY_KEYS = frozenset(
     too_many_nonmail rcpts_rejected no_valid_rcpt_pipelined address_error smtputf8_not_offered
     body_syntax vrfy_error address_needs_domain expn_syntax verb help_mail relay_denied_unresolved
     size_overflow timeout_data turn rcpt_null rcpt_ok_local vrfy_local vrfy_remote starttls_in_transaction
-    helo_invalid command_too_long nul_byte
+    helo_invalid command_too_long nul_byte greeting_refused protocol_error command_rejected sync_error
     """.split()
 )
 
@@ -197,6 +197,18 @@ class Persona:
     #   the session goes on (Postfix), or is an attack: command_too_long
     #   and the close (sendmail: 2046 bytes and the CR are the most).
     overlong_command_closes: bool = False
+    # - sendmail's greet pause: the greeting comes this late, and a client
+    #   that talks before it gets greeting_refused instead, its EHLO only
+    #   the first line and ENHANCEDSTATUSCODES, and command_rejected to
+    #   every command but HELO, EHLO, NOOP, RSET and QUIT. The same refusal
+    #   follows an EHLO with commands pipelined behind it (protocol_error
+    #   instead of the EHLO reply) when ehlo_is_sync_point.
+    greet_pause_s: float = 0.0
+    ehlo_is_sync_point: bool = False
+    # - Exim's synchronisation check: a command with more input behind it
+    #   after HELO (PIPELINING not offered) or after a refused DATA or
+    #   BDAT gets sync_error and the close.
+    checks_synchronization: bool = False
 
     def queue_id(self, now_s: float, serial: int) -> str:
         """The queue id this server would give a message stored at `now_s`
@@ -343,6 +355,7 @@ EXIM = Persona(
     address_rules="exim",
     checks_helo_name=True,
     helo_name_needs_closed_literal=True,
+    checks_synchronization=True,
     eight_bit_commands=True,
     verifies_local_users_of_relay_clients=False,
     auth_failure_delay_s=0.0,  # Exim answers a failed login at once
@@ -444,6 +457,7 @@ EXIM = Persona(
         "timeout_data": "421 {host} SMTP incoming data timeout - closing connection.",
         "helo_invalid": "501 Syntactically invalid {verb} argument(s)",
         "nul_byte": "501 NUL characters are not allowed in SMTP commands",
+        "sync_error": "554 SMTP synchronization error",
     },
 )
 
@@ -484,6 +498,8 @@ SENDMAIL = Persona(
     checks_helo_name=True,
     command_line_limit=2047,
     overlong_command_closes=True,
+    greet_pause_s=1.0,  # Debian's sendmail.mc: FEATURE(greet_pause, 1000)
+    ehlo_is_sync_point=True,
     soft_error_limit=1_000_000,  # sendmail slows down by its own rules, not Postfix's
     hard_error_limit=1_000_000,
     junk_command_limit=1_000_000,
@@ -590,6 +606,9 @@ SENDMAIL = Persona(
         "starttls_in_transaction": "503 5.5.0 TLS not permitted during a mail transaction",
         "helo_invalid": "501 5.0.0 Invalid domain name",
         "command_too_long": "421 4.7.0 {host} Command too long, possible attack [{ip}]",
+        "greeting_refused": "554 {host} ESMTP not accepting messages",
+        "protocol_error": "554 5.5.0 SMTP protocol error",
+        "command_rejected": "550 5.0.0 Command rejected",
         "starttls_not_offered": "454 4.3.3 TLS not available after start",
         "too_many_unknown": "421 4.7.0 {host} Too many bad commands; closing connection",
     },

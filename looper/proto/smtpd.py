@@ -182,7 +182,7 @@ class SmtpServer:
         "_out", "_actions", "_events", "_errors", "_junk", "_helo", "_esmtp", "_tls", "_authenticated",
         "_auth_failures", "_sasl", "_transaction", "_chunk_size", "_chunk_keep", "_chunk_last",
         "_pending_store", "_held_bytes", "_last_reply", "_eof_pending", "_counts", "_rcpt_refusals",
-        "_previous_verb", "_commands_seen",
+        "_previous_verb", "_commands_seen", "_rejecting", "_input_behind",
     )
 
     def __init__(self, settings: SmtpSettings, client: ClientInfo, environment: Environment) -> None:
@@ -223,7 +223,11 @@ class SmtpServer:
         if client.pregreet_bytes:
             self._emit("looper.smtp.pregreet", bytes=client.pregreet_bytes)
         self._flush()
-        self._actions.append(Send(self._line("greeting"), settings.greet_delay_s))
+        # sendmail's greet pause: a client that talked first is refused.
+        pause_s = max(settings.greet_delay_s, self.persona.greet_pause_s)
+        self._rejecting = bool(self.persona.greet_pause_s and client.pregreet_bytes)
+        self._input_behind = False  # the command being read has more input behind it
+        self._actions.append(Send(self._line("greeting_refused" if self._rejecting else "greeting"), pause_s))
 
     # -- the adapter's side ---------------------------------------------------
 
@@ -400,6 +404,7 @@ class SmtpServer:
                 if mode is Mode.SASL:
                     self._sasl_response(line)
                 else:
+                    self._input_behind = position < len(data)
                     self._command(line)
                     self._after_command()
             elif mode is Mode.DATA:
@@ -565,6 +570,12 @@ class SmtpServer:
         if verb_text in self.persona.ignores_arguments:
             argument = ""
         handler = _HANDLERS.get(verb_text) if verb_text not in self.persona.unknown_verbs else None
+        if self._out_of_sync(verb_text):
+            self._emit("looper.smtp.limit", limit="synchronization")
+            self._reply("sync_error", count_error=False)
+            return self._close()
+        if handler is not None and self._rejecting and verb_text not in _ALWAYS_ANSWERED:
+            return self._reply("command_rejected", count_error=False)
         if handler is not None and self._nonmail_limit_reached(verb_text):
             return
         if handler is None:
@@ -586,6 +597,13 @@ class SmtpServer:
         if verb_text in _ENVELOPE_EVENTS:
             self._log_verdict(_ENVELOPE_EVENTS[verb_text], argument)
         self._previous_verb = verb_text
+
+    def _out_of_sync(self, verb: str) -> bool:
+        """Exim's check: input behind a command where the client had to wait."""
+        if not self.persona.checks_synchronization or not self._input_behind:
+            return False
+        after_refused_data = self._previous_verb in ("DATA", "BDAT") and self._mode is Mode.COMMAND
+        return after_refused_data or (self._helo is not None and not self._esmtp)
 
     def _nonmail_limit_reached(self, verb: str) -> bool:
         """Exim's smtp_accept_max_nonmail: NOOP, VRFY, EXPN, ETRN and HELP
@@ -628,9 +646,17 @@ class SmtpServer:
             claims_our_name=lowered == self.settings.hostname.lower(),
             reserved_name=lowered in RESERVED_NAMES or lowered.endswith(RESERVED_NAME_SUFFIXES),
         )
+        if verb == "EHLO" and self.persona.ehlo_is_sync_point and self._input_behind:
+            # sendmail: commands pipelined behind EHLO are a protocol error
+            self._emit("looper.smtp.limit", limit="synchronization")
+            self._rejecting = True
+            return self._reply("protocol_error", count_error=False)
         if verb == "HELO":
             return self._reply("helo")
         lines = [self._fill(self.persona.ehlo_first_line)]
+        if self._rejecting:
+            lines.append("ENHANCEDSTATUSCODES")  # all sendmail offers a client it refuses
+            return self._send_lines(Reply(250, tuple(lines)).to_bytes().splitlines(keepends=True))
         for extension in self.persona.extensions:
             if extension == "STARTTLS" and (self._tls or not self.settings.tls_available):
                 continue
@@ -1168,6 +1194,9 @@ def _valid_recipient(address: str) -> bool:
 
 # Replies that say "unknown command", for the personas that count them.
 _UNKNOWN_KEYS = frozenset({"unknown", "bad_syntax", "bad_utf8", "xclient", "xclient_syntax", "forbidden"})
+# What sendmail still answers once it refuses a client.
+_ALWAYS_ANSWERED = frozenset({"HELO", "EHLO", "NOOP", "RSET", "QUIT"})
+
 # Refusals that are not syntax or protocol errors to a persona that counts those.
 _NOT_SYNTAX_KEYS = frozenset({"address_needs_domain", "no_valid_rcpt_pipelined"})
 _NONMAIL_VERBS = frozenset({"NOOP", "VRFY", "EXPN", "ETRN", "HELP", "HELO", "EHLO", "RSET"})

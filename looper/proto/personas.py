@@ -38,6 +38,7 @@ OPTIONAL_REPLY_KEYS = frozenset(
     body_syntax vrfy_error address_needs_domain expn_syntax verb help_mail relay_denied_unresolved
     size_overflow timeout_data turn rcpt_null rcpt_ok_local vrfy_local vrfy_remote starttls_in_transaction
     helo_invalid command_too_long nul_byte greeting_refused protocol_error command_rejected sync_error
+    bare_lf_in_data bare_cr_in_data
     """.split()
 )
 
@@ -209,6 +210,10 @@ class Persona:
     #   after HELO (PIPELINING not offered) or after a refused DATA or
     #   BDAT gets sync_error and the close.
     checks_synchronization: bool = False
+    # - A bare LF or CR in a message is an attack (smuggling): sendmail
+    #   8.17.1.9-2+deb12u2 says bare_lf_in_data or bare_cr_in_data and
+    #   hangs up (then bare_lf must be False: only CRLF ends a line).
+    refuses_bare_line_ends: bool = False
 
     def queue_id(self, now_s: float, serial: int) -> str:
         """The queue id this server would give a message stored at `now_s`
@@ -499,6 +504,8 @@ SENDMAIL = Persona(
     command_line_limit=2047,
     overlong_command_closes=True,
     greet_pause_s=1.0,  # Debian's sendmail.mc: FEATURE(greet_pause, 1000)
+    bare_lf=False,
+    refuses_bare_line_ends=True,
     ehlo_is_sync_point=True,
     soft_error_limit=1_000_000,  # sendmail slows down by its own rules, not Postfix's
     hard_error_limit=1_000_000,
@@ -609,6 +616,8 @@ SENDMAIL = Persona(
         "greeting_refused": "554 {host} ESMTP not accepting messages",
         "protocol_error": "554 5.5.0 SMTP protocol error",
         "command_rejected": "550 5.0.0 Command rejected",
+        "bare_lf_in_data": "421 4.5.0 Bare linefeed (LF) not allowed",
+        "bare_cr_in_data": "421 4.5.0 Bare carriage return (CR) not allowed",
         "starttls_not_offered": "454 4.3.3 TLS not available after start",
         "too_many_unknown": "421 4.7.0 {host} Too many bad commands; closing connection",
     },

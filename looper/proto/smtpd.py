@@ -886,6 +886,14 @@ class SmtpServer:
     def _take_data(self, data: bytes, position: int) -> int:
         transaction = self._transaction
         content, used = transaction.decoder.feed(data[position:] if position else data)
+        if self.persona.refuses_bare_line_ends:
+            bare = _BARE_LINE_END.search(content)
+            if bare is not None:
+                self._emit("looper.smtp.limit", limit="bare line end in message")
+                self._cut_message("bare line end")
+                self._reply("bare_lf_in_data" if bare.group() == b"\n" else "bare_cr_in_data", count_error=False)
+                self._close()
+                return len(data)
         self._keep_content(transaction, content)
         if used < 0:
             return len(data)
@@ -1194,6 +1202,9 @@ def _valid_recipient(address: str) -> bool:
 
 # Replies that say "unknown command", for the personas that count them.
 _UNKNOWN_KEYS = frozenset({"unknown", "bad_syntax", "bad_utf8", "xclient", "xclient_syntax", "forbidden"})
+# An LF without its CR, or a CR without its LF.
+_BARE_LINE_END = re.compile(rb"(?<!\r)\n|\r(?!\n)")
+
 # What sendmail still answers once it refuses a client.
 _ALWAYS_ANSWERED = frozenset({"HELO", "EHLO", "NOOP", "RSET", "QUIT"})
 

@@ -1,7 +1,8 @@
 """The exim and sendmail personas against the real Exim 4.96 and sendmail
 8.17 (tests/data/exim, tests/data/sendmail): every recorded conversation is
 replayed against the machine, configured like the recorded server's
-settings group (each JSON's "settings"), and must come out byte for byte;
+settings group (each JSON's "settings"), and must come out byte for byte,
+with the same closes, and the same pauses where the server paused;
 and the exchange persona against Microsoft's documented session
 (tests/data/exchange/notes.md)."""
 
@@ -80,10 +81,11 @@ NOT_YET = {
     ("exim", "long_line_4097"), ("exim", "long_line_exact"), ("exim", "rcpt_space_domain"), ("exim", "rcpt_syntax"),
     ("exim", "relay_denied"), ("exim", "relay_denied_bdat"), ("exim", "rset_noop"), ("exim", "size_bdat"),
     ("exim", "size_bdat_chunks"),
-    # sendmail: 9
+    # sendmail: 11
     ("sendmail", "auth_unknown_mech"), ("sendmail", "ehlo_variants"), ("sendmail", "eight_bit"),
-    ("sendmail", "error_limit_wait"), ("sendmail", "etrn"), ("sendmail", "local_rcpt"), ("sendmail", "mail_syntax2"),
-    ("sendmail", "rcpt_space_domain"), ("sendmail", "rcpt_syntax"),
+    ("sendmail", "error_limit_wait"), ("sendmail", "etrn"), ("sendmail", "greeting_pipelined_helo"),
+    ("sendmail", "local_rcpt"), ("sendmail", "mail_syntax2"), ("sendmail", "rcpt_space_domain"),
+    ("sendmail", "rcpt_syntax"), ("sendmail", "vrfy_expn"),
 }
 
 
@@ -100,6 +102,13 @@ def test_recorded_conversation_byte_for_byte(persona, name, request):
         where = f"{persona} {name} #{number}: sent {exchange.send[:80]!r}"
         assert normalised(exchange.got) == normalised(exchange.expected), where
         assert exchange.closed == exchange.expected_closed, where
+        if exchange.timed_out or not exchange.expected:
+            continue  # the idle timeout is the adapter's clock; silence is the recorder's wait
+        # Where the server paused (greet pause, throttles), the machine asks for the same pause.
+        if exchange.expected_ms > 500:
+            assert abs(sum(exchange.delays_s) * 1000 - exchange.expected_ms) < 700, where
+        else:
+            assert sum(exchange.delays_s) < 0.5, where
 
 
 def test_exchange_as_microsoft_documents_it():

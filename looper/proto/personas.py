@@ -214,6 +214,16 @@ class Persona:
     #   8.17.1.9-2+deb12u2 says bare_lf_in_data or bare_cr_in_data and
     #   hangs up (then bare_lf must be False: only CRLF ends a line).
     refuses_bare_line_ends: bool = False
+    # - sendmail's throttles (checksmtpattack, BadRcptThrottle): the n-th
+    #   command of a group, from the group's threshold on, is answered
+    #   after 1 s, then 2, 4, ... (at most throttle_max_delay_s); and once
+    #   bad_rcpt_throttle RCPTs were refused, every RCPT after bad_rcpt_delay_s.
+    command_throttles: tuple[tuple[frozenset[str], int], ...] = ()
+    throttle_max_delay_s: float = 240.0
+    bad_rcpt_throttle: int | None = None
+    bad_rcpt_delay_s: float = 1.0
+    # sendmail's sleep() is exact: a pause is at most this much longer.
+    throttle_spread_s: float = 0.002
 
     def queue_id(self, now_s: float, serial: int) -> str:
         """The queue id this server would give a message stored at `now_s`
@@ -506,6 +516,16 @@ SENDMAIL = Persona(
     greet_pause_s=1.0,  # Debian's sendmail.mc: FEATURE(greet_pause, 1000)
     bare_lf=False,
     refuses_bare_line_ends=True,
+    command_throttles=(
+        (frozenset({"HELO", "EHLO"}), 3),  # the third and later
+        (frozenset({"VRFY", "EXPN"}), 6),  # MAXVRFYCOMMANDS
+        (frozenset({"NOOP"}), 20),  # MAXNOOPCOMMANDS
+    ),
+    bad_rcpt_throttle=3,  # Debian's sendmail.mc: BAD_RCPT_THROTTLE 3
+    auth_failure_delay_s=0.0,  # sendmail answers a failed AUTH at once
+    auth_failure_spread_s=0.0,
+    auth_repeat_failure_delay_s=0.0,
+    auth_repeat_failure_spread_s=0.0,
     ehlo_is_sync_point=True,
     soft_error_limit=1_000_000,  # sendmail slows down by its own rules, not Postfix's
     hard_error_limit=1_000_000,

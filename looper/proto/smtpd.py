@@ -182,7 +182,7 @@ class SmtpServer:
         "_out", "_actions", "_events", "_errors", "_junk", "_helo", "_esmtp", "_tls", "_authenticated",
         "_auth_failures", "_sasl", "_transaction", "_chunk_size", "_chunk_keep", "_chunk_last",
         "_pending_store", "_held_bytes", "_last_reply", "_eof_pending", "_counts", "_rcpt_refusals",
-        "_previous_verb", "_commands_seen", "_rejecting", "_input_behind",
+        "_previous_verb", "_commands_seen", "_rejecting", "_input_behind", "_throttle_s",
     )
 
     def __init__(self, settings: SmtpSettings, client: ClientInfo, environment: Environment) -> None:
@@ -224,9 +224,11 @@ class SmtpServer:
             self._emit("looper.smtp.pregreet", bytes=client.pregreet_bytes)
         self._flush()
         # sendmail's greet pause: a client that talked first is refused.
-        pause_s = max(settings.greet_delay_s, self.persona.greet_pause_s)
         self._rejecting = bool(self.persona.greet_pause_s and client.pregreet_bytes)
+        # (the pause ended when the early talker spoke)
+        pause_s = settings.greet_delay_s if self._rejecting else max(settings.greet_delay_s, self.persona.greet_pause_s)
         self._input_behind = False  # the command being read has more input behind it
+        self._throttle_s = 0.0  # the persona's pause before this command's reply
         self._actions.append(Send(self._line("greeting_refused" if self._rejecting else "greeting"), pause_s))
 
     # -- the adapter's side ---------------------------------------------------
@@ -461,7 +463,11 @@ class SmtpServer:
         return self._text(key, **values).encode("utf-8", "replace") + b"\r\n"
 
     def _send_lines(self, lines: list[bytes]) -> None:
-        if self._errors >= self.persona.soft_error_limit:
+        if self._throttle_s:
+            self._flush()
+            self._actions.append(Send(b"".join(lines), self._throttle_s, self.persona.throttle_spread_s))
+            self._throttle_s = 0.0
+        elif self._errors >= self.persona.soft_error_limit:
             # Postfix sleeps before every reply line once a client errs a lot.
             for line in lines:
                 self._flush()
@@ -476,6 +482,7 @@ class SmtpServer:
         if count_error and self._over_counted_limit(key, line):
             return
         if delay_s or spread_s:
+            self._throttle_s = 0.0
             self._flush()
             self._actions.append(Send(line, delay_s, spread_s))
         else:
@@ -574,6 +581,8 @@ class SmtpServer:
             self._emit("looper.smtp.limit", limit="synchronization")
             self._reply("sync_error", count_error=False)
             return self._close()
+        if handler is not None:
+            self._throttle_s = self._throttle(verb_text)
         if handler is not None and self._rejecting and verb_text not in _ALWAYS_ANSWERED:
             return self._reply("command_rejected", count_error=False)
         if handler is not None and self._nonmail_limit_reached(verb_text):
@@ -594,9 +603,25 @@ class SmtpServer:
         handler(self, verb_text, argument)
         if verb_text == "RCPT" and self._last_reply[:1] in b"45":
             self._rcpt_refusals.add(self._last_reply)
+            self._counts["bad rcpt"] = self._counts.get("bad rcpt", 0) + 1
+        self._throttle_s = 0.0
         if verb_text in _ENVELOPE_EVENTS:
             self._log_verdict(_ENVELOPE_EVENTS[verb_text], argument)
         self._previous_verb = verb_text
+
+    def _throttle(self, verb: str) -> float:
+        """sendmail's pause before answering this command (0: none)."""
+        persona = self.persona
+        if verb == "RCPT" and persona.bad_rcpt_throttle is not None:
+            if self._counts.get("bad rcpt", 0) >= persona.bad_rcpt_throttle:
+                return persona.bad_rcpt_delay_s
+        for number, (verbs, threshold) in enumerate(persona.command_throttles):
+            if verb in verbs:
+                key = f"throttle {number}"
+                self._counts[key] = count = self._counts.get(key, 0) + 1
+                if count >= threshold:
+                    return min(2.0 ** (count - threshold), persona.throttle_max_delay_s)
+        return 0.0
 
     def _out_of_sync(self, verb: str) -> bool:
         """Exim's check: input behind a command where the client had to wait."""

@@ -74,6 +74,8 @@ def settings_for(recorded: dict, persona: str = "postfix") -> SmtpSettings:
     if config.get("smtpd_sasl_auth_enable") == "yes":
         mechanisms = recorded.get("dovecot", {}).get("auth_mechanisms", "plain login cram-md5")
         settings = replace(settings, mode="open_relay", auth_mechanisms=tuple(mechanisms.upper().split()))
+    if config.get("smtpd_tls_auth_only") == "yes":
+        settings = replace(settings, auth_tls_only=True)
     return settings
 
 

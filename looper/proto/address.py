@@ -99,7 +99,7 @@ def exim_path(raw: str, options: frozenset[str], *, recipient: bool) -> EximPath
         kind = "recipient" if recipient else "sender"
         return EximPath(text, None, params, f"{kind} address must contain a domain")
     if not address and recipient:
-        return EximPath(text, None, params, "missing or malformed local part")
+        return EximPath(text, None, params, "missing or malformed local part", parse_error=True)
     return EximPath(text, address, params)
 
 

@@ -38,7 +38,7 @@ OPTIONAL_REPLY_KEYS = frozenset(
     body_syntax vrfy_error address_needs_domain expn_syntax verb help_mail relay_denied_unresolved
     size_overflow timeout_data turn rcpt_null rcpt_ok_local vrfy_local vrfy_remote starttls_in_transaction
     helo_invalid command_too_long nul_byte greeting_refused protocol_error command_rejected sync_error
-    bare_lf_in_data bare_cr_in_data
+    bare_lf_in_data bare_cr_in_data message_line_too_long bdat_lost
     """.split()
 )
 
@@ -198,6 +198,20 @@ class Persona:
     #   the session goes on (Postfix), or is an attack: command_too_long
     #   and the close (sendmail: 2046 bytes and the CR are the most).
     overlong_command_closes: bool = False
+    # - Exim: a line past command_line_limit is an unknown command, and
+    #   what follows is read as the next line.
+    overlong_command_splits: bool = False
+    # - Exim: a verb ends at a space (or the line end) only; "NOOP\tx" is
+    #   no NOOP.
+    verb_ends_at_space: bool = False
+    # - Exim: a message with a line longer than this (without its CRLF) is
+    #   refused after its end (message_line_too_long, {got}: that line's length).
+    max_message_line_octets: int | None = None
+    # - Exim's BDAT: a bad size is refused and the session goes on, words
+    #   after the size other than LAST are ignored, DATA after a chunk
+    #   leaves only RSET (bdat_discarded to the rest), and QUIT with a
+    #   message half sent in chunks is followed by bdat_lost.
+    bdat_lenient: bool = False
     # - sendmail's greet pause: the greeting comes this late, and a client
     #   that talks before it gets greeting_refused instead, its EHLO only
     #   the first line and ENHANCEDSTATUSCODES, and command_rejected to
@@ -371,6 +385,11 @@ EXIM = Persona(
     checks_helo_name=True,
     helo_name_needs_closed_literal=True,
     checks_synchronization=True,
+    command_line_limit=16_384,  # SMTP_CMD_BUFFER_SIZE
+    overlong_command_splits=True,
+    verb_ends_at_space=True,
+    max_message_line_octets=998,
+    bdat_lenient=True,
     eight_bit_commands=True,
     verifies_local_users_of_relay_clients=False,
     auth_failure_delay_s=0.0,  # Exim answers a failed login at once
@@ -473,6 +492,8 @@ EXIM = Persona(
         "helo_invalid": "501 Syntactically invalid {verb} argument(s)",
         "nul_byte": "501 NUL characters are not allowed in SMTP commands",
         "sync_error": "554 SMTP synchronization error",
+        "message_line_too_long": "550 maximum allowed line length is 998 octets, got {got}",
+        "bdat_lost": "421 Lost incoming connection",
     },
 )
 

@@ -194,6 +194,8 @@ class SmtpServer:
         self._mode = Mode.COMMAND
         # Command lines and SASL responses, and the byte count of a BDAT chunk.
         overlong = Overlong.REFUSE if self.persona.overlong_command_closes else Overlong.TRUNCATE
+        if self.persona.overlong_command_splits:
+            overlong = Overlong.SPLIT
         self._lines = LineReader(self.persona.command_line_limit, overlong=overlong)
         self._waiting = bytearray()  # what came while WAITING for a store, read after it
         self._out = bytearray()
@@ -399,8 +401,12 @@ class SmtpServer:
                 line, position = self._lines.read_line(data, position)
                 if line is None:
                     return
-                if isinstance(line, Refused):  # only when the persona hangs up on it
+                if isinstance(line, Refused):  # only when the persona refuses it
                     self._emit("looper.smtp.limit", limit="command line", bytes=self.persona.command_line_limit)
+                    if self.persona.overlong_command_splits:
+                        self._reply("unknown", command="")
+                        self._after_command()
+                        continue
                     self._reply("command_too_long", count_error=False)
                     return self._close()
                 if mode is Mode.SASL:
@@ -577,10 +583,16 @@ class SmtpServer:
         if verb_text in self.persona.ignores_arguments:
             argument = ""
         handler = _HANDLERS.get(verb_text) if verb_text not in self.persona.unknown_verbs else None
+        if self.persona.verb_ends_at_space and line.split(b" ", 1)[0] != verb:
+            handler = None  # Exim: "NOOP\tx" is no NOOP
         if self._out_of_sync(verb_text):
             self._emit("looper.smtp.limit", limit="synchronization")
             self._reply("sync_error", count_error=False)
             return self._close()
+        transaction = self._transaction
+        if (handler is not None and self.persona.bdat_lenient and transaction is not None and transaction.bdat_failed
+                and verb_text not in ("RSET", "QUIT")):
+            return self._reply("bdat_discarded", size=0)  # Exim: only RSET accepted now
         if handler is not None:
             self._throttle_s = self._throttle(verb_text)
         if handler is not None and self._rejecting and verb_text not in _ALWAYS_ANSWERED:
@@ -627,7 +639,7 @@ class SmtpServer:
         """Exim's check: input behind a command where the client had to wait."""
         if not self.persona.checks_synchronization or not self._input_behind:
             return False
-        after_refused_data = self._previous_verb in ("DATA", "BDAT") and self._mode is Mode.COMMAND
+        after_refused_data = self._previous_verb in ("DATA", "BDAT") and self._last_reply[:1] in b"45"
         return after_refused_data or (self._helo is not None and not self._esmtp)
 
     def _nonmail_limit_reached(self, verb: str) -> bool:
@@ -888,6 +900,7 @@ class SmtpServer:
         if transaction is None:
             return self._no_recipients("need_rcpt", verb)
         if transaction.bdat_size is not None:
+            transaction.bdat_failed = self.persona.bdat_lenient  # Exim: only RSET now
             return self._reply("data_after_bdat")
         if not transaction.rcpt_to:
             return self._no_recipients("no_valid_rcpt", verb)
@@ -976,20 +989,23 @@ class SmtpServer:
     def _bdat_cmd(self, verb: str, argument: str) -> None:
         args = words(argument)
         last = len(args) == 2 and args[1].upper() == "LAST"
-        if not args or len(args) > 2 or (len(args) == 2 and not last) or not _is_number(args[0]) or len(args[0]) >= 20:
+        lenient = self.persona.bdat_lenient
+        if lenient and args and _is_number(args[0]) and len(args[0]) < 20:
+            last = len(args) >= 2 and args[1].upper() == "LAST"  # Exim reads no further
+        elif not args or len(args) > 2 or (len(args) == 2 and not last) or not _is_number(args[0]) or len(args[0]) >= 20:
             self._reply("bdat_syntax")
-            return self._close()
+            return None if lenient else self._close()
         size = int(args[0])
         transaction = self._transaction
         self._lines.expect(size)
         self._chunk_size, self._chunk_keep, self._chunk_last = size, False, last
         if transaction is None:
-            self._reply("need_rcpt")
+            self._no_recipients("need_rcpt", verb)
         elif transaction.bdat_failed:
             self._reply("bdat_discarded", size=size)
         elif not transaction.rcpt_to:
             transaction.bdat_failed = True
-            self._reply("no_valid_rcpt")
+            self._no_recipients("no_valid_rcpt", verb)
         elif size == 0 and not last:
             transaction.bdat_failed = True
             self._reply("bdat_null")
@@ -1043,6 +1059,9 @@ class SmtpServer:
         if argument and "quit_syntax" in self.persona.replies:
             return self._reply("quit_syntax")
         self._reply("quit", count_error=False)
+        transaction = self._transaction
+        if transaction is not None and transaction.bdat_size is not None and "bdat_lost" in self.persona.replies:
+            self._reply("bdat_lost", count_error=False)  # Exim gives up on the half-sent message
         self._close()
 
     def _vrfy_cmd(self, verb: str, argument: str) -> None:
@@ -1055,6 +1074,8 @@ class SmtpServer:
                 if path.parse_error:
                     return self._reply("vrfy_error", reason=path.reason)
                 return self._exim_refusal(path)
+            self._count_junk()
+            return self._reply("vrfy", argument=argument)  # Exim's ACL refuses every VRFY
         address = words(argument)[0].strip("<>")
         if "vrfy_local" in self.persona.replies and address:
             return self._vrfy_as_sendmail(argument, address)
@@ -1234,7 +1255,7 @@ _BARE_LINE_END = re.compile(rb"(?<!\r)\n|\r(?!\n)")
 _ALWAYS_ANSWERED = frozenset({"HELO", "EHLO", "NOOP", "RSET", "QUIT"})
 
 # Refusals that are not syntax or protocol errors to a persona that counts those.
-_NOT_SYNTAX_KEYS = frozenset({"address_needs_domain", "no_valid_rcpt_pipelined"})
+_NOT_SYNTAX_KEYS = frozenset({"address_needs_domain", "no_valid_rcpt_pipelined", "smtputf8_not_offered"})
 _NONMAIL_VERBS = frozenset({"NOOP", "VRFY", "EXPN", "ETRN", "HELP", "HELO", "EHLO", "RSET"})
 _NONMAIL_AFTER_FIRST = frozenset({"HELO", "EHLO", "RSET"})
 

@@ -153,7 +153,7 @@ class ClientInfo:
 class _Transaction:
     __slots__ = (
         "mail_from", "rcpt_to", "bdat_size", "bdat_failed", "scanner", "decoder", "chunks", "chunk_bytes",
-        "too_big", "over_budget",
+        "too_big", "over_budget", "line_octets", "long_line",
     )
 
     def __init__(self, mail_from: str) -> None:
@@ -167,6 +167,8 @@ class _Transaction:
         self.chunk_bytes = 0  # what chunks hold, until the message is stored
         self.too_big = False
         self.over_budget = False  # MessageMemory ran out: read to the end, keep nothing
+        self.line_octets = 0  # of the message line read so far, its CR included
+        self.long_line: int | None = None  # the first line over the persona's limit: its length
 
     def drop_content(self) -> None:
         self.chunks.clear()
@@ -182,7 +184,7 @@ class SmtpServer:
         "_out", "_actions", "_events", "_errors", "_junk", "_helo", "_esmtp", "_tls", "_authenticated",
         "_auth_failures", "_sasl", "_transaction", "_chunk_size", "_chunk_keep", "_chunk_last",
         "_pending_store", "_held_bytes", "_last_reply", "_eof_pending", "_counts", "_rcpt_refusals",
-        "_previous_verb", "_commands_seen", "_rejecting", "_input_behind", "_throttle_s",
+        "_previous_verb", "_commands_seen", "_rejecting", "_input_behind", "_throttle_s", "_last_key",
     )
 
     def __init__(self, settings: SmtpSettings, client: ClientInfo, environment: Environment) -> None:
@@ -221,6 +223,7 @@ class SmtpServer:
         self._counts = {"unknown": 0, "syntax": 0, "nonmail": 0}
         self._rcpt_refusals: set[bytes] = set()  # the refusals RCPTs got since the last reset (Exim)
         self._previous_verb = ""
+        self._last_key = ""  # the reply key of _last_reply
         self._commands_seen = 0
         if client.pregreet_bytes:
             self._emit("looper.smtp.pregreet", bytes=client.pregreet_bytes)
@@ -485,6 +488,7 @@ class SmtpServer:
     def _reply(self, key: str, *, count_error: bool = True, delay_s: float = 0.0, spread_s: float = 0.0,
                **values: Any) -> None:
         line = self._last_reply = self._line(key, **values)
+        self._last_key = key
         if count_error and self._over_counted_limit(key, line):
             return
         if delay_s or spread_s:
@@ -614,7 +618,8 @@ class SmtpServer:
             return self._reply("unknown", command=echo)
         handler(self, verb_text, argument)
         if verb_text == "RCPT" and self._last_reply[:1] in b"45":
-            self._rcpt_refusals.add(self._last_reply)
+            refusal = self._last_reply[4:] if self._last_key in _ACL_REFUSALS else self._last_reply
+            self._rcpt_refusals.add(refusal)
             self._counts["bad rcpt"] = self._counts.get("bad rcpt", 0) + 1
         self._throttle_s = 0.0
         if verb_text in _ENVELOPE_EVENTS:
@@ -943,6 +948,8 @@ class SmtpServer:
         if not content:
             return
         transaction.scanner.feed(content)
+        if self.persona.max_message_line_octets is not None:
+            self._measure_lines(transaction, content)
         if transaction.too_big or transaction.over_budget:
             return
         memory = self.settings.message_memory
@@ -960,6 +967,20 @@ class SmtpServer:
                 memory.held_bytes += len(content)
                 self._held_bytes += len(content)
 
+    def _measure_lines(self, transaction: _Transaction, content: bytes) -> None:
+        """Exim: the longest message line, if longer than max_message_line_octets."""
+        limit = self.persona.max_message_line_octets
+        position = 0
+        while (newline := content.find(b"\n", position)) >= 0:
+            octets = transaction.line_octets + newline - position
+            ended_by_crlf = content[newline - 1 : newline] == b"\r" if newline > position else octets > 0
+            length = octets - 1 if ended_by_crlf else octets
+            transaction.line_octets = 0
+            position = newline + 1
+            if length > limit and length > (transaction.long_line or 0):
+                transaction.long_line = length  # Exim names the longest
+        transaction.line_octets += len(content) - position
+
     def _content_size(self) -> int:
         transaction = self._transaction
         if transaction is None or transaction.scanner is None:
@@ -969,6 +990,9 @@ class SmtpServer:
     def _end_of_message(self, reply_key: str) -> None:
         transaction = self._transaction
         facts = transaction.scanner.facts()
+        if transaction.long_line is not None:
+            self._transaction = None
+            return self._reply("message_line_too_long", got=transaction.long_line)
         if transaction.too_big:
             self._transaction = None
             return self._reply("message_too_big")
@@ -1060,7 +1084,8 @@ class SmtpServer:
             return self._reply("quit_syntax")
         self._reply("quit", count_error=False)
         transaction = self._transaction
-        if transaction is not None and transaction.bdat_size is not None and "bdat_lost" in self.persona.replies:
+        if (transaction is not None and transaction.bdat_size is not None and not transaction.bdat_failed
+                and "bdat_lost" in self.persona.replies):
             self._reply("bdat_lost", count_error=False)  # Exim gives up on the half-sent message
         self._close()
 
@@ -1255,7 +1280,9 @@ _BARE_LINE_END = re.compile(rb"(?<!\r)\n|\r(?!\n)")
 _ALWAYS_ANSWERED = frozenset({"HELO", "EHLO", "NOOP", "RSET", "QUIT"})
 
 # Refusals that are not syntax or protocol errors to a persona that counts those.
-_NOT_SYNTAX_KEYS = frozenset({"address_needs_domain", "no_valid_rcpt_pipelined", "smtputf8_not_offered"})
+_NOT_SYNTAX_KEYS = frozenset({"address_needs_domain", "no_valid_rcpt_pipelined", "smtputf8_not_offered", "vrfy_error"})
+# Refusals of Exim's ACLs: repeated after DATA without their code.
+_ACL_REFUSALS = frozenset({"relay_denied", "user_unknown"})
 _NONMAIL_VERBS = frozenset({"NOOP", "VRFY", "EXPN", "ETRN", "HELP", "HELO", "EHLO", "RSET"})
 _NONMAIL_AFTER_FIRST = frozenset({"HELO", "EHLO", "RSET"})
 

@@ -65,7 +65,7 @@ def client_for(recorded: dict) -> ClientInfo:
     ip = recorded.get("client", "127.0.0.5")
     first = recorded["exchanges"][0]
     # The client talked before any greeting came (the adapter knows it so).
-    early = len(first["send"]) if first["send"] else (0 if first["recv"] else 1)
+    early = len(first["send"]) if first["send"] and not first["recv"].startswith("220") else 0
     return ClientInfo(ip, name=REVERSE_DNS.get(ip), local_ip="127.0.0.3", pregreet_bytes=early)
 
 
@@ -76,11 +76,8 @@ NOT_YET = {
     ("exim", "auth_login_empty"), ("exim", "auth_plain_authzid_other"), ("exim", "auth_unknown_mech"),
     ("exim", "bare_lf_dot"), ("exim", "bdat_huge"), ("exim", "bdat_no_ehlo"), ("exim", "bdat_then_data"),
     ("exim", "bdat_zero"), ("exim", "rcpt_space_domain"), ("exim", "size_bdat"), ("exim", "size_bdat_chunks"),
-    # sendmail: 11
-    ("sendmail", "auth_unknown_mech"), ("sendmail", "ehlo_variants"), ("sendmail", "eight_bit"),
-    ("sendmail", "error_limit_wait"), ("sendmail", "etrn"), ("sendmail", "greeting_pipelined_helo"),
-    ("sendmail", "local_rcpt"), ("sendmail", "mail_syntax2"), ("sendmail", "rcpt_space_domain"),
-    ("sendmail", "rcpt_syntax"), ("sendmail", "vrfy_expn"),
+    # sendmail: 2
+    ("sendmail", "auth_unknown_mech"), ("sendmail", "vrfy_expn"),
 }
 
 
@@ -92,6 +89,10 @@ def test_recorded_conversation_byte_for_byte(persona, name, request):
     if (persona, name) in NOT_YET:
         request.applymarker(pytest.mark.xfail(strict=True, reason="a rule of the real server not followed yet"))
     recorded = recordings(persona)[name]
+    if not recorded["exchanges"][0]["send"] and not recorded["exchanges"][0]["recv"]:
+        # The client talked first, before the greet pause ended: the trap
+        # knows that when it starts the session (the dial-back's wait).
+        recorded = {**recorded, "exchanges": recorded["exchanges"][1:]}
     exchanges = replay(recorded, settings_for(persona, recorded["settings"]), client=client_for(recorded))
     for number, exchange in enumerate(exchanges):
         where = f"{persona} {name} #{number}: sent {exchange.send[:80]!r}"

@@ -38,7 +38,8 @@ OPTIONAL_REPLY_KEYS = frozenset(
     body_syntax vrfy_error address_needs_domain expn_syntax verb help_mail relay_denied_unresolved
     size_overflow timeout_data turn rcpt_null rcpt_ok_local vrfy_local vrfy_remote starttls_in_transaction
     helo_invalid command_too_long nul_byte greeting_refused protocol_error command_rejected sync_error
-    bare_lf_in_data bare_cr_in_data message_line_too_long bdat_lost
+    bare_lf_in_data bare_cr_in_data message_line_too_long bdat_lost vrfy_unknown etrn_queue_unknown
+    bad_route vrfy_alias
     """.split()
 )
 
@@ -212,6 +213,10 @@ class Persona:
     #   leaves only RSET (bdat_discarded to the rest), and QUIT with a
     #   message half sent in chunks is followed by bdat_lost.
     bdat_lenient: bool = False
+    # - sendmail: what it echoes loses its top bit ("usé" reads "usir"),
+    #   and an address may hold a space inside its brackets.
+    strips_top_bit: bool = False
+    spaces_in_address: bool = False
     # - sendmail's greet pause: the greeting comes this late, and a client
     #   that talks before it gets greeting_refused instead, its EHLO only
     #   the first line and ENHANCEDSTATUSCODES, and command_rejected to
@@ -537,6 +542,8 @@ SENDMAIL = Persona(
     greet_pause_s=1.0,  # Debian's sendmail.mc: FEATURE(greet_pause, 1000)
     bare_lf=False,
     refuses_bare_line_ends=True,
+    strips_top_bit=True,
+    spaces_in_address=True,
     command_throttles=(
         (frozenset({"HELO", "EHLO"}), 3),  # the third and later
         (frozenset({"VRFY", "EXPN"}), 6),  # MAXVRFYCOMMANDS
@@ -650,7 +657,11 @@ SENDMAIL = Persona(
         "rcpt_null": "553 5.0.0 <>... User address required",
         "rcpt_ok_local": "250 2.1.5 <{local}@{host}>... Recipient ok",
         "vrfy_local": "250 2.1.5 {local} <{local}@{host}>",
+        "vrfy_alias": "250 2.1.5 <{local}@{host}>",  # an alias has no full name
         "vrfy_remote": "252 2.1.5 <{address}>",
+        "vrfy_unknown": "550 5.1.1 {address}... User unknown",
+        "etrn_queue_unknown": "459 4.5.4 Queue {argument} unknown",
+        "bad_route": "553 5.1.3 {address}... Invalid route address",
         "starttls_in_transaction": "503 5.5.0 TLS not permitted during a mail transaction",
         "helo_invalid": "501 5.0.0 Invalid domain name",
         "command_too_long": "421 4.7.0 {host} Command too long, possible attack [{ip}]",

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from looper.events import Event
 from looper.proto.actions import Action, Close, CloseReason, Send, StartTLS, Store
-from looper.proto.address import EximPath, exim_path, parse_path
+from looper.proto.address import EximPath, MailPath, exim_path, parse_path
 from looper.proto.budget import MessageMemory
 from looper.proto.lines import LineReader, Overlong, Refused
 from looper.proto.message import DotDecoder, MessageScanner
@@ -50,6 +50,8 @@ DEBIAN_LOCAL_USERS = frozenset(
     "root daemon bin sys sync games man lp mail news uucp proxy www-data backup list irc "
     "_apt nobody postfix postmaster abuse mailer-daemon".split()
 )
+# Of those, the ones /etc/aliases makes (they have no passwd entry, no full name).
+DEBIAN_ALIASES = frozenset({"postmaster", "abuse", "mailer-daemon"})
 # SMTP's own ceiling on an unanswered pipeline we keep while waiting.
 MAX_WAITING_INPUT_BYTES = 1 << 20
 
@@ -469,7 +471,10 @@ class SmtpServer:
         return template.format_map(_Blanks(known))
 
     def _line(self, key: str, **values: Any) -> bytes:
-        return self._text(key, **values).encode("utf-8", "replace") + b"\r\n"
+        text = self._text(key, **values)
+        if self.persona.strips_top_bit and not text.isascii():
+            text = _top_bit_stripped(text)
+        return text.encode("utf-8", "replace") + b"\r\n"
 
     def _send_lines(self, lines: list[bytes]) -> None:
         if self._throttle_s:
@@ -582,8 +587,6 @@ class SmtpServer:
             words = [word.decode("latin-1").encode() for word in words]
         argument = words[1].strip().decode("utf-8") if len(words) > 1 else ""
         echo = text[:200]
-        if self.persona.eight_bit_commands and not echo.isascii():
-            echo = "".join(chr(ord(char) & 0x7F) for char in echo)  # sendmail strips the top bit
         if verb_text in self.persona.ignores_arguments:
             argument = ""
         handler = _HANDLERS.get(verb_text) if verb_text not in self.persona.unknown_verbs else None
@@ -732,9 +735,12 @@ class SmtpServer:
         path = parse_path(argument, "FROM:", strict=True)
         if path is None or not path.raw:
             return self._reply("mail_syntax", scanned=_scanned(argument))
+        path = self._with_spaces(path)
         address, params = path.address, path.params
         if address is None:
             return self._reply("bad_sender", address=path.raw.partition("\0")[0])
+        if "@@" in address and "bad_route" in self.persona.replies:
+            return self._reply("bad_route", address=path.as_sent)
         for param in params:
             key, _, value = param.partition("=")
             key = key.upper()
@@ -765,6 +771,16 @@ class SmtpServer:
         self._transaction = _Transaction(address)
         self._reply("mail_ok", path=path.as_sent)
 
+    def _with_spaces(self, path: MailPath) -> MailPath:
+        """sendmail takes <a@ex ample.net> as it stands."""
+        raw = path.raw
+        if path.address is not None or not self.persona.spaces_in_address or not raw.startswith("<"):
+            return path
+        close = raw.find(">")
+        if close < 0 or "\0" in raw[:close]:
+            return path
+        return MailPath(raw, raw[1:close], words(raw[close + 1 :]))
+
     def _declared_size_refusal(self, value: str) -> str | None:
         """The reply key for MAIL's SIZE=value, if it is refused."""
         if self._size_unlimited:
@@ -790,6 +806,7 @@ class SmtpServer:
         path = parse_path(argument, "TO:", strict=True)
         if path is None or not path.raw:
             return self._reply("rcpt_syntax", scanned=_scanned(argument))
+        path = self._with_spaces(path)
         address, params = path.address, path.params
         if address == "" and "rcpt_null" in self.persona.replies:
             return self._reply("rcpt_null")
@@ -1136,9 +1153,9 @@ class SmtpServer:
             return self._reply("bad_rcpt", address=argument)
         local = self._local_user(address)
         if local is not None:
-            return self._reply("vrfy_local", local=local)
+            return self._reply("vrfy_alias" if local in DEBIAN_ALIASES else "vrfy_local", local=local)
         if "@" not in address or self._is_local_domain(address.rpartition("@")[2].lower()):
-            return self._reply("user_unknown", address=address)
+            return self._reply("vrfy_unknown", address=address)
         self._reply("vrfy_remote", address=address)
 
     def _turn_cmd(self, verb: str, argument: str) -> None:
@@ -1147,6 +1164,8 @@ class SmtpServer:
     def _etrn_cmd(self, verb: str, argument: str) -> None:
         if not argument:
             return self._reply("etrn_syntax")
+        if argument.startswith("#") and "etrn_queue_unknown" in self.persona.replies:
+            return self._reply("etrn_queue_unknown", argument=argument[1:])  # sendmail: no such queue
         self._reply("etrn", argument=argument.lstrip("@#"), raw_argument=argument)
         self._count_junk()
 
@@ -1329,6 +1348,11 @@ _HANDLERS = {
 
 # What a server without a size limit pretends its spool has free.
 _FREE_DISK_BYTES = 100 * 1024**3
+
+
+def _top_bit_stripped(text: str) -> str:
+    """Text as sendmail echoes it: each byte (Latin-1) without its top bit."""
+    return "".join(chr(ord(char) & 0x7F) if ord(char) < 256 else "?" for char in text)
 
 
 def _scanned(argument: str) -> str:

@@ -39,7 +39,7 @@ OPTIONAL_REPLY_KEYS = frozenset(
     size_overflow timeout_data turn rcpt_null rcpt_ok_local vrfy_local vrfy_remote starttls_in_transaction
     helo_invalid command_too_long nul_byte greeting_refused protocol_error command_rejected sync_error
     bare_lf_in_data bare_cr_in_data message_line_too_long bdat_lost vrfy_unknown etrn_queue_unknown
-    bad_route vrfy_alias
+    bad_route vrfy_alias too_many_bad_rcpt
     """.split()
 )
 
@@ -213,6 +213,10 @@ class Persona:
     #   leaves only RSET (bdat_discarded to the rest), and QUIT with a
     #   message half sent in chunks is followed by bdat_lost.
     bdat_lenient: bool = False
+    # - Debian's Exim ACL: past this many RCPTs in a message, while fewer
+    #   than half were accepted, every RCPT but to postmaster gets
+    #   too_many_bad_rcpt (CHECK_RCPT_NO_FAIL_TOO_MANY_BAD_RCPT unset).
+    bad_rcpt_limit: int | None = None
     # - sendmail: what it echoes loses its top bit ("usé" reads "usir"),
     #   and an address may hold a space inside its brackets.
     strips_top_bit: bool = False
@@ -395,6 +399,7 @@ EXIM = Persona(
     verb_ends_at_space=True,
     max_message_line_octets=998,
     bdat_lenient=True,
+    bad_rcpt_limit=10,
     eight_bit_commands=True,
     verifies_local_users_of_relay_clients=False,
     auth_failure_delay_s=0.0,  # Exim answers a failed login at once
@@ -499,6 +504,7 @@ EXIM = Persona(
         "sync_error": "554 SMTP synchronization error",
         "message_line_too_long": "550 maximum allowed line length is 998 octets, got {got}",
         "bdat_lost": "421 Lost incoming connection",
+        "too_many_bad_rcpt": "550 Rejected for too many bad recipients",
     },
 )
 

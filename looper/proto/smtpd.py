@@ -155,7 +155,7 @@ class ClientInfo:
 class _Transaction:
     __slots__ = (
         "mail_from", "rcpt_to", "bdat_size", "bdat_failed", "scanner", "decoder", "chunks", "chunk_bytes",
-        "too_big", "over_budget", "line_octets", "long_line",
+        "too_big", "over_budget", "line_octets", "long_line", "rcpt_commands",
     )
 
     def __init__(self, mail_from: str) -> None:
@@ -171,6 +171,7 @@ class _Transaction:
         self.over_budget = False  # MessageMemory ran out: read to the end, keep nothing
         self.line_octets = 0  # of the message line read so far, its CR included
         self.long_line: int | None = None  # the first line over the persona's limit: its length
+        self.rcpt_commands = 0  # RCPTs that reached the recipient checks (Exim's $rcpt_count)
 
     def drop_content(self) -> None:
         self.chunks.clear()
@@ -871,6 +872,19 @@ class SmtpServer:
         self._transaction = _Transaction(path.address)
         self._reply("mail_ok")
 
+    def _too_many_bad_recipients(self, transaction: _Transaction, address: str) -> bool:
+        """Debian's Exim ACL: over bad_rcpt_limit RCPTs, fewer than half good."""
+        limit = self.persona.bad_rcpt_limit
+        if limit is None:
+            return False
+        transaction.rcpt_commands += 1
+        local, at, domain = address.rpartition("@")
+        if not at:
+            local, domain = address, self.settings.hostname
+        if local.lower() == "postmaster" and self._is_local_domain(domain.lower()):
+            return False  # accepted before the check
+        return transaction.rcpt_commands > limit and len(transaction.rcpt_to) < transaction.rcpt_commands // 2
+
     def _exim_refusal(self, path: EximPath) -> None:
         key = "address_error" if path.parse_error else "address_needs_domain"
         self._reply(key, argument=path.argument, reason=path.reason)
@@ -885,6 +899,8 @@ class SmtpServer:
         address = path.address
         if len(transaction.rcpt_to) >= self.settings.max_recipients:
             return self._reply("too_many_rcpt")
+        if self._too_many_bad_recipients(transaction, address):
+            return self._reply("too_many_bad_rcpt")
         verdict = self._recipient_verdict(address)
         if verdict is not None:
             return self._reply(verdict, address=address)

@@ -39,7 +39,7 @@ OPTIONAL_REPLY_KEYS = frozenset(
     size_overflow timeout_data turn rcpt_null rcpt_ok_local vrfy_local vrfy_remote starttls_in_transaction
     helo_invalid command_too_long nul_byte greeting_refused protocol_error command_rejected sync_error
     bare_lf_in_data bare_cr_in_data message_line_too_long bdat_lost vrfy_unknown etrn_queue_unknown
-    bad_route vrfy_alias too_many_bad_rcpt
+    bad_route vrfy_alias too_many_bad_rcpt bdat_not_offered
     """.split()
 )
 
@@ -229,9 +229,9 @@ class Persona:
     #   instead of the EHLO reply) when ehlo_is_sync_point.
     greet_pause_s: float = 0.0
     ehlo_is_sync_point: bool = False
-    # - Exim's synchronisation check: a command with more input behind it
-    #   after HELO (PIPELINING not offered) or after a refused DATA or
-    #   BDAT gets sync_error and the close.
+    # - Exim's synchronisation check: MAIL, RCPT or DATA with more input
+    #   behind it after HELO (PIPELINING not offered), or any line with
+    #   input behind it after a refused DATA, gets sync_error and the close.
     checks_synchronization: bool = False
     # - A bare LF or CR in a message is an attack (smuggling): sendmail
     #   8.17.1.9-2+deb12u2 says bare_lf_in_data or bare_cr_in_data and
@@ -505,6 +505,7 @@ EXIM = Persona(
         "message_line_too_long": "550 maximum allowed line length is 998 octets, got {got}",
         "bdat_lost": "421 Lost incoming connection",
         "too_many_bad_rcpt": "550 Rejected for too many bad recipients",
+        "bdat_not_offered": "503 BDAT command used when CHUNKING not advertised",
     },
 )
 

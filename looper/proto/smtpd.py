@@ -648,8 +648,9 @@ class SmtpServer:
         """Exim's check: input behind a command where the client had to wait."""
         if not self.persona.checks_synchronization or not self._input_behind:
             return False
-        after_refused_data = self._previous_verb in ("DATA", "BDAT") and self._last_reply[:1] in b"45"
-        return after_refused_data or (self._helo is not None and not self._esmtp)
+        after_refused_data = self._previous_verb == "DATA" and self._last_reply[:1] in b"45"
+        unadvertised = self._helo is not None and not self._esmtp and verb in ("MAIL", "RCPT", "DATA")
+        return after_refused_data or unadvertised
 
     def _nonmail_limit_reached(self, verb: str) -> bool:
         """Exim's smtp_accept_max_nonmail: NOOP, VRFY, EXPN, ETRN and HELP
@@ -1044,10 +1045,12 @@ class SmtpServer:
         self._move(Step.AWAIT)
 
     def _bdat_cmd(self, verb: str, argument: str) -> None:
+        if not self._esmtp and "bdat_not_offered" in self.persona.replies:
+            return self._reply("bdat_not_offered")  # Exim: the chunk is then read as commands
         args = words(argument)
         last = len(args) == 2 and args[1].upper() == "LAST"
         lenient = self.persona.bdat_lenient
-        if lenient and args and _is_number(args[0]) and len(args[0]) < 20:
+        if lenient and args and _is_number(args[0]):
             last = len(args) >= 2 and args[1].upper() == "LAST"  # Exim reads no further
         elif not args or len(args) > 2 or (len(args) == 2 and not last) or not _is_number(args[0]) or len(args[0]) >= 20:
             self._reply("bdat_syntax")
@@ -1063,10 +1066,10 @@ class SmtpServer:
         elif not transaction.rcpt_to:
             transaction.bdat_failed = True
             self._no_recipients("no_valid_rcpt", verb)
-        elif size == 0 and not last:
+        elif size == 0 and not last and not lenient:
             transaction.bdat_failed = True
             self._reply("bdat_null")
-        elif (transaction.bdat_size or 0) + size > self.settings.max_message_bytes:
+        elif (transaction.bdat_size or 0) + size > self.settings.max_message_bytes and not lenient:
             transaction.bdat_failed = True
             self._reply("chunk_too_big")
         else:
@@ -1095,6 +1098,10 @@ class SmtpServer:
                 self._transaction = None  # a failed BDAT transaction ends with LAST
             return
         transaction.bdat_size = transaction.scanner.size
+        if transaction.too_big and self.persona.bdat_lenient and not self._chunk_last:
+            # Exim reads a chunk before it weighs it, and then drops the message
+            self._transaction = None
+            return self._reply("chunk_too_big")
         if self._chunk_last:
             self._end_of_message("bdat_queued")
         else:

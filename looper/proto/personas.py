@@ -217,6 +217,12 @@ class Persona:
     #   than half were accepted, every RCPT but to postmaster gets
     #   too_many_bad_rcpt (CHECK_RCPT_NO_FAIL_TOO_MANY_BAD_RCPT unset).
     bad_rcpt_limit: int | None = None
+    # - Exim's plaintext authenticators: words after AUTH's initial response
+    #   are ignored, the PLAIN authorisation identity too, and LOGIN takes an
+    #   empty user name to the password prompt.
+    auth_extra_words_ignored: bool = False
+    ignores_authzid: bool = False
+    login_takes_empty_username: bool = False
     # - sendmail: what it echoes loses its top bit ("usé" reads "usir"),
     #   and an address may hold a space inside its brackets.
     strips_top_bit: bool = False
@@ -400,6 +406,9 @@ EXIM = Persona(
     max_message_line_octets=998,
     bdat_lenient=True,
     bad_rcpt_limit=10,
+    auth_extra_words_ignored=True,
+    ignores_authzid=True,
+    login_takes_empty_username=True,
     eight_bit_commands=True,
     verifies_local_users_of_relay_clients=False,
     auth_failure_delay_s=0.0,  # Exim answers a failed login at once

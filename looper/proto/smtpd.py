@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 import enum
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from looper.events import Event
@@ -1227,13 +1227,16 @@ class SmtpServer:
         if self._transaction is not None:
             return self._reply("auth_in_transaction")
         args = words(argument)
+        if self.persona.auth_extra_words_ignored:
+            args = args[:2]
         if not args or len(args) > 2:
             return self._reply("auth_syntax", argument=argument)
         mechanism = args[0].upper()
         if mechanism not in mechanisms:
             self._login_failed(mechanism, None, reason="unsupported mechanism")
             return self._reply("auth_bad_mechanism", argument=args[0])
-        self._sasl = SaslExchange(mechanism, cram_challenge=self.env.cram_challenge())
+        self._sasl = SaslExchange(mechanism, cram_challenge=self.env.cram_challenge(),
+                                  empty_login_username=self.persona.login_takes_empty_username)
         self._sasl_outcome(self._sasl.start(args[1] if len(args) == 2 else None), initial=True)
 
     def _sasl_response(self, line: bytes) -> None:
@@ -1268,6 +1271,8 @@ class SmtpServer:
         self._reply("auth_failed", **self._auth_failure_delay())
 
     def _accepts(self, credentials: Credentials) -> bool:
+        if self.persona.ignores_authzid:
+            credentials = replace(credentials, authzid=None)
         return self.settings.login_policy.accepts(credentials, self._auth_failures)
 
     def _auth_failure_delay(self) -> dict[str, float]:

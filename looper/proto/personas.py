@@ -223,6 +223,12 @@ class Persona:
     auth_extra_words_ignored: bool = False
     ignores_authzid: bool = False
     login_takes_empty_username: bool = False
+    # - Exim 4.96: a message whose first line ends in a bare LF may end at
+    #   LF "." LF; one whose first line ends in CRLF only at CRLF "." CRLF
+    #   (else as bare_lf says for all). And a message that does not end a
+    #   line gets CRLF added, which BDAT's total counts.
+    bare_lf_follows_first_line: bool = False
+    adds_final_line_end: bool = False
     # - sendmail: what it echoes loses its top bit ("usé" reads "usir"),
     #   and an address may hold a space inside its brackets.
     strips_top_bit: bool = False
@@ -409,6 +415,8 @@ EXIM = Persona(
     auth_extra_words_ignored=True,
     ignores_authzid=True,
     login_takes_empty_username=True,
+    bare_lf_follows_first_line=True,
+    adds_final_line_end=True,
     eight_bit_commands=True,
     verifies_local_users_of_relay_clients=False,
     auth_failure_delay_s=0.0,  # Exim answers a failed login at once

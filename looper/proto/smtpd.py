@@ -155,7 +155,7 @@ class ClientInfo:
 class _Transaction:
     __slots__ = (
         "mail_from", "rcpt_to", "bdat_size", "bdat_failed", "scanner", "decoder", "chunks", "chunk_bytes",
-        "too_big", "over_budget", "line_octets", "long_line", "rcpt_commands",
+        "too_big", "over_budget", "line_octets", "long_line", "rcpt_commands", "head", "unterminated",
     )
 
     def __init__(self, mail_from: str) -> None:
@@ -172,6 +172,8 @@ class _Transaction:
         self.line_octets = 0  # of the message line read so far, its CR included
         self.long_line: int | None = None  # the first line over the persona's limit: its length
         self.rcpt_commands = 0  # RCPTs that reached the recipient checks (Exim's $rcpt_count)
+        self.head = b""  # DATA read before its first line end decides how it may end (Exim)
+        self.unterminated = False  # the content does not end with a line end
 
     def drop_content(self) -> None:
         self.chunks.clear()
@@ -351,7 +353,8 @@ class SmtpServer:
             transport="bdat" if transaction.bdat_size is not None else "data",
         )
         self._errors = 0  # Postfix forgives a client that got a message through, before replying
-        self._reply(key, queue_id=queue_id, size=facts.size, chunk=self._chunk_size)
+        size = facts.size + (2 if self.persona.adds_final_line_end and transaction.unterminated else 0)
+        self._reply(key, queue_id=queue_id, size=size, chunk=self._chunk_size)
         self._resume()
 
     def store_failed(self, reason: str) -> None:
@@ -944,7 +947,8 @@ class SmtpServer:
         if not transaction.rcpt_to:
             return self._no_recipients("no_valid_rcpt", verb)
         transaction.scanner = MessageScanner(self.client.ip)
-        transaction.decoder = DotDecoder(bare_lf=self.persona.bare_lf)
+        if not self.persona.bare_lf_follows_first_line:
+            transaction.decoder = DotDecoder(bare_lf=self.persona.bare_lf)
         self._reply("data_go")
         self._move(Step.DATA_ACCEPTED)
 
@@ -962,6 +966,17 @@ class SmtpServer:
 
     def _take_data(self, data: bytes, position: int) -> int:
         transaction = self._transaction
+        if transaction.decoder is None:
+            # Exim: the first line's end says which line ends count
+            held_before = len(transaction.head)
+            transaction.head += data[position:]
+            first_lf = transaction.head.find(b"\n")
+            if first_lf < 0 and len(transaction.head) <= _FIRST_LINE_WAIT_BYTES:
+                return len(data)
+            bare = first_lf == 0 or (first_lf > 0 and transaction.head[first_lf - 1 : first_lf] != b"\r")
+            transaction.decoder = DotDecoder(bare_lf=bare)
+            combined, transaction.head = transaction.head, b""
+            return position + self._take_data(combined, 0) - held_before
         content, used = transaction.decoder.feed(data[position:] if position else data)
         if self.persona.refuses_bare_line_ends:
             bare = _BARE_LINE_END.search(content)
@@ -1037,6 +1052,7 @@ class SmtpServer:
             self._transaction = None
             return self._reply("too_many_hops")
         content = b"".join(transaction.chunks)
+        transaction.unterminated = not content.endswith(b"\n")
         transaction.chunks = []  # chunk_bytes still counts it: the Store action holds it
         self._pending_store = (reply_key, transaction, facts.sha256)
         # Replies not yet written stay unwritten while the message is
@@ -1320,6 +1336,9 @@ def _valid_recipient(address: str) -> bool:
 
 # Replies that say "unknown command", for the personas that count them.
 _UNKNOWN_KEYS = frozenset({"unknown", "bad_syntax", "bad_utf8", "xclient", "xclient_syntax", "forbidden"})
+# How much of a message Exim's rule may hold before its first line ends.
+_FIRST_LINE_WAIT_BYTES = 1 << 16
+
 # An LF without its CR, or a CR without its LF.
 _BARE_LINE_END = re.compile(rb"(?<!\r)\n|\r(?!\n)")
 

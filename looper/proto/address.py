@@ -103,6 +103,17 @@ def exim_path(raw: str, options: frozenset[str], *, recipient: bool) -> EximPath
     return EximPath(text, address, params)
 
 
+def exim_mangled_recipient(raw: str) -> str:
+    """An RCPT argument after Exim's extract_option() gave up on its last
+    word: a last word without "=" has the space before it turned into "="
+    (it puts back '=' where it cut the word off, and that was the space)."""
+    text = raw.rstrip(" \t")
+    cut = max(text.rfind(" "), text.rfind("\t"))
+    if cut <= 0 or "=" in text[cut + 1 :] or text.count('"', cut) % 2:
+        return raw
+    return text[:cut] + "=" + text[cut + 1 :]
+
+
 def _exim_address(text: str) -> tuple[str | None, str]:
     """The address in `text`, or None and Exim's reason."""
     bracket = text.startswith("<")
@@ -132,6 +143,8 @@ def _exim_address(text: str) -> tuple[str | None, str]:
         if text[i : i + 1] != ">":
             if domain is None:
                 return None, f'"@" or "." expected after "{last_word}"'
+            if i < len(text):
+                return None, f"malformed address: {text[i:][:32]} may not follow {text[:i]}"
             return None, "'>' missing at end of address"
         i += 1
     rest = len(text) - len(text[i:].lstrip(" \t"))
@@ -154,7 +167,10 @@ def _exim_dotted(text: str, i: int, *, quoted: bool) -> tuple[str, int, str]:
             i = end + 1
         else:
             start = i
-            while i < len(text) and text[i] not in _EXIM_SPECIALS and text[i].isprintable():
+            # a local part's atoms; a domain's labels are letters, digits, - and _
+            while i < len(text) and (
+                (text[i] not in _EXIM_SPECIALS and text[i].isprintable()) if quoted else ((text[i].isascii() and text[i].isalnum()) or text[i] in "-_")
+            ):
                 i += 1
             word = text[start:i]
         if not word:

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from looper.events import Event
 from looper.proto.actions import Action, Close, CloseReason, Send, StartTLS, Store
-from looper.proto.address import EximPath, MailPath, exim_path, parse_path
+from looper.proto.address import EximPath, MailPath, exim_mangled_recipient, exim_path, parse_path
 from looper.proto.budget import MessageMemory
 from looper.proto.lines import LineReader, Overlong, Refused
 from looper.proto.message import DotDecoder, MessageScanner
@@ -897,6 +897,8 @@ class SmtpServer:
         raw = argument[len("TO:"):]
         if not raw.strip(" \t"):
             return self._reply("rcpt_syntax")
+        if self._esmtp:
+            raw = exim_mangled_recipient(raw)  # its ESMTP option reader leaves its mark
         path = exim_path(raw, frozenset(), recipient=True)
         if path.address is None:
             return self._exim_refusal(path)

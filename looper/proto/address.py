@@ -168,9 +168,7 @@ def _exim_dotted(text: str, i: int, *, quoted: bool) -> tuple[str, int, str]:
         else:
             start = i
             # a local part's atoms; a domain's labels are letters, digits, - and _
-            while i < len(text) and (
-                (text[i] not in _EXIM_SPECIALS and text[i].isprintable()) if quoted else ((text[i].isascii() and text[i].isalnum()) or text[i] in "-_")
-            ):
+            while i < len(text) and (_exim_atom_char(text[i]) if quoted else _exim_label_char(text[i])):
                 i += 1
             word = text[start:i]
         if not word:
@@ -179,3 +177,11 @@ def _exim_dotted(text: str, i: int, *, quoted: bool) -> tuple[str, int, str]:
         if text[i : i + 1] != ".":
             return ".".join(parts), i, word
         i += 1
+
+
+def _exim_atom_char(char: str) -> bool:
+    return char not in _EXIM_SPECIALS and char.isprintable()
+
+
+def _exim_label_char(char: str) -> bool:
+    return (char.isascii() and char.isalnum()) or char in "-_"

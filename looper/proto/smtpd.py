@@ -519,7 +519,8 @@ class SmtpServer:
             if self._counts["unknown"] > persona.unknown_command_limit:
                 self._limit_reached("unknown commands", "too_many_unknown")
                 return True
-        if line[:3] in (b"500", b"501", b"503") and key not in _NOT_SYNTAX_KEYS and persona.syntax_error_limit is not None:
+        counted = line[:3] in (b"500", b"501", b"503") and key not in _NOT_SYNTAX_KEYS
+        if counted and persona.syntax_error_limit is not None:
             self._counts["syntax"] += 1
             if self._counts["syntax"] > persona.syntax_error_limit:
                 self._send_lines([line[:3] + b"-" + line[4:]])
@@ -922,7 +923,8 @@ class SmtpServer:
             # A bare local part gets our own domain (Postfix's myorigin).
             local, domain = address, self.settings.hostname
         domain = domain.lower().rstrip(".")
-        if self.client.local_ip and domain == f"[{self.client.local_ip}]" and not self.persona.own_literal_is_local_domain:
+        own_literal = self.client.local_ip and domain == f"[{self.client.local_ip}]"
+        if own_literal and not self.persona.own_literal_is_local_domain:
             return None  # an address literal of our own is a local destination
         if self._is_local_domain(domain) and not (self.persona.routed_local_parts
                                                              and _routes_elsewhere(local)):
@@ -1070,7 +1072,8 @@ class SmtpServer:
         lenient = self.persona.bdat_lenient
         if lenient and args and _is_number(args[0]):
             last = len(args) >= 2 and args[1].upper() == "LAST"  # Exim reads no further
-        elif not args or len(args) > 2 or (len(args) == 2 and not last) or not _is_number(args[0]) or len(args[0]) >= 20:
+        elif (not args or len(args) > 2 or (len(args) == 2 and not last) or not _is_number(args[0])
+              or len(args[0]) >= 20):
             self._reply("bdat_syntax")
             return None if lenient else self._close()
         size = int(args[0])

@@ -649,8 +649,10 @@ SENDMAIL = Persona(
         "shutdown": "421 4.3.2 {host} Shutting down",
         "auth_ok": "235 2.0.0 OK Authenticated",
         "auth_failed": "535 5.7.0 authentication failed",
-        "auth_bad_base64_initial": "501 5.5.4 cannot decode AUTH parameter {argument}",
-        "auth_bad_base64_continued": "501 5.5.4 cannot BASE64 decode '{argument}'",
+        # srvrsmtp.c: the initial response and a later one are refused in
+        # different words (auth_unknown_mech: the later, after DIGEST-MD5's 334)
+        "auth_bad_base64_initial": "501 5.5.4 cannot BASE64 decode '{argument}'",
+        "auth_bad_base64_continued": "501 5.5.4 cannot decode AUTH parameter {argument}",
         "auth_bad_mechanism": "504 5.3.3 AUTH mechanism {argument} not available",
         "auth_syntax": "501 5.5.2 AUTH mechanism must be specified",
         "auth_aborted": "501 5.0.0 AUTH aborted",

@@ -1258,13 +1258,14 @@ class SmtpServer:
             return self._reply("auth_bad_mechanism", argument=args[0])
         self._sasl = SaslExchange(mechanism, cram_challenge=self.env.cram_challenge(),
                                   empty_login_username=self.persona.login_takes_empty_username)
-        self._sasl_outcome(self._sasl.start(args[1] if len(args) == 2 else None), initial=True)
+        initial_response = args[1] if len(args) == 2 else None
+        self._sasl_outcome(self._sasl.start(initial_response), initial=True, response=initial_response or "")
 
     def _sasl_response(self, line: bytes) -> None:
-        self._sasl_outcome(self._sasl.respond(line), initial=False)
+        self._sasl_outcome(self._sasl.respond(line), initial=False, response=as_text(line))
         self._after_command()
 
-    def _sasl_outcome(self, outcome: Challenge | Credentials | Failure, *, initial: bool) -> None:
+    def _sasl_outcome(self, outcome: Challenge | Credentials | Failure, *, initial: bool, response: str = "") -> None:
         mechanism = self._sasl.mechanism
         if isinstance(outcome, Challenge):
             self._send_lines([b"334 " + base64.b64encode(outcome.data) + b"\r\n"])
@@ -1279,7 +1280,8 @@ class SmtpServer:
             return self._reply("auth_aborted")
         if outcome is Failure.UNDECODABLE:
             self._login_failed(mechanism, None, reason="invalid base64")
-            return self._reply("auth_bad_base64_initial" if initial else "auth_bad_base64_continued")
+            key = "auth_bad_base64_initial" if initial else "auth_bad_base64_continued"
+            return self._reply(key, argument=response)  # sendmail quotes it
         if outcome is Failure.MALFORMED:
             self._login_failed(mechanism, None, reason="malformed response")
             return self._reply("auth_failed", **self._auth_failure_delay())

@@ -5,8 +5,13 @@ real server, recorded from the software itself (tests/data/<persona>/),
 except `shutdown` (the trap's own stop: RFC 5321's 421, in the server's
 style; a real one stopping mostly just drops the connection). The
 SMTP machine decides *which* reply a situation gets; the persona decides
-*what it says*. Placeholders: {host} our host name, {date} an RFC 5322 date,
-{queue_id}, {address}, {argument}, {param}, {size}, {helo}, {ip}.
+*what it says*, and, where its server's rules differ from Postfix's, which
+rules hold: the rule fields of Persona (limits, pauses, what is refused
+when), each read by the one machine, and OPTIONAL_REPLY_KEYS, replies only
+some servers give (a persona without one does not have that rule).
+Placeholders: {host} our host name, {date} an RFC 5322 date, {queue_id},
+{address}, {argument}, {param}, {size}, {helo}, {ip}, and those a reply
+names beside it.
 """
 
 from __future__ import annotations
@@ -374,7 +379,8 @@ POSTFIX = Persona(
 )
 
 # Exim 4.96 as Debian 12's exim4-daemon-light answers (tests/data/exim/).
-# The texts are Exim's; the rules (limits, sequencing) stay the machine's.
+# Its words and its rules (tests/data/exim/notes.md): limits it counts
+# rather than sleeps, its address parser, its BDAT, its ACLs.
 EXIM = Persona(
     name="exim",
     routed_local_parts=False,  # percent_hack_domains is empty by default: a local part like any other

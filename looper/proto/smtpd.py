@@ -3,7 +3,10 @@
 Bytes in (`receive_data`), actions out (Send, StartTLS, Store, Close: see
 actions.py), events out. It accepts, stores and logs; it never delivers.
 
-Rules (Debian's Postfix 3.7 smtpd, recorded in tests/data/postfix/):
+Rules (Debian's Postfix 3.7 smtpd, recorded in tests/data/postfix/; a
+persona whose server differs says so in its rule fields, and the machine
+follows them: Exim's and sendmail's limits, throttles, greet pause,
+synchronisation checks, address rules; see personas.py):
 - Input modes: command lines, DATA content, BDAT chunks, SASL responses,
   or waiting for an action's outcome (TLS, storage): the table TRANSITIONS
   lists every move. Input that arrives while waiting is kept and read after.

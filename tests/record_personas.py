@@ -670,6 +670,14 @@ def build_extra(persona: str) -> list[Scenario]:
     for n in (1000, 2040, 2044, 2045, 2046, 2047):
         sc.append(S(f"cmd_len_{n}", f"EHLO, a NOOP line of {n} bytes before CRLF, NOOP",
                     [EHLO, R(long_line("NOOP ", n) + b"\r\n"), C("NOOP"), QUIT()]))
+    # Refused recipients, many of them, from a client that may not relay
+    # (Exim: a bad-recipient limit? sendmail: BAD_RCPT_THROTTLE, no close).
+    sc.append(S("rcpt_bad_many", "12 refused RCPTs (relaying denied, unknown local users), "
+                "then a local one", [EHLO, MAIL]
+                + [C(f"RCPT TO:<rcpt{i}@example.net>", timeout=20) for i in range(6)]
+                + [C(f"RCPT TO:<nosuch{i}@mail.example.test>", timeout=20) for i in range(6)]
+                + [C("RCPT TO:<postmaster@mail.example.test>", timeout=20), C("DATA", timeout=20),
+                   R(MSG, timeout=20), QUIT(timeout=20)], group="relay_denied"))
     if persona == "sendmail":
         sc += [
             S("starttls_tls_ehlo", "EHLO, STARTTLS, TLS, EHLO, a transaction in TLS",

@@ -61,6 +61,10 @@ def model(stream: bytes, max_line_bytes: int, ending: Ending, overlong: Overlong
         head = before_lf[:max_line_bytes]
         if forbidden is not None and forbidden.search(head):
             out.append(Refused.FORBIDDEN_BYTE)
+        elif len(before_lf) > max_line_bytes and overlong is Overlong.SPLIT:
+            out.append(Refused.TOO_LONG)  # and the rest is the next line
+            position += max_line_bytes
+            continue
         elif len(before_lf) > max_line_bytes:
             out.append(Refused.TOO_LONG if overlong is Overlong.REFUSE else head)
             size = _raw_size(head, max_line_bytes) if overlong is Overlong.TRUNCATE else None

@@ -1,11 +1,10 @@
 """The exim and sendmail personas against the real Exim 4.96 and sendmail
-8.17 (tests/data/exim, tests/data/sendmail), on the conversations whose
-rules are the machine's own (greeting, EHLO, a transaction, sequencing
-errors, QUIT); and the exchange persona against Microsoft's documented
-session (tests/data/exchange/notes.md). Where the real servers' *rules*
-differ from Postfix's (Exim's three-unknown-commands limit, its demand for
-a domain in every address, sendmail's HELP text), the persona gives their
-words but Postfix's rules."""
+8.17 (tests/data/exim, tests/data/sendmail): every recorded conversation is
+replayed against the machine, configured like the recorded server's
+settings group (each JSON's "settings"), and must come out byte for byte,
+with the same closes, and the same pauses where the server paused;
+and the exchange persona against Microsoft's documented session
+(tests/data/exchange/notes.md)."""
 
 from __future__ import annotations
 
@@ -16,45 +15,97 @@ import pytest
 
 from looper.proto.personas import EXCHANGE, PERSONAS
 from looper.proto.smtpd import ClientInfo, SmtpSettings
-from tests.smtp_replay import recordings, replay
+from tests.smtp_replay import CREDENTIALS, recordings, replay
 from tests.test_smtpd import Client
 
-CORE = ["ehlo_quit", "data_full", "data_two_messages", "rcpt_before_mail", "nested_mail", "data_before_mail", "pipelined_all"]
 DATE = re.compile(rb"\w{3}, \d{1,2} \w{3} \d{4} \d\d:\d\d:\d\d (?:[+-]\d{4}|GMT)")
 QUEUE_IDS = re.compile(rb"(?<=id=)[0-9A-Za-z-]+|\b[0-9A-Za-z]+(?= Message accepted)")
+# CRAM-MD5 and DIGEST-MD5 challenges carry a time stamp and a nonce.
+CHALLENGE = re.compile(rb"(?<=^334 )[A-Za-z0-9+/=]{40,}", re.M)
+
+# The recorded clients: 127.0.0.5 has no reverse DNS; 127.0.0.6 and
+# 127.0.0.1 have (tests/record_personas.py's DNS server).
+REVERSE_DNS = {"127.0.0.6": "client.example.net", "127.0.0.1": "localhost"}
 
 
 def normalised(reply: bytes) -> bytes:
-    return QUEUE_IDS.sub(b"ID", DATE.sub(b"DATE", reply))
+    return CHALLENGE.sub(b"CHALLENGE", QUEUE_IDS.sub(b"ID", DATE.sub(b"DATE", reply)))
 
 
-def settings_for(persona: str) -> SmtpSettings:
+def settings_for(persona: str, group: dict[str, str] | None = None) -> SmtpSettings:
+    """The machine configured like the recorded server of `persona` with
+    the changes from stock that a recording lists (None: stock)."""
+    group = group or {}
     chosen = PERSONAS[persona]
-    return SmtpSettings(
+    settings = SmtpSettings(
         hostname="mail.example.test",
         persona=chosen,
-        auth_mechanisms=("DIGEST-MD5", "CRAM-MD5") if persona == "sendmail" else (),
+        auth_mechanisms=chosen.default_auth_mechanisms,
         max_message_bytes=chosen.default_max_message_bytes,
-        tls_available=persona == "exim",  # the recorded sendmail had no certificate
-        local_domains=(),
+        tls_available=chosen.offers_starttls_by_default,
+        size_limit_configured=False,
+        max_recipients=chosen.default_max_recipients,
     )
+    if "authenticators" in group:  # Debian's example plaintext authenticators
+        settings = replace(settings, auth_mechanisms=("PLAIN", "LOGIN"), credentials=CREDENTIALS,
+                           auth_tls_only="AUTH_SERVER_ALLOW_NOTLS_PASSWORDS" not in group)
+    if "starttls.m4" in group:
+        settings = replace(settings, tls_available=True)
+    if group.get("dc_relay_nets") == "" or group.get("access") == "":
+        settings = replace(settings, mode="harvester")  # the client may not relay
+    for key in ("MESSAGE_SIZE_LIMIT", "confMAX_MESSAGE_SIZE"):
+        if key in group:
+            settings = replace(settings, max_message_bytes=int(group[key]), size_limit_configured=True)
+    if "smtp_receive_timeout" in group or "confTO_COMMAND" in group:
+        settings = replace(settings, idle_timeout_s=5.0)
+    return settings
 
 
-# sendmail refuses a client that pipelines before its EHLO reply (greet
-# pause / PIPELINING checks): a rule of its own the persona does not copy.
-NOT_EMULATED = {("sendmail", "pipelined_all")}
+def client_for(recorded: dict) -> ClientInfo:
+    ip = recorded.get("client", "127.0.0.5")
+    first = recorded["exchanges"][0]
+    # The client talked before any greeting came (the adapter knows it so).
+    early = len(first["send"]) if first["send"] and not first["recv"].startswith("220") else 0
+    return ClientInfo(ip, name=REVERSE_DNS.get(ip), local_ip="127.0.0.3", pregreet_bytes=early)
 
 
-@pytest.mark.parametrize("persona", ["exim", "sendmail"])
-@pytest.mark.parametrize("name", CORE)
-def test_core_conversations_word_for_word(persona, name):
-    recorded = recordings(persona).get(name)
-    if recorded is None or (persona, name) in NOT_EMULATED:
-        pytest.skip(f"{persona} {name}: not recorded, or a rule the persona does not copy")
-    exchanges = replay(recorded, settings_for(persona), client=ClientInfo("127.0.0.5"))
+# Recorded conversations whose rule the machine does not follow yet, and
+# why; each is a strict expected failure: one that starts to pass must
+# leave the list.
+NOT_YET = {
+    ("exim", "bdat_then_data"): "after QUIT in a refused chunked transaction Exim answers 221 after 0.4 s and "
+    "does not close within the recorder's grace (re-recorded: the same); the machine closes at once",
+    ("sendmail", "auth_unknown_mech"): "DIGEST-MD5, which Debian's sendmail offers: the SASL decoder has no "
+    "DIGEST-MD5 challenge (nonce, realm, qop) yet",
+    ("sendmail", "vrfy_expn"): "VRFY <bad, the 7th VRFY/EXPN, waits 1 s, where vrfy_many's 7th waits 2 s: "
+    "which VRFY/EXPN sendmail counts (a bare EXPN does, a bare VRFY?) is not understood yet",
+}
+
+
+CONVERSATIONS = [(persona, name) for persona in ("exim", "sendmail") for name in recordings(persona)]
+
+
+@pytest.mark.parametrize(("persona", "name"), CONVERSATIONS, ids=[f"{p}-{n}" for p, n in CONVERSATIONS])
+def test_recorded_conversation_byte_for_byte(persona, name, request):
+    if (persona, name) in NOT_YET:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=NOT_YET[persona, name]))
+    recorded = recordings(persona)[name]
+    if not recorded["exchanges"][0]["send"] and not recorded["exchanges"][0]["recv"]:
+        # The client talked first, before the greet pause ended: the trap
+        # knows that when it starts the session (the dial-back's wait).
+        recorded = {**recorded, "exchanges": recorded["exchanges"][1:]}
+    exchanges = replay(recorded, settings_for(persona, recorded["settings"]), client=client_for(recorded))
     for number, exchange in enumerate(exchanges):
-        assert normalised(exchange.got) == normalised(exchange.expected), f"{persona} {name} #{number}"
-        assert exchange.closed == exchange.expected_closed, f"{persona} {name} #{number}"
+        where = f"{persona} {name} #{number}: sent {exchange.send[:80]!r}"
+        assert normalised(exchange.got) == normalised(exchange.expected), where
+        assert exchange.closed == exchange.expected_closed, where
+        if exchange.timed_out or not exchange.expected:
+            continue  # the idle timeout is the adapter's clock; silence is the recorder's wait
+        # Where the server paused (greet pause, throttles), the machine asks for the same pause.
+        if exchange.expected_ms > 500:
+            assert abs(sum(exchange.delays_s) * 1000 - exchange.expected_ms) < 700, where
+        else:
+            assert sum(exchange.delays_s) < 0.5, where
 
 
 def test_exchange_as_microsoft_documents_it():

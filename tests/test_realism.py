@@ -38,7 +38,7 @@ async def test_nmap_takes_the_postfix_persona_for_postfix(start_trap):
     assert "Service Info: Host:  mail.example.test" in report
     report = await nmap("-sV", "-sC", "-p", str(trap.port), trap.host)
     assert (
-        "smtp-commands: mail.example.test, PIPELINING, SIZE 10240000, VRFY, ETRN, STARTTLS, AUTH PLAIN LOGIN, "
+        "smtp-commands: mail.example.test, PIPELINING, SIZE 10240000, VRFY, ETRN, STARTTLS, AUTH PLAIN LOGIN CRAM-MD5, "
         "ENHANCEDSTATUSCODES, 8BITMIME, DSN, SMTPUTF8, CHUNKING" in report
     ), report
     # Debian's snakeoil, which Postfix serves by default: the machine's name.

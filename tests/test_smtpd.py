@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from looper.proto.actions import Close, CloseReason, Send, StartTLS, Store
 from looper.proto.budget import MessageMemory
-from looper.proto.personas import POSTFIX
+from looper.proto.personas import PERSONAS, POSTFIX
 from looper.proto.sasl import cram_md5_digest
 from looper.proto.smtpd import MAX_WAITING_INPUT_BYTES, ClientInfo, Mode, SmtpServer, SmtpSettings
 from tests.smtp_replay import FixedEnvironment
@@ -252,11 +252,12 @@ COMMANDS = st.sampled_from(
 )
 
 
+@pytest.mark.parametrize("persona", sorted(PERSONAS))
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.one_of(COMMANDS, st.binary(max_size=64)), max_size=40), st.randoms(use_true_random=False))
-def test_any_input_split_anywhere_never_raises_and_stays_bounded(pieces, random):
+def test_any_input_split_anywhere_never_raises_and_stays_bounded(persona, pieces, random):
     stream = b"".join(pieces)
-    client = Client()
+    client = Client(replace(SETTINGS, persona=PERSONAS[persona]), ClientInfo("192.0.2.1", pregreet_bytes=random.randint(0, 1)))
     position = 0
     while position < len(stream) and not client.closed:
         step = random.randint(1, 64)
@@ -264,6 +265,8 @@ def test_any_input_split_anywhere_never_raises_and_stays_bounded(pieces, random)
         position += step
         assert client.machine._buffered_bytes() <= MAX_WAITING_INPUT_BYTES + 64
         assert client.machine.mode in Mode
+    if not client.closed and random.random() < 0.3:
+        client.machine.timed_out()  # the client went quiet: in a command, in DATA, half a line
     if not client.closed:
         client.say(b"")
     assert client.closed

@@ -63,6 +63,10 @@ def smtp_settings(config: Config, hostname: str, message_memory: MessageMemory |
         accept_after=smtp.accept_after,
         auth_mechanisms=smtp.auth_mechanisms,
         max_message_bytes=smtp.max_message_bytes or persona.default_max_message_bytes,
+        size_limit_configured=smtp.max_message_bytes is not None,
+        max_recipients=persona.default_max_recipients,
+        # sendmail offers STARTTLS only once a certificate is configured
+        tls_available=persona.offers_starttls_by_default or smtp.tls_cert is not None,
         idle_timeout_s=smtp.idle_timeout,
         greet_delay_s=smtp.greet_delay,
         reply_overrides=dict(smtp.replies),

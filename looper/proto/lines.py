@@ -51,6 +51,7 @@ class Ending(enum.Enum):
 class Overlong(enum.Enum):
     REFUSE = "refuse"
     TRUNCATE = "truncate"
+    SPLIT = "split"  # refused, and what follows the limit is read as the next line (Exim)
 
 
 class Refused(enum.Enum):
@@ -87,6 +88,13 @@ class LineReader:
     def raw_left(self) -> int:
         """Raw bytes still expected (see expect)."""
         return self._raw_left
+
+    def take_partial(self) -> bytes:
+        """The start of a line not complete yet, given up as it is (a
+        server that answers what it has when the client goes quiet)."""
+        partial = bytes(self._partial)
+        self._partial.clear()
+        return partial.removesuffix(b"\r")
 
     def clear(self) -> None:
         """Forget everything read so far (TLS starts: nothing before it counts)."""
@@ -137,6 +145,9 @@ class LineReader:
                 return Refused.FORBIDDEN_BYTE, found.start()
         if end > limit_at:
             truncated = bytes(partial) + data[start:limit_at] if self.overlong is Overlong.TRUNCATE else None
+            if self.overlong is Overlong.SPLIT:
+                partial.clear()
+                return Refused.TOO_LONG, limit_at
             self._discard_line()
             return (Refused.TOO_LONG if truncated is None else truncated), limit_at
         if lf < 0:

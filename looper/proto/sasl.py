@@ -79,12 +79,15 @@ def decode_response(line: bytes | str) -> bytes | Failure:
 class SaslExchange:
     """One authentication exchange of one mechanism."""
 
-    def __init__(self, mechanism: str, *, cram_challenge: str = "") -> None:
+    def __init__(self, mechanism: str, *, cram_challenge: str = "", empty_login_username: bool = False) -> None:
         mechanism = mechanism.upper()
         if mechanism not in MECHANISMS:
             raise ValueError(f"unsupported SASL mechanism {mechanism!r}")
         self.mechanism = mechanism
         self._cram_challenge = cram_challenge
+        # LOGIN with an empty user name goes on to the password (Exim's
+        # plaintext authenticator) instead of failing at once (Dovecot).
+        self._empty_login_username = empty_login_username
         self._username: str | None = None
         self.done = False
 
@@ -115,7 +118,7 @@ class SaslExchange:
             return self._finish(Credentials("PLAIN", username, password=password, authzid=authzid or None))
         if self.mechanism == "LOGIN":
             if self._username is None:
-                if not decoded:
+                if not decoded and not self._empty_login_username:
                     return self._finish(Failure.MALFORMED)  # no user name
                 self._username = as_text(decoded)
                 return Challenge(LOGIN_PASSWORD_PROMPT)

@@ -588,3 +588,11 @@ def test_input_held_while_storing_is_bounded():
     assert len(m._held) <= MAX_HELD_BYTES
     m.stored("/x")
     assert drain(m).startswith(b"* 3 EXISTS\r\n* 1 RECENT\r\na OK [APPENDUID 1796272220 3] Append completed")
+
+
+def test_a_login_after_the_clients_own_capability_lists_them_untagged():
+    # imap-login's client_ignores_capability_resp_code (imaps_login recording)
+    m = machine()
+    drain(m)
+    talk(m, "a CAPABILITY")
+    assert talk(m, "b LOGIN alice secret") == f"* CAPABILITY {POST_CAPS}\r\nb OK Logged in\r\n".encode()

@@ -291,6 +291,11 @@ class ImapServer:
         self._reads: set[tuple[str, int, str]] = set()
         self._append: tuple[str, SessionFolder, set[str], datetime, bytes] | None = None
         self._closed = False
+        # imap-login's client_ignores_capability_resp_code: a client that
+        # asked CAPABILITY itself before login (not after STARTTLS, where it
+        # must) gets the post-login list as an untagged line, not as a code.
+        self._starttls_used = False
+        self._capability_asked = False
         self._send(f"* OK [CAPABILITY {self._capabilities()}] {GREETING_TEXT}")
 
     # -- the machine's interface ----------------------------------------------------
@@ -556,6 +561,8 @@ class ImapServer:
     # -- any state ------------------------------------------------------------------------
 
     def _do_capability(self, tag: str, args: list[Token]) -> None:
+        if self.state is State.NOT_AUTHENTICATED and not self._starttls_used:
+            self._capability_asked = True
         self._send(f"* CAPABILITY {self._capabilities()}")
         if self.state is State.NOT_AUTHENTICATED:
             self._tagged(tag, "OK", "Pre-login capabilities listed, post-login capabilities have more.")
@@ -593,6 +600,7 @@ class ImapServer:
     def _do_starttls(self, tag: str, args: list[Token]) -> None:
         if self.tls:
             return self._tagged(tag, "BAD", "TLS is already active.")
+        self._starttls_used = True
         self._tagged(tag, "OK", "Begin TLS negotiation now.")
         self._actions.append(StartTLS())
         self.paused = True
@@ -671,6 +679,9 @@ class ImapServer:
             if "INBOX" not in self._folders:
                 self._folders["INBOX"] = SessionFolder.of(self.store.inbox)
             self._subscribed = set(self._folders)
+            if self._capability_asked:
+                self._send(f"* CAPABILITY {POSTLOGIN_CAPABILITIES}")
+                return self._send(f"{tag} OK Logged in")
             return self._send(f"{tag} OK [CAPABILITY {POSTLOGIN_CAPABILITIES}] Logged in")
         self._login_failed(credentials, "bad credentials")
         delay = LoginPolicy.failure_delay_s(self.auth_failures, AUTH_FAILURE_DELAY_S, AUTH_REPEAT_FAILURE_DELAY_S)

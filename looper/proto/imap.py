@@ -155,6 +155,8 @@ COMMANDS: dict[str, frozenset[State]] = {
     "STORE": _SEL, "COPY": _SEL, "MOVE": _SEL, "UID": _SEL,
 }
 
+UID_COMMANDS = frozenset({"FETCH", "SEARCH", "STORE", "COPY", "MOVE", "EXPUNGE"})
+
 _LITERAL_AT_END = re.compile(rb"\{(\d{1,20})(\+?)\}\Z")
 _TAG = re.compile(rb"[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|~]+\Z")
 
@@ -479,13 +481,16 @@ class ImapServer:
         prelogin = self.state is State.NOT_AUTHENTICATED
         if states is None or (prelogin and self.state not in states) or (not prelogin and not states & _POST):
             return self._bad_command(tag_text, name, "Unknown command")
+        shown = name
+        if name == "UID":  # Dovecot's UID commands are names in two words, known in any state after login
+            sub = rest.split(b" ", 1)[0].decode("utf-8", "replace").upper()
+            if not sub:
+                return self._bad_command(tag_text, "", "Invalid command name")
+            shown = f"UID {sub}"
+            if sub not in UID_COMMANDS:
+                return self._bad_command(tag_text, shown, "Unknown command")
         if self.state not in states:
             return self._bad_command(tag_text, name, NO_MAILBOX, plain=True)
-        if name == "UID":  # Dovecot names UID commands in two words
-            sub = rest.split(b" ", 1)[0].decode("utf-8", "replace").upper()
-            shown = f"UID {sub}" if sub else name
-        else:
-            shown = name
         try:
             args = tokens(rest)
         except ParseError as err:
@@ -587,12 +592,11 @@ class ImapServer:
         if self.state is State.NOT_AUTHENTICATED:
             self._send("* ENABLED")
             return self._tagged(tag, "OK", "ENABLE ignored in non-authenticated state.")
-        if not args:
-            raise ParseError()
         enabled = [a.upper() for a in args if isinstance(a, str) and a.upper() in ("CONDSTORE", "QRESYNC")]
         new = [name for name in enabled if name not in self._enabled]
         self._enabled.update(enabled)
-        self._send("* ENABLED" + "".join(f" {name}" for name in new))
+        if new:  # Dovecot sends the line only when it names something
+            self._send("* ENABLED" + "".join(f" {name}" for name in new))
         self._tagged(tag, "OK", "Enabled.")
 
     # -- not authenticated ----------------------------------------------------------------------
@@ -723,6 +727,8 @@ class ImapServer:
                 raise ParseError()
             returns = {a.upper() for a in args[3] if isinstance(a, str)}
             args = args[:2]
+        if not args or astring(args[0]) is None:
+            raise ParseError("Invalid reference")
         if len(args) != 2:
             raise ParseError()
         reference, pattern = astring(args[0]), astring(args[1])
@@ -1018,8 +1024,6 @@ class ImapServer:
         if not args or not isinstance(args[0], str):
             raise ParseError()
         sub = args[0].upper()
-        if sub not in ("FETCH", "SEARCH", "STORE", "COPY", "MOVE", "EXPUNGE"):
-            raise ParseError("Unknown command")
         if sub == "EXPUNGE":
             if len(args) != 2 or not isinstance(args[1], str):
                 raise ParseError()
@@ -1221,6 +1225,8 @@ class ImapServer:
         self._tagged(tag, "OK", "Store completed.")
 
     def _do_copy(self, tag: str, args: list[Token], uid: bool = False, *, move: bool = False) -> None:
+        if len(args) < 2:
+            raise ParseError("Missing arguments")
         if len(args) != 2:
             raise ParseError()
         ranges = self._ranges(args[0], uid=uid)

@@ -596,3 +596,15 @@ def test_a_login_after_the_clients_own_capability_lists_them_untagged():
     drain(m)
     talk(m, "a CAPABILITY")
     assert talk(m, "b LOGIN alice secret") == f"* CAPABILITY {POST_CAPS}\r\nb OK Logged in\r\n".encode()
+
+
+def test_store_of_recent_an_unknown_charset_and_status_as_named_as_dovecot():
+    # imap_store, imap_search and imap_status recordings
+    m = logged_in()
+    assert talk(m, "s STATUS inbox (MESSAGES)") == (
+        b"* STATUS inbox (MESSAGES 2)\r\ns OK Status completed (0.001 + 0.000 + 0.000 secs).\r\n")
+    talk(m, "s SELECT INBOX")
+    assert talk(m, "a STORE 1 +FLAGS (\\Recent)") == (
+        b"a BAD Error in IMAP command STORE: Invalid system flag \\RECENT (0.001 + 0.000 secs).\r\n")
+    assert talk(m, "b SEARCH CHARSET KOI9 ALL") == b"b NO [BADCHARSET] Unknown charset (0.001 + 0.000 secs).\r\n"
+    assert talk(m, "c SEARCH CHARSET utf-8 ALL") == b"* SEARCH 1 2\r\nc OK Search completed (0.001 + 0.000 secs).\r\n"

@@ -35,6 +35,7 @@ every read of bait (looper.bait.read).
 from __future__ import annotations
 
 import base64
+import codecs
 import enum
 import hashlib
 import re
@@ -873,7 +874,7 @@ class ImapServer:
                 values.append(f"SIZE {sum(len(m.content) for m in folder.messages)}")
             else:
                 raise ParseError(f"Invalid status item {item if isinstance(item, str) else ''}")
-        self._send(f"* STATUS {_mailbox_name(folder.name)} ({' '.join(values)})")
+        self._send(f"* STATUS {_mailbox_name(astring(args[0]) or name)} ({' '.join(values)})")  # as the client named it
         self._tagged(tag, "OK", "Status completed.", timing=TIMING_3)
 
     def _do_select(self, tag: str, args: list[Token], *, read_only: bool = False) -> None:
@@ -1181,9 +1182,7 @@ class ImapServer:
                 raise ParseError("Invalid arguments.")
             if token.startswith("\\"):
                 system = _SYSTEM_FLAGS_UPPER.get(token.upper())
-                if system is None:
-                    if token.upper() == "\\RECENT":
-                        continue
+                if system is None:  # \Recent too: only the server sets it
                     raise ParseError(f"Invalid system flag {token.upper()}")
                 flags.add(system)
             elif len(flags) < MAX_KEYWORDS:
@@ -1266,6 +1265,9 @@ class ImapServer:
         if args and isinstance(args[0], str) and args[0].upper() == "CHARSET":
             if len(args) < 2:
                 raise ParseError()
+            charset = astring(args[1])
+            if charset is None or not _known_charset(charset):
+                return self._tagged(tag, "NO", "[BADCHARSET] Unknown charset")
             args = args[2:]  # Dovecot converts any charset iconv knows; the bait is ASCII anyway
         if not args:
             raise ParseError("Missing search parameters")
@@ -1283,6 +1285,20 @@ class ImapServer:
                 flags: list[str] | None = None, how: str | None = None, to: str | None = None) -> None:
         self._emit("looper.imap.change", folder=folder.name, uid=message.uid, change=change,
                    flags=flags or [], how=how, to=to)
+
+
+# Charsets glibc's iconv (Dovecot's) knows and Python's codecs do not.
+_ICONV_ONLY_CHARSETS = frozenset({"KOI8", "KOI-8", "KOI-7", "KOI8R", "KOI8U", "CSKOI8R"})
+
+
+def _known_charset(name: str) -> bool:
+    """SEARCH CHARSET: one Dovecot's iconv converts, else [BADCHARSET]."""
+    if name.upper() in _ICONV_ONLY_CHARSETS:
+        return True
+    try:
+        return codecs.lookup(name)._is_text_encoding
+    except (LookupError, ValueError):
+        return False
 
 
 def _parse_datetime(text: str) -> datetime | None:

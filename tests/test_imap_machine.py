@@ -608,3 +608,12 @@ def test_store_of_recent_an_unknown_charset_and_status_as_named_as_dovecot():
         b"a BAD Error in IMAP command STORE: Invalid system flag \\RECENT (0.001 + 0.000 secs).\r\n")
     assert talk(m, "b SEARCH CHARSET KOI9 ALL") == b"b NO [BADCHARSET] Unknown charset (0.001 + 0.000 secs).\r\n"
     assert talk(m, "c SEARCH CHARSET utf-8 ALL") == b"* SEARCH 1 2\r\nc OK Search completed (0.001 + 0.000 secs).\r\n"
+
+
+def test_a_parse_error_before_login_is_the_parsers_text_and_not_counted():
+    # imap_syntax_errors_before_login_3 recording; imap-login returns before its bad counter
+    m = machine()
+    drain(m)
+    for tag in "abcd":
+        assert talk(m, f'{tag} LOGIN "admin') == f"{tag} BAD Missing '\"'\r\n".encode()
+    assert talk(m, "e NOOP") == b"e OK NOOP completed.\r\n"

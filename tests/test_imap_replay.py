@@ -81,8 +81,6 @@ def replay(recording: Recording) -> list[tuple[bytes, bytes, bool, bool]]:
 NOT_YET = {
     "imap_append.plaintext", "imap_append_huge_literal.plaintext", "imap_limits_after_login.plaintext",
     "imap_list_lsub.plaintext",
-    "imap_syntax_errors_before_login_3.plaintext",
-    "imap_syntax_errors_before_login_3.stock",
 }
 
 

@@ -480,6 +480,14 @@ class ImapServer:
         rest = head[2] if len(head) > 2 else b""
         states = COMMANDS.get(name)
         prelogin = self.state is State.NOT_AUTHENTICATED
+        if prelogin and name not in ("AUTHENTICATE", "ID"):
+            # imap-login parses the arguments before it looks the command
+            # up (AUTHENTICATE and ID read theirs themselves): a parse error
+            # is the parser's text, not counted as a bad command.
+            try:
+                tokens(rest)
+            except ParseError as err:
+                return self._send(f"{tag_text} BAD {err.reason}")
         if states is None or (prelogin and self.state not in states) or (not prelogin and not states & _POST):
             return self._bad_command(tag_text, name, "Unknown command")
         shown = name

@@ -80,7 +80,6 @@ def replay(recording: Recording) -> list[tuple[bytes, bytes, bool, bool]]:
 # that starts to match fails here until it is taken off the list).
 NOT_YET = {
     "imap_append.plaintext", "imap_append_huge_literal.plaintext", "imap_limits_after_login.plaintext",
-    "imap_list_lsub.plaintext",
 }
 
 

@@ -95,6 +95,11 @@ AUTH_FAILURE_DELAY_S = 2.0
 AUTH_REPEAT_FAILURE_DELAY_S = 6.0
 MAX_LOGGED_INPUT = 2048
 
+# The order in which the recording's Maildir listed the bait folders
+# (tests/data/dovecot/imap_list_lsub: its filesystem's readdir order, INBOX
+# aside): LIST answers in it, whatever the order of the bait.
+LIST_ORDER = ("Archive", "Sent", "Drafts", "Junk")
+
 # -- Dovecot's texts -------------------------------------------------------------------
 
 SEEN = "\\Seen"
@@ -151,7 +156,7 @@ COMMANDS: dict[str, frozenset[State]] = {
     "STARTTLS": _PRE, "LOGIN": _PRE, "AUTHENTICATE": _PRE,
     "SELECT": _POST, "EXAMINE": _POST, "NAMESPACE": _POST, "LIST": _POST, "LSUB": _POST, "STATUS": _POST,
     "SUBSCRIBE": _POST, "UNSUBSCRIBE": _POST, "CREATE": _POST, "DELETE": _POST, "RENAME": _POST,
-    "APPEND": _POST, "IDLE": _POST,
+    "APPEND": _POST, "IDLE": _POST, "XLIST": _POST,
     "CHECK": _SEL, "CLOSE": _SEL, "UNSELECT": _SEL, "EXPUNGE": _SEL, "SEARCH": _SEL, "FETCH": _SEL,
     "STORE": _SEL, "COPY": _SEL, "MOVE": _SEL, "UID": _SEL,
 }
@@ -289,7 +294,7 @@ class ImapServer:
         self._selected: SessionFolder | None = None
         self._read_only = False
         self._enabled: set[str] = set()
-        self._subscribed: set[str] = set()
+        self._subscribed: dict[str, None] = {}  # in the order of Dovecot's subscriptions file
         self._appended_bytes = 0
         self._reads: set[tuple[str, int, str]] = set()
         self._append: tuple[str, SessionFolder, set[str], datetime, bytes] | None = None
@@ -691,7 +696,7 @@ class ImapServer:
             self._folders = {f.name: SessionFolder.of(f) for f in self.store.folders}
             if "INBOX" not in self._folders:
                 self._folders["INBOX"] = SessionFolder.of(self.store.inbox)
-            self._subscribed = set(self._folders)
+            self._subscribed = dict.fromkeys(self._folders)
             if self._capability_asked:
                 self._send(f"* CAPABILITY {POSTLOGIN_CAPABILITIES}")
                 return self._send(f"{tag} OK Logged in")
@@ -719,7 +724,11 @@ class ImapServer:
         self._tagged(tag, "OK", "Namespace completed.")
 
     def _list_names(self) -> list[SessionFolder]:
+        """LIST's order: Dovecot's Maildir lists its folders in the order of
+        the directory (recorded: LIST_ORDER), INBOX last; a folder made in
+        the session comes first, as Dovecot listed the new one."""
         folders = [f for f in self._folders.values() if f.name != "INBOX"]
+        folders.sort(key=lambda f: LIST_ORDER.index(f.name) if f.name in LIST_ORDER else -1)
         inbox = self._folders.get("INBOX")
         return folders + ([inbox] if inbox is not None else [])
 
@@ -773,6 +782,8 @@ class ImapServer:
             self._send(f'* LIST ({" ".join(attributes)}) "/" {_mailbox_name(folder.name)}')
         self._tagged(tag, "OK", "List completed.")
 
+    _do_xlist = _do_list  # Dovecot still answers the old XLIST, as LIST
+
     def _do_lsub(self, tag: str, args: list[Token]) -> None:
         if len(args) != 2:
             raise ParseError()
@@ -780,8 +791,9 @@ class ImapServer:
         if reference is None or pattern is None:
             raise ParseError()
         matcher = _wildcard(reference + pattern)
-        for folder in self._list_names():
-            if folder.name in self._subscribed and matcher.match(folder.name):
+        for name in self._subscribed:  # the subscriptions file's order
+            folder = self._folders.get(name)
+            if folder is not None and matcher.match(folder.name):
                 attributes = folder.special_use or ""
                 self._send(f'* LSUB ({attributes}) "/" {_mailbox_name(folder.name)}')
         self._tagged(tag, "OK", "Lsub completed.")
@@ -792,14 +804,14 @@ class ImapServer:
         name, folder = self._folder(args[0])
         if folder is None:
             return self._tagged(tag, "NO", f"Mailbox doesn't exist: {name}")
-        self._subscribed.add(name)
+        self._subscribed[name] = None
         self._tagged(tag, "OK", "Subscribe completed.", timing=TIMING_3)
 
     def _do_unsubscribe(self, tag: str, args: list[Token]) -> None:
         if len(args) != 1:
             raise ParseError()
         name, _ = self._folder(args[0])
-        self._subscribed.discard(name)
+        self._subscribed.pop(name, None)
         self._tagged(tag, "OK", "Unsubscribe completed.")
 
     # CREATE, DELETE, RENAME: of the session's folders, like everything else.
@@ -830,7 +842,7 @@ class ImapServer:
             self._selected = None
             self.state = State.AUTHENTICATED
         del self._folders[name]
-        self._subscribed.discard(name)
+        self._subscribed.pop(name, None)
         self._change_folder(name, "delete")
         self._tagged(tag, "OK", "Delete completed.", timing=TIMING_3)
 

@@ -424,6 +424,8 @@ def test_limits():
         b"b BAD Error in IMAP command SELECT: Too long argument (0.001 + 0.000 secs).\r\n"
         b"c OK NOOP completed (0.001 + 0.000 secs).\r\n"
     )
+    # a command that reads no arguments never finds its line long (imap_limits_after_login recording)
+    assert talk(m, "d NOOP " + "x" * 5 * MAX_LINE_BYTES) == b"d OK NOOP completed (0.001 + 0.000 secs).\r\n"
     assert talk(m, "b SELECT {65000}") == b"+ OK\r\n"
     m = selected()
     assert talk(m, "a APPEND INBOX {999999999}") == (

@@ -161,6 +161,9 @@ COMMANDS: dict[str, frozenset[State]] = {
     "STORE": _SEL, "COPY": _SEL, "MOVE": _SEL, "UID": _SEL,
 }
 
+# Commands whose Dovecot handler reads no arguments: whatever follows the
+# name is skipped, however long the line (imap_limits_after_login recording).
+IGNORES_ARGUMENTS = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "NAMESPACE"})
 UID_COMMANDS = frozenset({"FETCH", "SEARCH", "STORE", "COPY", "MOVE", "EXPUNGE"})
 
 _LITERAL_AT_END = re.compile(rb"\{(\d{1,20})(\+?)\}\Z")
@@ -455,6 +458,8 @@ class ImapServer:
         head = start.split(b" ", 2)
         tag = head[0].decode("utf-8", "replace") if head[0] and _TAG.match(head[0]) else "*"
         name = head[1].decode("utf-8", "replace").upper() if len(head) > 1 else ""
+        if tag != "*" and name in IGNORES_ARGUMENTS:  # never reads the line, so never finds it long
+            return self._command(_Pending(bytearray(head[0] + b" " + head[1]), tag, name), logged=True)
         self._bad_command(tag, name, "Too long argument")
 
     def _emit_input(self, pending: _Pending) -> None:
@@ -467,9 +472,10 @@ class ImapServer:
 
     # -- dispatch ---------------------------------------------------------------------------
 
-    def _command(self, pending: _Pending) -> None:
+    def _command(self, pending: _Pending, *, logged: bool = False) -> None:
         self._commands += 1
-        self._emit_input(pending)
+        if not logged:
+            self._emit_input(pending)
         if self._commands > MAX_COMMANDS:
             self._send("* BYE Too many commands.")
             return self._close(CloseReason.CLOSED_BY_SERVER)

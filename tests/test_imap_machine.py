@@ -427,10 +427,18 @@ def test_limits():
     # a command that reads no arguments never finds its line long (imap_limits_after_login recording)
     assert talk(m, "d NOOP " + "x" * 5 * MAX_LINE_BYTES) == b"d OK NOOP completed (0.001 + 0.000 secs).\r\n"
     assert talk(m, "b SELECT {65000}") == b"+ OK\r\n"
+    # Dovecot asks for an APPEND of any size (imap_append_huge_literal
+    # recording: 4 GB); looper skips what is over its limit, keeps none of it, and refuses it
     m = selected()
-    assert talk(m, "a APPEND INBOX {999999999}") == (
+    assert talk(m, "a APPEND INBOX {20000000}") == b"+ OK\r\n"
+    for _ in range(20):
+        m.receive_data(b"x" * 1_000_000)
+    assert talk(m, "") == (
         b"a NO [TOOBIG] Mail size is larger than the maximum size allowed by server configuration (0.001 + 0.000 secs).\r\n"
     )
+    assert talk(m, "b NOOP") == b"b OK NOOP completed (0.001 + 0.000 secs).\r\n"
+    # the mailbox is opened before the message is asked for (imap_append recording)
+    assert talk(m, "c APPEND Nope (\\Seen) {5}") == b"c NO [TRYCREATE] Mailbox doesn't exist: Nope (0.001 + 0.000 secs).\r\n"
     m = selected()
     out = b""
     for _ in range(20):

@@ -14,9 +14,12 @@ Everything that affects transitions lives here:
 - input is read a line at a time (LineReader); a line that ends in a
   literal `{n}` / `{n+}` makes the next n octets raw; a command is complete
   at a line without one. A synchronizing literal is answered "+ OK".
-  A literal over its limit is refused before it is read: an APPEND's with
-  [TOOBIG] (a `{n+}` one skipped as it comes, never kept), any other with
-  Dovecot's "* BYE Literal size too large";
+  An APPEND to a mailbox that does not exist is refused before its
+  message ([TRYCREATE]; a `{n+}` one skipped as it comes). An APPEND's
+  literal over its limit is asked for ("+ OK", as Dovecot without quota
+  asks for 4 GB), skipped as it comes, never kept, then refused [TOOBIG];
+  any other literal over its limit gets Dovecot's "* BYE Literal size too
+  large";
 - AUTHENTICATE and IDLE read their continuation lines in their own modes
   (Mode).
 
@@ -66,7 +69,7 @@ MAX_LINE_BYTES = 65536
 MAX_COMMAND_BYTES = 65536
 MAX_PRELOGIN_LINE_BYTES = 1032
 MAX_PRELOGIN_LITERAL_BYTES = 8178
-# An APPEND's message: beyond it, [TOOBIG] without reading it.
+# An APPEND's message: beyond it, [TOOBIG] after skipping it unkept.
 MAX_APPEND_BYTES = 10 * 1024 * 1024
 # What a session may append in all (it lives in memory until the session ends).
 MAX_SESSION_APPEND_BYTES = 4 * MAX_APPEND_BYTES
@@ -411,24 +414,36 @@ class ImapServer:
         found = _LITERAL_AT_END.search(line)
         if found is None:
             self._pending = _Pending()
-            if pending.refused is not None:
-                self._emit_input(pending)
+            if pending.refused is not None:  # its input was logged when it was refused
                 return self._tagged(pending.tag, "NO", pending.refused)
             return self._command(pending)
         size, non_sync = int(found.group(1)), bool(found.group(2))
+        appending = pending.name == "APPEND" and self.state is not State.NOT_AUTHENTICATED
+        if pending.refused is None and appending:
+            # Dovecot opens the mailbox before it asks for the message
+            missing = self._append_target_missing(bytes(pending.data[: len(pending.data) - len(line) + found.start()]))
+            if missing is not None:
+                reason = f"[TRYCREATE] Mailbox doesn't exist: {missing}"
+                if not non_sync:  # the client waits for "+": it never sends the literal
+                    self._pending = _Pending()
+                    self._emit_input(pending)
+                    return self._tagged(pending.tag, "NO", reason)
+                pending.refused = reason  # skipped as it comes, never kept
+                self._emit_input(pending)
+                pending.data.clear()
         if pending.refused is None and len(pending.data) + size > pending.limit:
-            if pending.name != "APPEND" or self.state is State.NOT_AUTHENTICATED:
+            if not appending:
                 self._pending = _Pending()
                 self._emit_input(pending)
                 self._send("* BYE Literal size too large")
                 return self._close(CloseReason.CLOSED_BY_SERVER)
-            reason = "[TOOBIG] Mail size is larger than the maximum size allowed by server configuration"
-            if not non_sync:  # the client waits for "+": it never sends the literal
-                self._pending = _Pending()
-                self._emit_input(pending)
-                return self._tagged(pending.tag, "NO", reason)
-            pending.refused = reason  # skipped as it comes, never kept
+            # Dovecot (no quota) asks for any size, 4 GB too: "+ OK", then
+            # the message is skipped as it comes, never kept, and refused.
+            pending.refused = "[TOOBIG] Mail size is larger than the maximum size allowed by server configuration"
+            self._emit_input(pending)
             pending.data.clear()
+            if not non_sync:
+                self._send("+ OK")
         if pending.refused is None:
             pending.data += b"\r\n"
             if not non_sync:
@@ -461,6 +476,20 @@ class ImapServer:
         if tag != "*" and name in IGNORES_ARGUMENTS:  # never reads the line, so never finds it long
             return self._command(_Pending(bytearray(head[0] + b" " + head[1]), tag, name), logged=True)
         self._bad_command(tag, name, "Too long argument")
+
+    def _append_target_missing(self, head: bytes) -> str | None:
+        """An APPEND's mailbox, read from the command so far (up to its
+        message's literal), if it does not exist; None if it does or the
+        command does not parse (it fails later)."""
+        parts = head.split(b" ", 2)
+        try:
+            args = tokens(parts[2]) if len(parts) > 2 else []
+        except ParseError:
+            return None
+        if not args or astring(args[0]) is None:
+            return None
+        name, folder = self._folder(args[0])
+        return name if folder is None else None
 
     def _emit_input(self, pending: _Pending) -> None:
         data = bytes(pending.data)

@@ -241,6 +241,7 @@ class _Pending:
     name: str = ""
     limit: int = MAX_COMMAND_BYTES
     refused: str | None = None  # a literal over the limit: the reply once the line ends
+    target_known: bool = False  # an APPEND's mailbox has been read (and exists)
 
 
 @dataclass(slots=True)
@@ -419,9 +420,9 @@ class ImapServer:
             return self._command(pending)
         size, non_sync = int(found.group(1)), bool(found.group(2))
         appending = pending.name == "APPEND" and self.state is not State.NOT_AUTHENTICATED
-        if pending.refused is None and appending:
+        if pending.refused is None and appending and not pending.target_known:
             # Dovecot opens the mailbox before it asks for the message
-            missing = self._append_target_missing(bytes(pending.data[: len(pending.data) - len(line) + found.start()]))
+            missing = self._append_target(pending, bytes(pending.data[: len(pending.data) - len(line) + found.start()]))
             if missing is not None:
                 reason = f"[TRYCREATE] Mailbox doesn't exist: {missing}"
                 if not non_sync:  # the client waits for "+": it never sends the literal
@@ -477,10 +478,11 @@ class ImapServer:
             return self._command(_Pending(bytearray(head[0] + b" " + head[1]), tag, name), logged=True)
         self._bad_command(tag, name, "Too long argument")
 
-    def _append_target_missing(self, head: bytes) -> str | None:
-        """An APPEND's mailbox, read from the command so far (up to its
-        message's literal), if it does not exist; None if it does or the
-        command does not parse (it fails later)."""
+    def _append_target(self, pending: _Pending, head: bytes) -> str | None:
+        """An APPEND's mailbox, read from the command so far (up to this
+        literal), if it does not exist; None if it does (then it is not
+        read again), is this literal, or the command does not parse (it
+        fails later)."""
         parts = head.split(b" ", 2)
         try:
             args = tokens(parts[2]) if len(parts) > 2 else []
@@ -489,6 +491,7 @@ class ImapServer:
         if not args or astring(args[0]) is None:
             return None
         name, folder = self._folder(args[0])
+        pending.target_known = folder is not None
         return name if folder is None else None
 
     def _emit_input(self, pending: _Pending) -> None:

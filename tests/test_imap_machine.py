@@ -424,11 +424,21 @@ def test_limits():
         b"b BAD Error in IMAP command SELECT: Too long argument (0.001 + 0.000 secs).\r\n"
         b"c OK NOOP completed (0.001 + 0.000 secs).\r\n"
     )
+    # a command that reads no arguments never finds its line long (imap_limits_after_login recording)
+    assert talk(m, "d NOOP " + "x" * 5 * MAX_LINE_BYTES) == b"d OK NOOP completed (0.001 + 0.000 secs).\r\n"
     assert talk(m, "b SELECT {65000}") == b"+ OK\r\n"
+    # Dovecot asks for an APPEND of any size (imap_append_huge_literal
+    # recording: 4 GB); looper skips what is over its limit, keeps none of it, and refuses it
     m = selected()
-    assert talk(m, "a APPEND INBOX {999999999}") == (
+    assert talk(m, "a APPEND INBOX {20000000}") == b"+ OK\r\n"
+    for _ in range(20):
+        m.receive_data(b"x" * 1_000_000)
+    assert talk(m, "") == (
         b"a NO [TOOBIG] Mail size is larger than the maximum size allowed by server configuration (0.001 + 0.000 secs).\r\n"
     )
+    assert talk(m, "b NOOP") == b"b OK NOOP completed (0.001 + 0.000 secs).\r\n"
+    # the mailbox is opened before the message is asked for (imap_append recording)
+    assert talk(m, "c APPEND Nope (\\Seen) {5}") == b"c NO [TRYCREATE] Mailbox doesn't exist: Nope (0.001 + 0.000 secs).\r\n"
     m = selected()
     out = b""
     for _ in range(20):
@@ -588,3 +598,32 @@ def test_input_held_while_storing_is_bounded():
     assert len(m._held) <= MAX_HELD_BYTES
     m.stored("/x")
     assert drain(m).startswith(b"* 3 EXISTS\r\n* 1 RECENT\r\na OK [APPENDUID 1796272220 3] Append completed")
+
+
+def test_a_login_after_the_clients_own_capability_lists_them_untagged():
+    # imap-login's client_ignores_capability_resp_code (imaps_login recording)
+    m = machine()
+    drain(m)
+    talk(m, "a CAPABILITY")
+    assert talk(m, "b LOGIN alice secret") == f"* CAPABILITY {POST_CAPS}\r\nb OK Logged in\r\n".encode()
+
+
+def test_store_of_recent_an_unknown_charset_and_status_as_named_as_dovecot():
+    # imap_store, imap_search and imap_status recordings
+    m = logged_in()
+    assert talk(m, "s STATUS inbox (MESSAGES)") == (
+        b"* STATUS inbox (MESSAGES 2)\r\ns OK Status completed (0.001 + 0.000 + 0.000 secs).\r\n")
+    talk(m, "s SELECT INBOX")
+    assert talk(m, "a STORE 1 +FLAGS (\\Recent)") == (
+        b"a BAD Error in IMAP command STORE: Invalid system flag \\RECENT (0.001 + 0.000 secs).\r\n")
+    assert talk(m, "b SEARCH CHARSET KOI9 ALL") == b"b NO [BADCHARSET] Unknown charset (0.001 + 0.000 secs).\r\n"
+    assert talk(m, "c SEARCH CHARSET utf-8 ALL") == b"* SEARCH 1 2\r\nc OK Search completed (0.001 + 0.000 secs).\r\n"
+
+
+def test_a_parse_error_before_login_is_the_parsers_text_and_not_counted():
+    # imap_syntax_errors_before_login_3 recording; imap-login returns before its bad counter
+    m = machine()
+    drain(m)
+    for tag in "abcd":
+        assert talk(m, f'{tag} LOGIN "admin') == f"{tag} BAD Missing '\"'\r\n".encode()
+    assert talk(m, "e NOOP") == b"e OK NOOP completed.\r\n"

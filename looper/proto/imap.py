@@ -14,9 +14,12 @@ Everything that affects transitions lives here:
 - input is read a line at a time (LineReader); a line that ends in a
   literal `{n}` / `{n+}` makes the next n octets raw; a command is complete
   at a line without one. A synchronizing literal is answered "+ OK".
-  A literal over its limit is refused before it is read: an APPEND's with
-  [TOOBIG] (a `{n+}` one skipped as it comes, never kept), any other with
-  Dovecot's "* BYE Literal size too large";
+  An APPEND to a mailbox that does not exist is refused before its
+  message ([TRYCREATE]; a `{n+}` one skipped as it comes). An APPEND's
+  literal over its limit is asked for ("+ OK", as Dovecot without quota
+  asks for 4 GB), skipped as it comes, never kept, then refused [TOOBIG];
+  any other literal over its limit gets Dovecot's "* BYE Literal size too
+  large";
 - AUTHENTICATE and IDLE read their continuation lines in their own modes
   (Mode).
 
@@ -35,6 +38,7 @@ every read of bait (looper.bait.read).
 from __future__ import annotations
 
 import base64
+import codecs
 import enum
 import hashlib
 import re
@@ -65,7 +69,7 @@ MAX_LINE_BYTES = 65536
 MAX_COMMAND_BYTES = 65536
 MAX_PRELOGIN_LINE_BYTES = 1032
 MAX_PRELOGIN_LITERAL_BYTES = 8178
-# An APPEND's message: beyond it, [TOOBIG] without reading it.
+# An APPEND's message: beyond it, [TOOBIG] after skipping it unkept.
 MAX_APPEND_BYTES = 10 * 1024 * 1024
 # What a session may append in all (it lives in memory until the session ends).
 MAX_SESSION_APPEND_BYTES = 4 * MAX_APPEND_BYTES
@@ -93,6 +97,11 @@ PRELOGIN_TIMEOUT_S = 180.0
 AUTH_FAILURE_DELAY_S = 2.0
 AUTH_REPEAT_FAILURE_DELAY_S = 6.0
 MAX_LOGGED_INPUT = 2048
+
+# The order in which the recording's Maildir listed the bait folders
+# (tests/data/dovecot/imap_list_lsub: its filesystem's readdir order, INBOX
+# aside): LIST answers in it, whatever the order of the bait.
+LIST_ORDER = ("Archive", "Sent", "Drafts", "Junk")
 
 # -- Dovecot's texts -------------------------------------------------------------------
 
@@ -150,10 +159,15 @@ COMMANDS: dict[str, frozenset[State]] = {
     "STARTTLS": _PRE, "LOGIN": _PRE, "AUTHENTICATE": _PRE,
     "SELECT": _POST, "EXAMINE": _POST, "NAMESPACE": _POST, "LIST": _POST, "LSUB": _POST, "STATUS": _POST,
     "SUBSCRIBE": _POST, "UNSUBSCRIBE": _POST, "CREATE": _POST, "DELETE": _POST, "RENAME": _POST,
-    "APPEND": _POST, "IDLE": _POST,
+    "APPEND": _POST, "IDLE": _POST, "XLIST": _POST,
     "CHECK": _SEL, "CLOSE": _SEL, "UNSELECT": _SEL, "EXPUNGE": _SEL, "SEARCH": _SEL, "FETCH": _SEL,
     "STORE": _SEL, "COPY": _SEL, "MOVE": _SEL, "UID": _SEL,
 }
+
+# Commands whose Dovecot handler reads no arguments: whatever follows the
+# name is skipped, however long the line (imap_limits_after_login recording).
+IGNORES_ARGUMENTS = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "NAMESPACE"})
+UID_COMMANDS = frozenset({"FETCH", "SEARCH", "STORE", "COPY", "MOVE", "EXPUNGE"})
 
 _LITERAL_AT_END = re.compile(rb"\{(\d{1,20})(\+?)\}\Z")
 _TAG = re.compile(rb"[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|~]+\Z")
@@ -227,6 +241,7 @@ class _Pending:
     name: str = ""
     limit: int = MAX_COMMAND_BYTES
     refused: str | None = None  # a literal over the limit: the reply once the line ends
+    target_known: bool = False  # an APPEND's mailbox has been read (and exists)
 
 
 @dataclass(slots=True)
@@ -286,11 +301,16 @@ class ImapServer:
         self._selected: SessionFolder | None = None
         self._read_only = False
         self._enabled: set[str] = set()
-        self._subscribed: set[str] = set()
+        self._subscribed: dict[str, None] = {}  # in the order of Dovecot's subscriptions file
         self._appended_bytes = 0
         self._reads: set[tuple[str, int, str]] = set()
         self._append: tuple[str, SessionFolder, set[str], datetime, bytes] | None = None
         self._closed = False
+        # imap-login's client_ignores_capability_resp_code: a client that
+        # asked CAPABILITY itself before login (not after STARTTLS, where it
+        # must) gets the post-login list as an untagged line, not as a code.
+        self._starttls_used = False
+        self._capability_asked = False
         self._send(f"* OK [CAPABILITY {self._capabilities()}] {GREETING_TEXT}")
 
     # -- the machine's interface ----------------------------------------------------
@@ -395,24 +415,36 @@ class ImapServer:
         found = _LITERAL_AT_END.search(line)
         if found is None:
             self._pending = _Pending()
-            if pending.refused is not None:
-                self._emit_input(pending)
+            if pending.refused is not None:  # its input was logged when it was refused
                 return self._tagged(pending.tag, "NO", pending.refused)
             return self._command(pending)
         size, non_sync = int(found.group(1)), bool(found.group(2))
+        appending = pending.name == "APPEND" and self.state is not State.NOT_AUTHENTICATED
+        if pending.refused is None and appending and not pending.target_known:
+            # Dovecot opens the mailbox before it asks for the message
+            missing = self._append_target(pending, bytes(pending.data[: len(pending.data) - len(line) + found.start()]))
+            if missing is not None:
+                reason = f"[TRYCREATE] Mailbox doesn't exist: {missing}"
+                if not non_sync:  # the client waits for "+": it never sends the literal
+                    self._pending = _Pending()
+                    self._emit_input(pending)
+                    return self._tagged(pending.tag, "NO", reason)
+                pending.refused = reason  # skipped as it comes, never kept
+                self._emit_input(pending)
+                pending.data.clear()
         if pending.refused is None and len(pending.data) + size > pending.limit:
-            if pending.name != "APPEND" or self.state is State.NOT_AUTHENTICATED:
+            if not appending:
                 self._pending = _Pending()
                 self._emit_input(pending)
                 self._send("* BYE Literal size too large")
                 return self._close(CloseReason.CLOSED_BY_SERVER)
-            reason = "[TOOBIG] Mail size is larger than the maximum size allowed by server configuration"
-            if not non_sync:  # the client waits for "+": it never sends the literal
-                self._pending = _Pending()
-                self._emit_input(pending)
-                return self._tagged(pending.tag, "NO", reason)
-            pending.refused = reason  # skipped as it comes, never kept
+            # Dovecot (no quota) asks for any size, 4 GB too: "+ OK", then
+            # the message is skipped as it comes, never kept, and refused.
+            pending.refused = "[TOOBIG] Mail size is larger than the maximum size allowed by server configuration"
+            self._emit_input(pending)
             pending.data.clear()
+            if not non_sync:
+                self._send("+ OK")
         if pending.refused is None:
             pending.data += b"\r\n"
             if not non_sync:
@@ -442,7 +474,25 @@ class ImapServer:
         head = start.split(b" ", 2)
         tag = head[0].decode("utf-8", "replace") if head[0] and _TAG.match(head[0]) else "*"
         name = head[1].decode("utf-8", "replace").upper() if len(head) > 1 else ""
+        if tag != "*" and name in IGNORES_ARGUMENTS:  # never reads the line, so never finds it long
+            return self._command(_Pending(bytearray(head[0] + b" " + head[1]), tag, name), logged=True)
         self._bad_command(tag, name, "Too long argument")
+
+    def _append_target(self, pending: _Pending, head: bytes) -> str | None:
+        """An APPEND's mailbox, read from the command so far (up to this
+        literal), if it does not exist; None if it does (then it is not
+        read again), is this literal, or the command does not parse (it
+        fails later)."""
+        parts = head.split(b" ", 2)
+        try:
+            args = tokens(parts[2]) if len(parts) > 2 else []
+        except ParseError:
+            return None
+        if not args or astring(args[0]) is None:
+            return None
+        name, folder = self._folder(args[0])
+        pending.target_known = folder is not None
+        return name if folder is None else None
 
     def _emit_input(self, pending: _Pending) -> None:
         data = bytes(pending.data)
@@ -454,9 +504,10 @@ class ImapServer:
 
     # -- dispatch ---------------------------------------------------------------------------
 
-    def _command(self, pending: _Pending) -> None:
+    def _command(self, pending: _Pending, *, logged: bool = False) -> None:
         self._commands += 1
-        self._emit_input(pending)
+        if not logged:
+            self._emit_input(pending)
         if self._commands > MAX_COMMANDS:
             self._send("* BYE Too many commands.")
             return self._close(CloseReason.CLOSED_BY_SERVER)
@@ -472,15 +523,26 @@ class ImapServer:
         rest = head[2] if len(head) > 2 else b""
         states = COMMANDS.get(name)
         prelogin = self.state is State.NOT_AUTHENTICATED
+        if prelogin and name not in ("AUTHENTICATE", "ID"):
+            # imap-login parses the arguments before it looks the command
+            # up (AUTHENTICATE and ID read theirs themselves): a parse error
+            # is the parser's text, not counted as a bad command.
+            try:
+                tokens(rest)
+            except ParseError as err:
+                return self._send(f"{tag_text} BAD {err.reason}")
         if states is None or (prelogin and self.state not in states) or (not prelogin and not states & _POST):
             return self._bad_command(tag_text, name, "Unknown command")
+        shown = name
+        if name == "UID":  # Dovecot's UID commands are names in two words, known in any state after login
+            sub = rest.split(b" ", 1)[0].decode("utf-8", "replace").upper()
+            if not sub:
+                return self._bad_command(tag_text, "", "Invalid command name")
+            shown = f"UID {sub}"
+            if sub not in UID_COMMANDS:
+                return self._bad_command(tag_text, shown, "Unknown command")
         if self.state not in states:
             return self._bad_command(tag_text, name, NO_MAILBOX, plain=True)
-        if name == "UID":  # Dovecot names UID commands in two words
-            sub = rest.split(b" ", 1)[0].decode("utf-8", "replace").upper()
-            shown = f"UID {sub}" if sub else name
-        else:
-            shown = name
         try:
             args = tokens(rest)
         except ParseError as err:
@@ -556,6 +618,8 @@ class ImapServer:
     # -- any state ------------------------------------------------------------------------
 
     def _do_capability(self, tag: str, args: list[Token]) -> None:
+        if self.state is State.NOT_AUTHENTICATED and not self._starttls_used:
+            self._capability_asked = True
         self._send(f"* CAPABILITY {self._capabilities()}")
         if self.state is State.NOT_AUTHENTICATED:
             self._tagged(tag, "OK", "Pre-login capabilities listed, post-login capabilities have more.")
@@ -580,12 +644,11 @@ class ImapServer:
         if self.state is State.NOT_AUTHENTICATED:
             self._send("* ENABLED")
             return self._tagged(tag, "OK", "ENABLE ignored in non-authenticated state.")
-        if not args:
-            raise ParseError()
         enabled = [a.upper() for a in args if isinstance(a, str) and a.upper() in ("CONDSTORE", "QRESYNC")]
         new = [name for name in enabled if name not in self._enabled]
         self._enabled.update(enabled)
-        self._send("* ENABLED" + "".join(f" {name}" for name in new))
+        if new:  # Dovecot sends the line only when it names something
+            self._send("* ENABLED" + "".join(f" {name}" for name in new))
         self._tagged(tag, "OK", "Enabled.")
 
     # -- not authenticated ----------------------------------------------------------------------
@@ -593,6 +656,7 @@ class ImapServer:
     def _do_starttls(self, tag: str, args: list[Token]) -> None:
         if self.tls:
             return self._tagged(tag, "BAD", "TLS is already active.")
+        self._starttls_used = True
         self._tagged(tag, "OK", "Begin TLS negotiation now.")
         self._actions.append(StartTLS())
         self.paused = True
@@ -670,7 +734,10 @@ class ImapServer:
             self._folders = {f.name: SessionFolder.of(f) for f in self.store.folders}
             if "INBOX" not in self._folders:
                 self._folders["INBOX"] = SessionFolder.of(self.store.inbox)
-            self._subscribed = set(self._folders)
+            self._subscribed = dict.fromkeys(self._folders)
+            if self._capability_asked:
+                self._send(f"* CAPABILITY {POSTLOGIN_CAPABILITIES}")
+                return self._send(f"{tag} OK Logged in")
             return self._send(f"{tag} OK [CAPABILITY {POSTLOGIN_CAPABILITIES}] Logged in")
         self._login_failed(credentials, "bad credentials")
         delay = LoginPolicy.failure_delay_s(self.auth_failures, AUTH_FAILURE_DELAY_S, AUTH_REPEAT_FAILURE_DELAY_S)
@@ -695,7 +762,11 @@ class ImapServer:
         self._tagged(tag, "OK", "Namespace completed.")
 
     def _list_names(self) -> list[SessionFolder]:
+        """LIST's order: Dovecot's Maildir lists its folders in the order of
+        the directory (recorded: LIST_ORDER), INBOX last; a folder made in
+        the session comes first, as Dovecot listed the new one."""
         folders = [f for f in self._folders.values() if f.name != "INBOX"]
+        folders.sort(key=lambda f: LIST_ORDER.index(f.name) if f.name in LIST_ORDER else -1)
         inbox = self._folders.get("INBOX")
         return folders + ([inbox] if inbox is not None else [])
 
@@ -712,6 +783,8 @@ class ImapServer:
                 raise ParseError()
             returns = {a.upper() for a in args[3] if isinstance(a, str)}
             args = args[:2]
+        if not args or astring(args[0]) is None:
+            raise ParseError("Invalid reference")
         if len(args) != 2:
             raise ParseError()
         reference, pattern = astring(args[0]), astring(args[1])
@@ -747,6 +820,8 @@ class ImapServer:
             self._send(f'* LIST ({" ".join(attributes)}) "/" {_mailbox_name(folder.name)}')
         self._tagged(tag, "OK", "List completed.")
 
+    _do_xlist = _do_list  # Dovecot still answers the old XLIST, as LIST
+
     def _do_lsub(self, tag: str, args: list[Token]) -> None:
         if len(args) != 2:
             raise ParseError()
@@ -754,8 +829,9 @@ class ImapServer:
         if reference is None or pattern is None:
             raise ParseError()
         matcher = _wildcard(reference + pattern)
-        for folder in self._list_names():
-            if folder.name in self._subscribed and matcher.match(folder.name):
+        for name in self._subscribed:  # the subscriptions file's order
+            folder = self._folders.get(name)
+            if folder is not None and matcher.match(folder.name):
                 attributes = folder.special_use or ""
                 self._send(f'* LSUB ({attributes}) "/" {_mailbox_name(folder.name)}')
         self._tagged(tag, "OK", "Lsub completed.")
@@ -766,14 +842,14 @@ class ImapServer:
         name, folder = self._folder(args[0])
         if folder is None:
             return self._tagged(tag, "NO", f"Mailbox doesn't exist: {name}")
-        self._subscribed.add(name)
+        self._subscribed[name] = None
         self._tagged(tag, "OK", "Subscribe completed.", timing=TIMING_3)
 
     def _do_unsubscribe(self, tag: str, args: list[Token]) -> None:
         if len(args) != 1:
             raise ParseError()
         name, _ = self._folder(args[0])
-        self._subscribed.discard(name)
+        self._subscribed.pop(name, None)
         self._tagged(tag, "OK", "Unsubscribe completed.")
 
     # CREATE, DELETE, RENAME: of the session's folders, like everything else.
@@ -804,7 +880,7 @@ class ImapServer:
             self._selected = None
             self.state = State.AUTHENTICATED
         del self._folders[name]
-        self._subscribed.discard(name)
+        self._subscribed.pop(name, None)
         self._change_folder(name, "delete")
         self._tagged(tag, "OK", "Delete completed.", timing=TIMING_3)
 
@@ -856,7 +932,7 @@ class ImapServer:
                 values.append(f"SIZE {sum(len(m.content) for m in folder.messages)}")
             else:
                 raise ParseError(f"Invalid status item {item if isinstance(item, str) else ''}")
-        self._send(f"* STATUS {_mailbox_name(folder.name)} ({' '.join(values)})")
+        self._send(f"* STATUS {_mailbox_name(astring(args[0]) or name)} ({' '.join(values)})")  # as the client named it
         self._tagged(tag, "OK", "Status completed.", timing=TIMING_3)
 
     def _do_select(self, tag: str, args: list[Token], *, read_only: bool = False) -> None:
@@ -1007,8 +1083,6 @@ class ImapServer:
         if not args or not isinstance(args[0], str):
             raise ParseError()
         sub = args[0].upper()
-        if sub not in ("FETCH", "SEARCH", "STORE", "COPY", "MOVE", "EXPUNGE"):
-            raise ParseError("Unknown command")
         if sub == "EXPUNGE":
             if len(args) != 2 or not isinstance(args[1], str):
                 raise ParseError()
@@ -1166,9 +1240,7 @@ class ImapServer:
                 raise ParseError("Invalid arguments.")
             if token.startswith("\\"):
                 system = _SYSTEM_FLAGS_UPPER.get(token.upper())
-                if system is None:
-                    if token.upper() == "\\RECENT":
-                        continue
+                if system is None:  # \Recent too: only the server sets it
                     raise ParseError(f"Invalid system flag {token.upper()}")
                 flags.add(system)
             elif len(flags) < MAX_KEYWORDS:
@@ -1210,6 +1282,8 @@ class ImapServer:
         self._tagged(tag, "OK", "Store completed.")
 
     def _do_copy(self, tag: str, args: list[Token], uid: bool = False, *, move: bool = False) -> None:
+        if len(args) < 2:
+            raise ParseError("Missing arguments")
         if len(args) != 2:
             raise ParseError()
         ranges = self._ranges(args[0], uid=uid)
@@ -1249,6 +1323,9 @@ class ImapServer:
         if args and isinstance(args[0], str) and args[0].upper() == "CHARSET":
             if len(args) < 2:
                 raise ParseError()
+            charset = astring(args[1])
+            if charset is None or not _known_charset(charset):
+                return self._tagged(tag, "NO", "[BADCHARSET] Unknown charset")
             args = args[2:]  # Dovecot converts any charset iconv knows; the bait is ASCII anyway
         if not args:
             raise ParseError("Missing search parameters")
@@ -1266,6 +1343,20 @@ class ImapServer:
                 flags: list[str] | None = None, how: str | None = None, to: str | None = None) -> None:
         self._emit("looper.imap.change", folder=folder.name, uid=message.uid, change=change,
                    flags=flags or [], how=how, to=to)
+
+
+# Charsets glibc's iconv (Dovecot's) knows and Python's codecs do not.
+_ICONV_ONLY_CHARSETS = frozenset({"KOI8", "KOI-8", "KOI-7", "KOI8R", "KOI8U", "CSKOI8R"})
+
+
+def _known_charset(name: str) -> bool:
+    """SEARCH CHARSET: one Dovecot's iconv converts, else [BADCHARSET]."""
+    if name.upper() in _ICONV_ONLY_CHARSETS:
+        return True
+    try:
+        return codecs.lookup(name)._is_text_encoding
+    except (LookupError, ValueError):
+        return False
 
 
 def _parse_datetime(text: str) -> datetime | None:

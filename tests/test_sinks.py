@@ -228,6 +228,17 @@ async def hpfeeds_broker():
 # -- sessions -------------------------------------------------------------------
 
 
+@pytest.fixture
+def relay(relay):
+    """conftest's emulated relay, with the credential the sessions here log
+    in with (the default accepts none at the first try)."""
+
+    async def start(**sections):
+        return await relay(credentials=["admin:admin"], **sections)
+
+    return start
+
+
 def emulated_session(trap, *, login: bool = True) -> None:
     """A spammer's session with the emulated relay: EHLO, AUTH, one message."""
     with smtplib.SMTP(trap.host, trap.port, local_hostname="spam.example.org",

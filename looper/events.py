@@ -87,6 +87,8 @@ EVENT_FIELDS: dict[str, dict[str, str]] = {
     "looper.smtp.forbidden": {"input": "str"},
     "looper.login.success": _LOGIN,
     "looper.login.failed": {**_LOGIN, "reason": "str"},
+    "looper.bait.read": {"folder": "str", "uid": "int", "subject": "str|null", "what": "str"},
+    "looper.pop3.delete": {"action": "str", "uids": "list"},
     "looper.tls.established": {"version": "str", "cipher": "str"},
     "looper.tls.failed": {"error": "str"},
     "looper.dns.client": {

@@ -262,8 +262,12 @@ class Listen:
     # POP3, each plain (STARTTLS/STLS) and with implicit TLS.
     imap: tuple[Endpoint, ...] = _setting(tuple, _list_of(_endpoint))
     imaps: tuple[Endpoint, ...] = _setting(tuple, _list_of(_endpoint))
-    pop3: tuple[Endpoint, ...] = _setting(tuple, _list_of(_endpoint))
-    pop3s: tuple[Endpoint, ...] = _setting(tuple, _list_of(_endpoint))
+    pop3: tuple[Endpoint, ...] = _setting(
+        lambda: (Endpoint("0.0.0.0", 110), Endpoint("::", 110)), _list_of(_endpoint)
+    )
+    pop3s: tuple[Endpoint, ...] = _setting(
+        lambda: (Endpoint("0.0.0.0", 995), Endpoint("::", 995)), _list_of(_endpoint)
+    )
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ async def run_demo(folder: str, out: TextIO, colour: bool) -> dict:
     settings = {
         "sensor": "demo.looper.test",
         "shutdown_grace_s": 1,
-        "listen": {"smtp": [f"{TRAP}:{port}"]},
+        "listen": {"smtp": [f"{TRAP}:{port}"], "pop3": [], "pop3s": []},
         "dialback": {"port": dialback_port, "allow_private": True, "timeout": 2},
         "smtp": {"hostname": "mx.demo.looper.test"},
         "log": {"dir": folder},

@@ -116,7 +116,8 @@ async def start_trap(tmp_path):
                 "sensor": "trap.looper.test",
                 # A test's end stops the trap: its sessions get no grace.
                 "shutdown_grace_s": 0,
-                "listen": {"smtp": [f"{TRAP_HOST}:{port}"]},
+                # No bait POP3 server on port 110 unless a test asks for one.
+                "listen": {"smtp": [f"{TRAP_HOST}:{port}"], "pop3": [], "pop3s": []},
                 # The reflect path's tests expect the plain hang-up; those of
                 # the emulated relay ask for it.
                 "dialback": {"port": dialback_port, "allow_private": True, "timeout": 2, "on_failure": "hangup"},

@@ -16,7 +16,7 @@ def test_run_serves_until_sigterm(tmp_path):
     port = free_port()
     config = tmp_path / "looper.yaml"
     config.write_text(
-        f"sensor: cli-test\nlisten: {{smtp: ['127.0.0.1:{port}']}}\n"
+        f"sensor: cli-test\nlisten: {{smtp: ['127.0.0.1:{port}'], pop3: [], pop3s: []}}\n"
         f"dialback: {{port: 1, allow_private: true}}\nlog: {{dir: '{tmp_path / 'logs'}'}}\n"
         "smtp: {hostname: mx.cli.test}\nrun_as: null\n"  # as root too: test_privileges.py drops
     )
@@ -60,7 +60,7 @@ def test_run_says_why_it_cannot_listen(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         config = tmp_path / "looper.yaml"
-        config.write_text(f"listen: {{smtp: ['127.0.0.1:{port}']}}\nlog: {{dir: '{tmp_path / 'logs'}'}}\nrun_as: null\n")
+        config.write_text(f"listen: {{smtp: ['127.0.0.1:{port}'], pop3: [], pop3s: []}}\nlog: {{dir: '{tmp_path / 'logs'}'}}\nrun_as: null\n")
         result = subprocess.run(
             [sys.executable, "-m", "looper", "run", "-c", str(config)], capture_output=True, text=True, timeout=30
         )
@@ -76,7 +76,7 @@ def config_file(tmp_path, smtp: str = "") -> str:
     """A config that would start (a free port, a log.dir of its own) but for `smtp`."""
     config = tmp_path / "looper.yaml"
     config.write_text(
-        f"listen: {{smtp: ['127.0.0.1:{free_port()}']}}\nlog: {{dir: '{tmp_path / 'logs'}'}}\n"
+        f"listen: {{smtp: ['127.0.0.1:{free_port()}'], pop3: [], pop3s: []}}\nlog: {{dir: '{tmp_path / 'logs'}'}}\n"
         f"smtp: {{hostname: mx.cli.test, {smtp}}}\nrun_as: null\n"
     )
     return str(config)
@@ -155,7 +155,7 @@ def test_run_names_the_address_it_cannot_bind_and_what_to_do(tmp_path):
         port = taken.getsockname()[1]
         config = tmp_path / "looper.yaml"
         config.write_text(
-            f"listen: {{smtp: ['127.0.0.2:{free_port('127.0.0.2')}', '127.0.0.1:{port}']}}\n"
+            f"listen: {{smtp: ['127.0.0.2:{free_port('127.0.0.2')}', '127.0.0.1:{port}'], pop3: [], pop3s: []}}\n"
             f"log: {{dir: '{tmp_path / 'logs'}'}}\nsmtp: {{hostname: mx.cli.test}}\nrun_as: null\n"
         )
         result = looper("run", "-c", str(config))

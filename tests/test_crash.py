@@ -54,7 +54,7 @@ def write_config(folder: Path, log_dir: Path) -> tuple[Path, int]:
     port = free_port()
     config = folder / f"looper-{port}.yaml"
     config.write_text(
-        f"sensor: crash-test\nlisten: {{smtp: ['127.0.0.1:{port}']}}\n"
+        f"sensor: crash-test\nlisten: {{smtp: ['127.0.0.1:{port}'], pop3: [], pop3s: []}}\n"
         f"dialback: {{port: 1, allow_private: true}}\nlog: {{dir: '{log_dir}'}}\n"
         "smtp: {hostname: mx.crash.test}\nrun_as: null\n"
     )

@@ -200,6 +200,7 @@ def test_the_installed_service_runs_as_its_user_and_reopens_after_logrotate(inst
     config_path = installed.sysconfdir / "looper.yaml"
     config = yaml.safe_load(config_path.read_text())
     config["listen"]["smtp"] = [f"127.0.0.1:{port}"]
+    config["listen"].update(pop3=[], pop3s=[])  # no bait POP3 on 110 and 995 in a test
     config["dialback"].update(port=1, allow_private=True, timeout=2)
     config["smtp"]["hostname"] = "mx.install.test"
     test_config = installed.sysconfdir / "looper-test.yaml"

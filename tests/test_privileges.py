@@ -95,7 +95,7 @@ def test_root_names_a_user_or_group_that_is_missing(text, message):
 def test_a_missing_user_stops_check_config_and_run_alike(tmp_path):
     config = tmp_path / "looper.yaml"
     config.write_text(
-        f"listen: {{smtp: ['127.0.0.1:{free_port()}']}}\nlog: {{dir: '{tmp_path / 'logs'}'}}\n"
+        f"listen: {{smtp: ['127.0.0.1:{free_port()}'], pop3: [], pop3s: []}}\nlog: {{dir: '{tmp_path / 'logs'}'}}\n"
         "smtp: {hostname: mx.priv.test}\nrun_as: {user: no-such-user-here}\n"
     )
     for command in ("check-config", "run"):
@@ -255,7 +255,7 @@ def test_root_binds_then_runs_as_run_as_and_still_serves(system_user, open_folde
     port = free_port()
     config = open_folder / "looper.yaml"
     config.write_text(yaml.safe_dump({
-        "sensor": "priv-test", "listen": {"smtp": [f"127.0.0.1:{port}"]},
+        "sensor": "priv-test", "listen": {"smtp": [f"127.0.0.1:{port}"], "pop3": [], "pop3s": []},
         "dialback": {"port": 1, "allow_private": True, "timeout": 2},
         "smtp": {"hostname": "mx.priv.test"}, "log": {"dir": str(logs)},
         "run_as": {"user": system_user.pw_name},
@@ -300,7 +300,7 @@ def test_a_log_dir_the_user_cannot_reach_stops_run_in_one_line(system_user, open
     logs = tmp_path / "logs"  # under pytest's folder, which only root may enter
     config = open_folder / "looper.yaml"
     config.write_text(yaml.safe_dump({
-        "listen": {"smtp": [f"127.0.0.1:{free_port()}"]}, "dialback": {"port": 1, "allow_private": True},
+        "listen": {"smtp": [f"127.0.0.1:{free_port()}"], "pop3": [], "pop3s": []}, "dialback": {"port": 1, "allow_private": True},
         "smtp": {"hostname": "mx.priv.test"}, "log": {"dir": str(logs)}, "run_as": {"user": system_user.pw_name},
     }))
     child, said = start(argv, env, config)
@@ -319,7 +319,7 @@ def test_run_as_null_keeps_root_and_says_so(open_folder):
     port = free_port()
     config = open_folder / "looper.yaml"
     config.write_text(yaml.safe_dump({
-        "listen": {"smtp": [f"127.0.0.1:{port}"]}, "dialback": {"port": 1, "allow_private": True},
+        "listen": {"smtp": [f"127.0.0.1:{port}"], "pop3": [], "pop3s": []}, "dialback": {"port": 1, "allow_private": True},
         "smtp": {"hostname": "mx.priv.test"}, "log": {"dir": str(open_folder / "logs")}, "run_as": None,
     }))
     child, said = start([sys.executable], dict(os.environ), config)
@@ -351,7 +351,7 @@ def test_unprivileged_with_cap_net_bind_service_binds_port_25_as_today(system_us
     os.chown(logs, system_user.pw_uid, system_user.pw_gid)
     config = open_folder / "looper.yaml"
     config.write_text(yaml.safe_dump({
-        "listen": {"smtp": [f"{host}:25"]}, "dialback": {"port": 1, "allow_private": True},
+        "listen": {"smtp": [f"{host}:25"], "pop3": [], "pop3s": []}, "dialback": {"port": 1, "allow_private": True},
         "smtp": {"hostname": "mx.priv.test"}, "log": {"dir": str(logs)},
     }))
     setpriv = ["setpriv", f"--reuid={system_user.pw_uid}", f"--regid={system_user.pw_gid}", "--clear-groups",

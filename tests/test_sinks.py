@@ -484,7 +484,7 @@ def test_a_busy_metrics_port_stops_the_start_with_one_line(tmp_path, capsys):
         endpoint = f"127.0.0.1:{busy.getsockname()[1]}"
         config = tmp_path / "looper.yaml"
         config.write_text(
-            f"run_as: null\nlisten: {{smtp: ['127.0.0.1:{free_port()}']}}\n"
+            f"run_as: null\nlisten: {{smtp: ['127.0.0.1:{free_port()}'], pop3: [], pop3s: []}}\n"
             f"log: {{dir: '{tmp_path / 'logs'}'}}\nmetrics: {{listen: '{endpoint}'}}\n"
         )
         assert looper_main(["run", "--no-view", "-c", str(config)]) == 1
@@ -504,7 +504,7 @@ async def test_the_metrics_server_is_gone_when_the_trap_stops(tmp_path):
 
     endpoint = f"127.0.0.1:{free_port()}"
     config = parse_config(yaml.safe_dump({
-        "listen": {"smtp": [f"127.0.0.1:{free_port()}"]}, "log": {"dir": str(tmp_path / "logs")},
+        "listen": {"smtp": [f"127.0.0.1:{free_port()}"], "pop3": [], "pop3s": []}, "log": {"dir": str(tmp_path / "logs")},
         "metrics": {"listen": endpoint}, "smtp": {"hostname": "mx.trap.example.net"},
     }), "test")
     eventlog = open_event_log(config.sensor, config.log.dir, max_bytes=1 << 20, backups=1)
@@ -529,7 +529,7 @@ async def test_looper_run_sends_its_events_to_rsyslog_and_hpfeeds_and_serves_met
     port, metrics = free_port(), f"127.0.0.1:{free_port()}"
     config = tmp_path / "looper.yaml"
     config.write_text(
-        f"sensor: fleet-7\nlisten: {{smtp: ['127.0.0.1:{port}']}}\n"
+        f"sensor: fleet-7\nlisten: {{smtp: ['127.0.0.1:{port}'], pop3: [], pop3s: []}}\n"
         f"dialback: {{port: 1, allow_private: true}}\nlog: {{dir: '{tmp_path / 'logs'}'}}\n"
         "smtp: {hostname: mx.cli.test}\nrun_as: null\n"
         f"syslog: {{address: '127.0.0.1:{rsyslog.tcp_port}', transport: tcp, facility: local3}}\n"

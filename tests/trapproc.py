@@ -62,7 +62,7 @@ class TrapProcess:
         self.log_dir = tmp_path / "logs"
         config = {
             "sensor": "proc.looper.test",
-            "listen": {"smtp": [f"{TRAP_HOST}:{self.port}"]},
+            "listen": {"smtp": [f"{TRAP_HOST}:{self.port}"], "pop3": [], "pop3s": []},
             "dialback": {"port": 1, "allow_private": True, "timeout": 2},
             "smtp": {"hostname": "mx.proc.test"},
             "log": {"dir": str(self.log_dir)},

@@ -69,6 +69,10 @@ def test_capa_with_plaintext_disabled_then_after_stls():
     assert say(server, b"PASS secret") == (
         b"-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections.\r\n"
     )
+    assert say(server, b"PASS secret").startswith(b"-ERR [AUTH] Plaintext authentication disallowed")  # no USER
+    failed = [e.fields for e in server.events() if e.eventid == "looper.login.failed"]
+    assert failed == [{"mechanism": "USER", "username": "alice", "password": "secret", "reason": "plaintext disallowed"},
+                      {"mechanism": "USER", "username": None, "password": "secret", "reason": "plaintext disallowed"}]
     assert say(server, b"AUTH PLAIN AGFsaWNlAHNlY3JldA==") == b"-ERR [AUTH] Plaintext authentication disabled.\r\n"
     assert say(server, b"AUTH LOGIN") == b"-ERR [AUTH] Unsupported authentication mechanism.\r\n"
     server.receive_data(b"STLS\r\nCAPA\r\n")  # what follows STLS before the handshake is dropped

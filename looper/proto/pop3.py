@@ -288,6 +288,9 @@ class Pop3Server:
 
     def _too_long(self) -> None:
         self._emit("looper.command.input", input="(line too long)")
+        if self._state is State.SASL:  # "Authentication response too large": no reply
+            self._close(CloseReason.CLOSED_BY_SERVER)
+            return
         self._out += LINE_TOO_LONG if self._state is State.TRANSACTION else LOGIN_BUFFER_FULL
         self._close(CloseReason.CLOSED_BY_SERVER)
 
@@ -362,6 +365,7 @@ class Pop3Server:
 
     def _user_cmd(self, argument: str, raw: bytes) -> bool:
         if not self._plaintext_allowed:
+            self._user = argument  # refused, but a PASS that follows is logged with it
             self._out += PLAINTEXT_DISALLOWED
             return True
         self._user = argument
@@ -369,8 +373,16 @@ class Pop3Server:
         return True
 
     def _pass_cmd(self, argument: str, raw: bytes) -> bool:
+        if not self._plaintext_allowed:
+            # Dovecot refuses it unread; the password crossed the wire anyway.
+            user, self._user = self._user, None
+            self._auth_failures += 1
+            self._emit("looper.login.failed", reason="plaintext disallowed", mechanism="USER", username=user,
+                       password=argument)
+            self._out += PLAINTEXT_DISALLOWED
+            return True
         if self._user is None:
-            self._out += PLAINTEXT_DISALLOWED if not self._plaintext_allowed else NO_USERNAME
+            self._out += NO_USERNAME
             return True
         user, self._user = self._user, None
         self._login(Credentials("USER", user, password=argument))

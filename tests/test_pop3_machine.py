@@ -310,3 +310,17 @@ def test_hostile_bytes_never_raise(chunks):
         assert server._lines.buffered <= MAX_AUTH_LINE_BYTES
     server.receive_data(b"")
     server.connection_closed()
+
+
+def test_arguments_as_dovecot_reads_them():
+    server = logged_in()
+    assert say(server, b"LIST  1") == b"+OK 1 167\r\n"  # spaces before an argument are skipped
+    assert say(server, b"LIST +1") == b"-ERR Invalid message number: +1\r\n"
+    assert say(server, b"LIST 01") == b"+OK 1 167\r\n"
+    assert say(server, b"\x00") == b"-ERR Unknown command.\r\n"  # a NUL ends the line, a C string
+    assert say(server, b"\xff\xfe") == b"-ERR Unknown command: \xff\xfe\r\n"  # bytes echoed as they came
+    assert say(server, b"LIST \xe9") == b"-ERR Invalid message number: \xe9\r\n"
+    assert say(server, b"LIST 99999999999999999999999") == (
+        b"-ERR Message number too large: 99999999999999999999999\r\n"  # past 64 bits the number is shown
+    )
+    assert say(server, b"TOP 1 99999999999999999999999") == b"-ERR Size too large: 99999999999999999999999\r\n"

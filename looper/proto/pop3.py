@@ -298,8 +298,11 @@ class Pop3Server:
         if self._state is State.SASL:
             self._sasl_response(line)
             return
-        name, _, argument = line.partition(b" ")
-        verb = as_text(name).upper()
+        # Dovecot reads a line as a C string: a NUL ends it.
+        name, _, argument = line.split(b"\0", 1)[0].partition(b" ")
+        verb = as_text(name.upper())  # ASCII letters only, as C's toupper
+        if self._state is State.TRANSACTION:
+            argument = argument.lstrip(b" ")  # pop3's client_command_execute skips them
         if self._state is State.AUTHORIZATION:
             # pop3-login reads at most 8 bytes of a command name.
             verb = verb[:8] if len(verb) > 8 else verb
@@ -312,23 +315,23 @@ class Pop3Server:
             logged = name + b" " + re.match(rb"[A-Za-z0-9_-]{0,20}", argument).group() if argument else name
         self._emit("looper.command.input", input=as_text(logged))
         if verb not in ALLOWED[self._state]:
-            return self._unknown(verb, line)
+            return self._unknown(name.upper())
         handler = _LOGIN_HANDLERS if self._state is State.AUTHORIZATION else _HANDLERS
         # A handler says whether the command was good (the count of bad ones
         # in a row starts again), bad, or neither (AUTH, as in pop3-login).
-        good = handler[verb](self, as_text(argument), argument)
+        # After login an argument is echoed in errors byte for byte (latin-1 keeps every byte).
+        text = as_text(argument) if self._state is State.AUTHORIZATION else argument.decode("latin-1")
+        good = handler[verb](self, text, argument)
         if good:
             self._bad = 0
         elif good is not None:
             self._count_bad()
 
-    def _unknown(self, verb: str, line: bytes) -> None:
-        if self._state is State.AUTHORIZATION:
-            self._out += LOGIN_UNKNOWN
-        elif not line:
-            self._out += LOGIN_UNKNOWN  # an empty line: Dovecot names no command
+    def _unknown(self, name: bytes) -> None:
+        if self._state is State.AUTHORIZATION or not name:
+            self._out += LOGIN_UNKNOWN  # before login, and for an empty line, Dovecot names no command
         else:
-            self._out += b"-ERR Unknown command: " + verb.encode("utf-8", "replace") + b"\r\n"
+            self._out += b"-ERR Unknown command: " + name + b"\r\n"  # its bytes, whatever they are
         self._count_bad()
 
     def _count_bad(self) -> None:
@@ -505,13 +508,15 @@ class Pop3Server:
         digits = re.match(r"[0-9]*", argument).group()
         rest = argument[len(digits):]
         if not digits:
-            self._out += b"-ERR Invalid message number: " + argument.encode() + b"\r\n"
+            self._out += b"-ERR Invalid message number: " + argument.encode("latin-1") + b"\r\n"
             return None
         if int(digits) > _UINT_MAX:
-            self._out += b"-ERR Message number too large: " + rest.encode() + b"\r\n"
+            # Dovecot's str_parse_uint: past 64 bits it stops before it moves on
+            shown = argument if int(digits) > _UOFF_MAX else rest
+            self._out += b"-ERR Message number too large: " + shown.encode("latin-1") + b"\r\n"
             return None
         if not (rest.startswith(" ") if then_space else rest == ""):
-            self._out += b"-ERR Noise after message number: " + rest.encode() + b"\r\n"
+            self._out += b"-ERR Noise after message number: " + rest.encode("latin-1") + b"\r\n"
             return None
         number = int(digits)
         if number == 0 or number > len(self.folder.messages):
@@ -576,13 +581,13 @@ class Pop3Server:
         number, size = found
         digits = re.match(r"[0-9]*", size).group()
         if not digits:
-            self._out += b"-ERR Invalid size: " + size.encode() + b"\r\n"
+            self._out += b"-ERR Invalid size: " + size.encode("latin-1") + b"\r\n"
             return False
         if int(digits) > _UOFF_MAX:
-            self._out += b"-ERR Size too large: " + size[len(digits):].encode() + b"\r\n"
+            self._out += b"-ERR Size too large: " + size.encode("latin-1") + b"\r\n"
             return False
         if size[len(digits):]:
-            self._out += b"-ERR Noise after size: " + size[len(digits):].encode() + b"\r\n"
+            self._out += b"-ERR Noise after size: " + size[len(digits):].encode("latin-1") + b"\r\n"
             return False
         lines = int(digits)
         message = self._message(number)

@@ -83,8 +83,12 @@ OK = b"+OK\r\n"
 
 # Limits, Dovecot's. login-common: LOGIN_MAX_INBUF_SIZE = MASTER_AUTH_MAX_DATA_SIZE
 # (1024 + 128 + 64 + 2) - LOGIN_MAX_MASTER_PREFIX_LEN (128) - LOGIN_MAX_SESSION_ID_LEN (64)
-# = 1026 bytes of buffer: a line of 1025 bytes before its LF fills it.
-LOGIN_MAX_LINE_BYTES = 1025
+# = 1026 bytes of buffer. pop3-login takes the command name (at most 8
+# bytes, and the space after it) out of the buffer first: what is left of
+# the line, with its CR LF, must fit in it (measured: an unknown command of
+# 1032 bytes is answered, one of 1033 fills the buffer).
+LOGIN_INBUF_BYTES = 1026
+LOGIN_MAX_NAME_BYTES = 8  # pop3-login's CLIENT_MAX_CMD_LEN
 # An AUTH line's initial response and a SASL response: LOGIN_MAX_AUTH_BUF_SIZE.
 MAX_AUTH_LINE_BYTES = 8192
 # src/pop3/pop3-client.c: MAX_INBUF_SIZE 2048, a line and its LF.
@@ -177,6 +181,13 @@ def subject_of(content: bytes) -> str | None:
         return None if subject is None else str(subject)
     except Exception:  # a bait message the parser chokes on still reads
         return None
+
+
+def _name_bytes(line: bytes) -> int:
+    """What pop3-login takes out of its buffer as a command name: up to a
+    space (and the space), or its first LOGIN_MAX_NAME_BYTES bytes."""
+    space = line.find(b" ", 0, LOGIN_MAX_NAME_BYTES + 1)
+    return space + 1 if space >= 0 else min(len(line), LOGIN_MAX_NAME_BYTES)
 
 
 class Pop3Server:
@@ -304,9 +315,8 @@ class Pop3Server:
         if self._state is State.TRANSACTION:
             argument = argument.lstrip(b" ")  # pop3's client_command_execute skips them
         if self._state is State.AUTHORIZATION:
-            # pop3-login reads at most 8 bytes of a command name.
-            verb = verb[:8] if len(verb) > 8 else verb
-            if verb != "AUTH" and len(line) >= LOGIN_MAX_LINE_BYTES:
+            verb = verb[:LOGIN_MAX_NAME_BYTES]
+            if verb != "AUTH" and len(line) - _name_bytes(line) + 2 > LOGIN_INBUF_BYTES:
                 return self._too_long()
         logged = line
         if verb == "PASS":

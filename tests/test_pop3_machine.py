@@ -14,7 +14,7 @@ from looper.proto.actions import Close, CloseReason, Send, StartTLS
 from looper.proto.login import LoginPolicy
 from looper.proto.mailbox import BaitFolder, BaitMessage
 from looper.proto.pop3 import (
-    ALLOWED, AUTH_FAILURE_DELAY_S, GREETING, MAX_AUTH_LINE_BYTES, Pop3Client, Pop3Server, Pop3Settings, State,
+    ALLOWED, AUTH_FAILURE_DELAY_S, GREETING, failure_delay_s, MAX_AUTH_LINE_BYTES, Pop3Client, Pop3Server, Pop3Settings, State,
 )
 
 M1 = (
@@ -124,6 +124,13 @@ def test_a_failed_login_waits_dovecots_delay_and_the_next_one_gets_in():
     assert (success.eventid, success.fields) == (
         "looper.login.success", {"mechanism": "PLAIN", "username": "alice", "password": "secret"}
     )
+
+
+def test_failure_delays_are_dovecots_with_its_auth_penalty():
+    assert [failure_delay_s(n) for n in range(1, 8)] == [2, 6, 6, 6, 2, 2, 2]  # measured, back to back
+    server = Pop3Server(Pop3Settings(POLICY), Pop3Client("192.0.2.7", earlier_auth_failures=1), INBOX)
+    server.receive_data(b"USER alice\r\nPASS wrong\r\n")
+    assert server.actions()[-1] == Send(b"-ERR [AUTH] Authentication failed.\r\n", 6.0)  # across sessions
 
 
 def test_three_bad_commands_before_login_end_the_session():

@@ -255,6 +255,15 @@ def test_idle_timeouts_are_dovecots():
     assert logged_in().idle_timeout_s == 600
 
 
+def test_goodbyes_when_the_trap_stops():
+    server = machine()
+    server.shutting_down(CloseReason.SHUTDOWN)
+    assert server.actions() == [Send(b"-ERR Shutting down\r\n"), Close(CloseReason.SHUTDOWN)]
+    server = logged_in()
+    server.shutting_down(CloseReason.MAX_SECONDS)
+    assert server.actions() == [Send(b"-ERR [SYS/TEMP] Server shutting down.\r\n"), Close(CloseReason.MAX_SECONDS)]
+
+
 def test_harvester_mode_and_accept_after():
     server = machine(policy=LoginPolicy(frozenset({("alice", "secret")}), admits=False))
     say(server, b"USER alice")

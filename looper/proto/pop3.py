@@ -78,7 +78,8 @@ TOO_MANY_BAD = b"-ERR Too many bad commands.\r\n"
 LINE_TOO_LONG = b"-ERR Input line too long.\r\n"
 INACTIVITY = b"-ERR Disconnected for inactivity.\r\n"
 INACTIVITY_IN_AUTH = b"-ERR Disconnected for inactivity during authentication.\r\n"
-SHUTTING_DOWN = b"-ERR Server shutting down.\r\n"
+LOGIN_SHUTTING_DOWN = b"-ERR Shutting down\r\n"  # login-common's clients_destroy_all
+SHUTTING_DOWN = b"-ERR [SYS/TEMP] Server shutting down.\r\n"  # pop3's
 MARKED_DELETED = b"+OK Marked to be deleted.\r\n"
 IS_DELETED = b"-ERR Message is deleted.\r\n"
 OK = b"+OK\r\n"
@@ -275,7 +276,7 @@ class Pop3Server:
     def shutting_down(self, reason: CloseReason = CloseReason.SHUTDOWN) -> None:
         if self._state is State.CLOSED:
             return
-        self._out += SHUTTING_DOWN
+        self._out += SHUTTING_DOWN if self._state in (State.TRANSACTION, State.UPDATE) else LOGIN_SHUTTING_DOWN
         self._close(reason)
 
     def connection_closed(self) -> None:

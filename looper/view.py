@@ -43,6 +43,8 @@ FORMATS: dict[str, str] = {
     "looper.smtp.forbidden": "forbidden input, hung up: {input}",
     "looper.login.success": "LOGIN ACCEPTED {mechanism} {username}:{password}",
     "looper.login.failed": "login failed {mechanism} {username}:{password} ({reason})",
+    "looper.bait.read": "BAIT READ {folder} uid {uid} ({what}): {subject}",
+    "looper.pop3.delete": "pop3 {action}: uids {uids}",
     "looper.tls.established": "TLS {version} {cipher}",
     "looper.tls.failed": "TLS failed: {error}",
     "looper.dns.client": "dns: ptr {ptr}, fcrdns {fcrdns}, dnsbl {dnsbl}, helo {helo} resolves {helo_resolves}",

@@ -87,6 +87,14 @@ def test_capa_with_plaintext_disabled_then_after_stls():
     assert say(server, b"PASS secret") == b"+OK Logged in.\r\n"
 
 
+def test_a_client_on_the_servers_own_address_counts_as_secured():
+    server = Pop3Server(Pop3Settings(POLICY, ("PLAIN",), plaintext_login=False),
+                        Pop3Client("127.0.0.1", local_ip="127.0.0.1"), INBOX)
+    server.actions()
+    assert b"USER\r\nSASL PLAIN\r\n" in say(server, b"CAPA")
+    assert say(server, b"USER alice") == b"+OK\r\n"
+
+
 def test_login_replies():
     server = machine()
     assert say(server, b"APOP alice abc") == b"-ERR APOP not enabled.\r\n"

@@ -46,7 +46,7 @@ def serve_pop3(
     ip = info.src_ip
     machine = Pop3Server(
         pop3_settings(context.config),
-        Pop3Client(ip=ip, tls=implicit_tls, earlier_auth_failures=context.login_failures.of(ip)),
+        Pop3Client(ip=ip, tls=implicit_tls, earlier_auth_failures=context.login_failures.of(ip), local_ip=info.dst_ip),
         context.bait.inbox,
     )
 

@@ -150,6 +150,7 @@ class Pop3Client:
     ip: str = ""
     tls: bool = False  # implicit TLS (pop3s)
     earlier_auth_failures: int = 0  # from this address, in earlier sessions, any protocol
+    local_ip: str | None = None  # the address it reached: the same as its own counts as secured, as in Dovecot
 
 
 def uidl(message: BaitMessage, folder: BaitFolder) -> str:
@@ -373,7 +374,7 @@ class Pop3Server:
 
     @property
     def _plaintext_allowed(self) -> bool:
-        return self.settings.plaintext_login or self._tls
+        return self.settings.plaintext_login or self._tls or self.client.ip == self.client.local_ip
 
     def _mechanisms(self) -> tuple[str, ...]:
         """What CAPA's SASL line and AUTH's list offer: Dovecot hides the

@@ -149,3 +149,20 @@ async def test_stls_and_plaintext_login_disabled(relay):
     assert "USER" in after and after["SASL"] == ["PLAIN"] and "STLS" not in after
     assert reply == b"+OK Logged in."
     assert await trap.events.wait_for("looper.login.success", username="j.doe")
+
+
+async def test_a_client_that_pipelines_thousands_of_retrs_gets_them_all(relay):
+    trap, port, _ = await bait_trap(relay)
+
+    def greedy():
+        with socket.create_connection(("127.0.0.1", port), timeout=20, source_address=(CLIENT, 0)) as sock:
+            sock.sendall(b"USER j.doe\r\nPASS Summer2026\r\n" + b"RETR 1\r\n" * 3000 + b"QUIT\r\n")
+            received = bytearray()
+            while chunk := sock.recv(1 << 16):
+                received += chunk
+            return bytes(received)
+
+    received = await asyncio.to_thread(greedy)
+    reply = b"+OK %d octets\r\n" % len(VPN) + VPN.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+    assert received.count(reply) == 3000
+    assert received.endswith(b"+OK Logging out.\r\n")

@@ -14,7 +14,7 @@ from looper.proto.actions import Close, CloseReason, Send, StartTLS
 from looper.proto.login import LoginPolicy
 from looper.proto.mailbox import BaitFolder, BaitMessage
 from looper.proto.pop3 import (
-    ALLOWED, AUTH_FAILURE_DELAY_S, GREETING, failure_delay_s, MAX_AUTH_LINE_BYTES, Pop3Client, Pop3Server, Pop3Settings, State,
+    ALLOWED, AUTH_FAILURE_DELAY_S, GREETING, OUTPUT_BUDGET_BYTES, failure_delay_s, MAX_AUTH_LINE_BYTES, Pop3Client, Pop3Server, Pop3Settings, State,
 )
 
 M1 = (
@@ -306,6 +306,8 @@ def _run(chunks: list[bytes]) -> tuple[bytes, list, int]:
     largest = 0
     for chunk in chunks:
         server.receive_data(chunk)
+        while server.backlog:
+            server.continue_reading()
         for action in server.actions():
             if isinstance(action, Send):
                 out += action.data
@@ -355,3 +357,21 @@ def test_arguments_as_dovecot_reads_them():
         b"-ERR Message number too large: 99999999999999999999999\r\n"  # past 64 bits the number is shown
     )
     assert say(server, b"TOP 1 99999999999999999999999") == b"-ERR Size too large: 99999999999999999999999\r\n"
+
+
+def test_pipelined_retrs_wait_behind_an_output_budget():
+    server = logged_in()
+    chunk = b"RETR 1\r\n" * 5000  # 5000 messages asked for in one read
+    server.receive_data(chunk)
+    first = b"".join(a.data for a in server.actions())
+    assert OUTPUT_BUDGET_BYTES <= len(first) < OUTPUT_BUDGET_BYTES + 1024
+    assert server.backlog and server.paused  # the rest of the read waits, and nothing more is read
+    out = bytearray(first)
+    while server.backlog:
+        server.continue_reading()
+        piece = b"".join(a.data for a in server.actions())
+        assert len(piece) < OUTPUT_BUDGET_BYTES + 1024
+        out += piece
+    reply = b"+OK 167 octets\r\n" + M1.replace(b"\n.d", b"\n..d") + b".\r\n"
+    assert bytes(out) == reply * 5000
+    assert not server.paused

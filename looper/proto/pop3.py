@@ -111,6 +111,14 @@ AUTH_PENALTY_FAILURES = range(2, 5)
 # Ours: a session that keeps talking forever is cut (Dovecot has no such
 # limit; a client that sends this many commands is no mail client).
 MAX_COMMANDS = 100_000
+# Output made from one read before the rest of it waits (`backlog`) until the
+# client has taken what was written: a chunk of pipelined RETRs would
+# otherwise become thousands of messages in memory at once. Dovecot, too,
+# stops reading commands while its output buffer is full.
+OUTPUT_BUDGET_BYTES = 256 * 1024
+# Input held meanwhile: the adapter stops reading while the machine is
+# paused, so this is one read and what was already in flight.
+MAX_BACKLOG_BYTES = 1024 * 1024
 _UINT_MAX = 2**32 - 1
 _UOFF_MAX = 2**64 - 1
 
@@ -212,7 +220,7 @@ class Pop3Server:
 
     __slots__ = (
         "settings", "client", "folder", "idle_timeout_s", "_state", "_lines", "_out", "_actions", "_events",
-        "_tls", "_tls_pending", "_bad", "_commands", "_user", "_auth_failures", "_sasl", "_deleted", "_subjects",
+        "_tls", "_tls_pending", "_backlog", "_eof_pending", "_bad", "_commands", "_user", "_auth_failures", "_sasl", "_deleted", "_subjects",
     )
 
     def __init__(self, settings: Pop3Settings, client: Pop3Client, folder: BaitFolder) -> None:
@@ -227,6 +235,8 @@ class Pop3Server:
         self._events: list[Event] = []
         self._tls = client.tls
         self._tls_pending = False  # STLS answered, the handshake not done yet
+        self._backlog = b""  # input not read yet: the output budget was spent (see continue_reading)
+        self._eof_pending = False  # the client's EOF came behind the backlog
         self._bad = 0  # bad commands in a row
         self._commands = 0
         self._user: str | None = None  # USER's argument, until PASS
@@ -243,7 +253,20 @@ class Pop3Server:
 
     @property
     def paused(self) -> bool:
-        return self._tls_pending
+        return self._tls_pending or bool(self._backlog)
+
+    @property
+    def backlog(self) -> bool:
+        """Input waits because the output budget is spent: once what was
+        written has been taken, the adapter calls continue_reading()."""
+        return bool(self._backlog) and self._state is not State.CLOSED
+
+    def continue_reading(self) -> None:
+        data, self._backlog = self._backlog, b""
+        self._read(data)
+        if self._eof_pending and not self._backlog and self._state is not State.CLOSED:
+            self._close(CloseReason.CLOSED_BY_CLIENT)
+        self._flush()
 
     @property
     def auth_failures(self) -> int:
@@ -262,6 +285,14 @@ class Pop3Server:
     def receive_data(self, data: bytes) -> None:
         if self._state is State.CLOSED or self._tls_pending:
             return  # after STLS, nothing sent before the handshake counts (RFC 2595 4)
+        if self._backlog:  # in flight before the adapter stopped reading
+            if not data:
+                self._eof_pending = True
+            elif len(self._backlog) + len(data) > MAX_BACKLOG_BYTES:
+                self._close(CloseReason.CLOSED_BY_SERVER)
+            else:
+                self._backlog += data
+            return
         if not data:
             self._close(CloseReason.CLOSED_BY_CLIENT)
             return
@@ -283,6 +314,7 @@ class Pop3Server:
     def connection_closed(self) -> None:
         self._state = State.CLOSED
         self._sasl = None
+        self._backlog = b""
 
     def tls_started(self, version: str = "", cipher: str = "") -> None:
         self._tls = True
@@ -302,6 +334,9 @@ class Pop3Server:
         while start < len(data) and self._state is not State.CLOSED:
             if self._tls_pending:
                 return  # what came after STLS is dropped, as a TLS server must
+            if self._output_held() >= OUTPUT_BUDGET_BYTES:
+                self._backlog = data[start:]
+                return
             line, start = self._lines.read_line(data, start)
             if line is None:
                 return
@@ -666,6 +701,10 @@ class Pop3Server:
 
     def _emit(self, eventid: str, **fields: Any) -> None:
         self._events.append(Event(eventid, fields))
+
+    def _output_held(self) -> int:
+        """Bytes made and not yet handed to the adapter."""
+        return len(self._out) + sum(len(a.data) for a in self._actions if isinstance(a, Send))
 
     def _flush(self) -> None:
         if self._out:

@@ -509,7 +509,6 @@ class Pop3Server:
         return None
 
     def _sasl_response(self, line: bytes) -> None:
-        self._emit("looper.command.input", input="(SASL response)")
         if line.strip() == b"=":
             # "=" is no response in POP3 (only SMTP's initial one has it).
             mechanism = self._sasl.mechanism

@@ -375,3 +375,15 @@ def test_pipelined_retrs_wait_behind_an_output_budget():
     reply = b"+OK 167 octets\r\n" + M1.replace(b"\n.d", b"\n..d") + b".\r\n"
     assert bytes(out) == reply * 5000
     assert not server.paused
+
+
+def test_a_session_ends_after_max_commands():
+    from looper.proto.pop3 import MAX_COMMANDS
+
+    server = logged_in()  # USER and PASS were two
+    server.receive_data(b"NOOP\r\n" * (MAX_COMMANDS - 2))
+    while server.backlog:
+        server.continue_reading()
+    assert all(isinstance(a, Send) for a in server.actions())
+    server.receive_data(b"NOOP\r\n")
+    assert server.actions() == [Close(CloseReason.CLOSED_BY_SERVER)]

@@ -331,10 +331,11 @@ class Pop3Server:
 
     def _read(self, data: bytes) -> None:
         start = 0
+        held_before = self._output_held()  # the budget is of what this read makes: each read moves on
         while start < len(data) and self._state is not State.CLOSED:
             if self._tls_pending:
                 return  # what came after STLS is dropped, as a TLS server must
-            if self._output_held() >= OUTPUT_BUDGET_BYTES:
+            if self._output_held() - held_before >= OUTPUT_BUDGET_BYTES:
                 self._backlog = data[start:]
                 return
             line, start = self._lines.read_line(data, start)

@@ -266,8 +266,12 @@ class Listen:
     imaps: tuple[Endpoint, ...] = _setting(
         lambda: (Endpoint("0.0.0.0", 993), Endpoint("::", 993)), _list_of(_endpoint)
     )
-    pop3: tuple[Endpoint, ...] = _setting(tuple, _list_of(_endpoint))
-    pop3s: tuple[Endpoint, ...] = _setting(tuple, _list_of(_endpoint))
+    pop3: tuple[Endpoint, ...] = _setting(
+        lambda: (Endpoint("0.0.0.0", 110), Endpoint("::", 110)), _list_of(_endpoint)
+    )
+    pop3s: tuple[Endpoint, ...] = _setting(
+        lambda: (Endpoint("0.0.0.0", 995), Endpoint("::", 995)), _list_of(_endpoint)
+    )
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,7 @@ EVENT_FIELDS: dict[str, dict[str, str]] = {
         "folder": "str", "uid": "int", "size": "int", "sha256": "str", "path": "str|null", "flags": "list",
         "subject": "str|null", "message_id": "str|null",
     },
+    "looper.pop3.delete": {"action": "str", "uids": "list"},
     "looper.tls.established": {"version": "str", "cipher": "str"},
     "looper.tls.failed": {"error": "str"},
     "looper.dns.client": {

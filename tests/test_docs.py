@@ -9,7 +9,7 @@ from looper.events import COMMON_FIELDS, EVENT_FIELDS
 ROOT = Path(__file__).parent.parent
 DOCS = (ROOT / "docs/events.md").read_text()
 # An event id in the code is a whole string literal: "looper.<area>.<what>".
-EVENT_ID = re.compile(r"""(?<=["'])looper\.[a-z_]+\.[a-z_]+(?=["'])""")
+EVENT_ID = re.compile(r"""(?<=["'])looper\.[a-z0-9_]+\.[a-z0-9_]+(?=["'])""")  # pop3 has a digit
 HEADING = re.compile(r"^(#{2,3}) (.*)$", re.M)
 
 
@@ -24,7 +24,7 @@ def documented_sections() -> dict[tuple[str, ...], set[str]]:
         for row in re.findall(r"^\| ([^|]+) \|", body, re.M):
             names |= set(re.findall(r"`([a-z_][a-z_0-9]*)`", row))
         if heading.group(1) == "###":
-            sections[tuple(re.findall(r"`(looper\.[a-z_.]+)`", heading.group(2)))] = names
+            sections[tuple(re.findall(r"`(looper\.[a-z0-9_.]+)`", heading.group(2)))] = names
         elif heading.group(2) == "Fields on every event":
             sections[("*",)] = names
     return sections

@@ -245,6 +245,8 @@ class ServerSession(asyncio.BufferedProtocol):
         self._writing_paused = paused
         try:
             self._update_reading()
+            if not paused:
+                self._continue_backlog()
         except Exception as err:
             self._fail(err)
 
@@ -277,10 +279,29 @@ class ServerSession(asyncio.BufferedProtocol):
 
     def _pump(self) -> None:
         """Log what the machine saw, then carry out what it asks."""
+        self._pump_once()
+        if self._goodbye_due and self._pending is None and self._reason is None:
+            reason, self._goodbye_due = self._goodbye_due, None
+            self.machine.shutting_down(reason)
+            return self._pump()
+        self._continue_backlog()
+
+    def _continue_backlog(self) -> None:
+        """A machine that holds input back to bound what it makes from one
+        read (`backlog`: POP3's pipelined RETRs) goes on while the client
+        takes what is written: until the write buffer passes its high-water
+        mark (resume_writing brings it back here), or the backlog is read."""
         machine = self.machine
-        for event in machine.events():
+        while (getattr(machine, "backlog", False) and not self._writing_paused and self._pending is None
+               and self._reason is None):
+            machine.continue_reading()
+            self._pump_once()
+
+    def _pump_once(self) -> None:
+        """Log the machine's events, queue its actions, carry out what can be."""
+        for event in self.machine.events():
             self.eventlog.emit_event(self.info, event)
-        actions = machine.actions()
+        actions = self.machine.actions()
         if actions and self._reason is None:
             if self._queue is None:
                 self._queue = deque(actions)
@@ -288,10 +309,6 @@ class ServerSession(asyncio.BufferedProtocol):
                 self._queue.extend(actions)
         if self._pending is None and self._queue is not None:
             self._run_queue()
-        if self._goodbye_due and self._pending is None and self._reason is None:
-            reason, self._goodbye_due = self._goodbye_due, None
-            machine.shutting_down(reason)
-            return self._pump()
         self._update_reading()
         self._arm_idle()
 

@@ -82,7 +82,12 @@ Action = Send | StartTLS | Store | Close
 
 
 class ServerMachine(Protocol):
-    """What the adapter (looper/net/session.py) needs of a machine."""
+    """What the adapter (looper/net/session.py) needs of a machine.
+
+    Optionally also `backlog` (bool) and `continue_reading()`: a machine that
+    stops making output from a read at a budget keeps the rest of that read
+    (paused meanwhile), and the adapter calls continue_reading() whenever the
+    client has taken what was written (looper/proto/pop3.py does)."""
 
     idle_timeout_s: float  # the adapter calls timed_out() after this much silence
     paused: bool  # waiting for the outcome of StartTLS or Store

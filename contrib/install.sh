@@ -77,10 +77,20 @@ install -d -m 0750 -o "$LOOPER_USER" -g "$LOOPER_USER" "$LOGDIR"
 
 # -- the configuration, only if there is none ---------------------------------
 install -d -m 0755 "$SYSCONFDIR"
+# The bait mailboxes IMAP and POP3 open, beside the configuration: the
+# service runs from /, where config/bait is not (only if there are none:
+# an operator's own bait stays).
+if [ ! -e "$SYSCONFDIR/bait" ]; then
+    cp -R config/bait "$SYSCONFDIR/bait"
+    chmod -R u=rwX,go=rX "$SYSCONFDIR/bait"
+    say "wrote $SYSCONFDIR/bait: the bait mailboxes (config/bait/README.md tells how to change them)"
+fi
 if [ ! -e "$SYSCONFDIR/looper.yaml" ]; then
     config=$(mktemp)
-    sed -e "s|^  dir: logs\$|  dir: $LOGDIR|" -e "s|^  user: looper\$|  user: $LOOPER_USER|" config/looper.yaml > "$config"
+    sed -e "s|^  dir: logs\$|  dir: $LOGDIR|" -e "s|^  user: looper\$|  user: $LOOPER_USER|" \
+        -e "s|^  folder: config/bait\$|  folder: $SYSCONFDIR/bait|" config/looper.yaml > "$config"
     grep -q "^  dir: $LOGDIR\$" "$config" || fail "config/looper.yaml: no 'dir: logs' line to point at $LOGDIR"
+    grep -q "^  folder: $SYSCONFDIR/bait\$" "$config" || fail "config/looper.yaml: no 'folder: config/bait' line to point at $SYSCONFDIR/bait"
     install -m 0640 -o root -g "$LOOPER_USER" "$config" "$SYSCONFDIR/looper.yaml"
     rm -f "$config"
     say "wrote $SYSCONFDIR/looper.yaml: set listen.smtp to the trap's own address(es)"

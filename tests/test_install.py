@@ -161,6 +161,11 @@ def test_make_install_puts_everything_in_place(installed):
     assert (log_dir.st_uid, log_dir.st_gid, log_dir.st_mode & 0o777) == (user.pw_uid, user.pw_gid, 0o750)
     config = yaml.safe_load((installed.sysconfdir / "looper.yaml").read_text())
     assert config["log"]["dir"] == str(installed.logdir) and config["run_as"]["user"] == installed.user
+    # The bait IMAP and POP3 open, beside the configuration (the service runs from /).
+    assert config["bait"]["folder"] == str(installed.sysconfdir / "bait")
+    assert f"wrote {installed.sysconfdir}/bait" in said
+    shipped = sorted(p.relative_to(installed.source / "config" / "bait") for p in (installed.source / "config" / "bait").rglob("*"))
+    assert sorted(p.relative_to(installed.sysconfdir / "bait") for p in (installed.sysconfdir / "bait").rglob("*")) == shipped
     version = subprocess.run([installed.prefix / "bin" / "looper", "--version"], capture_output=True, text=True)
     assert version.stdout.startswith("looper ")
     # Not editable: a copy, which runs without the source folder.
@@ -200,7 +205,8 @@ def test_the_installed_service_runs_as_its_user_and_reopens_after_logrotate(inst
     config_path = installed.sysconfdir / "looper.yaml"
     config = yaml.safe_load(config_path.read_text())
     config["listen"]["smtp"] = [f"127.0.0.1:{port}"]
-    config["listen"].update(imap=[], imaps=[], pop3=[], pop3s=[])  # no bait servers on 143, 993, 110, 995 in a test
+    # The bait IMAP server on a port of the test's: the installed bait, read from / as the unit runs it.
+    config["listen"].update(imap=[f"127.0.0.1:{free_port()}"], imaps=[], pop3=[], pop3s=[])
     config["dialback"].update(port=1, allow_private=True, timeout=2)
     config["smtp"]["hostname"] = "mx.install.test"
     test_config = installed.sysconfdir / "looper-test.yaml"

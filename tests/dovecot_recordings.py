@@ -92,3 +92,58 @@ def load_recordings(protocol: str | None = None, variant: str | None = None) -> 
     """Every recording, in name order; only one protocol's or variant's if given."""
     recordings = [load_recording(path) for path in sorted(DATA.glob("*.json"))]
     return [r for r in recordings if protocol in (None, r.protocol) and variant in (None, r.variant)]
+
+
+def replay(recording: Recording, machine) -> list[tuple[bytes, bytes, bool, bool]]:
+    """Play `recording`'s client side into `machine` (an IMAP or POP3
+    server machine, made for the recording's store and settings); per
+    exchange (what it sent, what Dovecot sent, it closed, Dovecot closed),
+    up to the first close."""
+    state = {"closed": False, "tls_due": False}
+    results = []
+    for exchange in recording.exchanges:
+        if exchange.tls is not None:
+            if not state["tls_due"]:  # implicit TLS: the handshake comes before the greeting
+                results.append((b"", exchange.recv, state["closed"], exchange.closed))
+                continue
+            state["tls_due"] = False
+            version, _, cipher = exchange.tls.partition(" ")
+            machine.tls_started(version, cipher)
+            got = _drain(machine, state)
+        elif state["tls_due"] and exchange.send:
+            # After STARTTLS's OK the server's TLS layer takes the next bytes
+            # as a ClientHello: plain text is no handshake, and the
+            # connection ends without a word (the machine never sees them).
+            machine.connection_closed()
+            got, state["closed"] = b"", True
+        else:
+            if exchange.send:
+                machine.receive_data(exchange.send)
+            got = _drain(machine, state)
+        results.append((got, exchange.recv, state["closed"], exchange.closed))
+        if state["closed"]:
+            break
+    return results
+
+
+def _drain(machine, state: dict) -> bytes:
+    """What the machine sends now, its pauses left out (the adapter's)."""
+    from looper.proto.actions import Close, Send, StartTLS, Store
+
+    out = b""
+    while True:
+        actions = machine.actions()
+        if not actions:
+            if getattr(machine, "_backlog", b""):  # its output budget held the rest: the writes drained
+                machine.continue_reading()
+                continue
+            return out
+        for action in actions:
+            if isinstance(action, Send):
+                out += action.data
+            elif isinstance(action, Store):
+                machine.stored("/logs/messages/appended.eml")
+            elif isinstance(action, StartTLS):
+                state["tls_due"] = True
+            elif isinstance(action, Close):
+                state["closed"] = True

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from looper.proto.actions import Close, Send, StartTLS, Store
 from looper.proto.imap import ImapServer, ImapSettings
 from looper.proto.login import LoginPolicy
-from tests.dovecot_recordings import Recording, load_recordings, mask
+from tests.dovecot_recordings import Recording, load_recordings, mask, replay
 
 RECORDINGS = load_recordings(protocol="imap")
 
@@ -28,52 +27,11 @@ class Env:
         return "<1234.1796272176@mx>"
 
 
-def drain(machine, state: dict) -> bytes:
-    out = b""
-    while actions := machine.actions():
-        for action in actions:
-            if isinstance(action, Send):
-                out += action.data
-            elif isinstance(action, Store):
-                machine.stored("/logs/messages/appended.eml")
-            elif isinstance(action, StartTLS):
-                state["tls_due"] = True
-            elif isinstance(action, Close):
-                state["closed"] = True
-    return out
-
-
-def replay(recording: Recording) -> list[tuple[bytes, bytes, bool, bool]]:
-    """(got, expected, closed, expected closed) per exchange."""
+def replay_imap(recording: Recording) -> list[tuple[bytes, bytes, bool, bool]]:
     settings = ImapSettings(policy=LoginPolicy(frozenset({(recording.user, recording.password)})),
                             plaintext_login=recording.plaintext_login)
-    machine = ImapServer(settings, recording.store(), Env(recording.bait_now), ip="127.0.1.9",
-                         tls=recording.implicit_tls)
-    state = {"closed": False, "tls_due": False}
-    results = []
-    for exchange in recording.exchanges:
-        if exchange.tls is not None:
-            if not state["tls_due"]:  # implicit TLS: the handshake comes before the greeting
-                results.append((b"", exchange.recv, state["closed"], exchange.closed))
-                continue
-            state["tls_due"] = False
-            version, _, cipher = exchange.tls.partition(" ")
-            machine.tls_started(version, cipher)
-            got = drain(machine, state)
-        elif state["tls_due"] and exchange.send:
-            # After STARTTLS's OK the server's TLS layer takes the next bytes
-            # as a ClientHello: plain text is no handshake, and the
-            # connection ends without a word (the machine never sees them).
-            machine.connection_closed()
-            got, state["closed"] = b"", True
-        else:
-            if exchange.send:
-                machine.receive_data(exchange.send)
-            got = drain(machine, state)
-        results.append((got, exchange.recv, state["closed"], exchange.closed))
-        if state["closed"]:
-            break
-    return results
+    return replay(recording, ImapServer(settings, recording.store(), Env(recording.bait_now), ip="127.0.1.9",
+                                        tls=recording.implicit_tls))
 
 
 # Conversations the machine does not yet answer as Dovecot did (strict: one
@@ -86,7 +44,7 @@ NOT_YET: set[str] = set()
     for r in RECORDINGS
 ], ids=[r.name for r in RECORDINGS])
 def test_dovecot_imap_byte_for_byte(recording):
-    for number, (got, expected, closed, expected_closed) in enumerate(replay(recording)):
+    for number, (got, expected, closed, expected_closed) in enumerate(replay_imap(recording)):
         assert mask(got) == mask(expected), f"{recording.name} #{number}: sent {recording.exchanges[number].send!r}"
         assert closed == expected_closed, f"{recording.name} #{number}: closed"
 

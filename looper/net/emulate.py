@@ -23,6 +23,7 @@ from looper.proto.budget import MessageMemory
 from looper.proto.imap import ImapServer, ImapSettings
 from looper.proto.login import FailureMemory, LoginPolicy
 from looper.proto.mailbox import BaitStore
+from looper.proto.pop3 import Pop3Client, Pop3Server, Pop3Settings
 from looper.proto.personas import PERSONAS
 from looper.proto.smtpd import ClientInfo, SmtpServer, SmtpSettings
 from looper.transcripts import Transcript
@@ -74,18 +75,32 @@ def smtp_settings(config: Config, hostname: str, message_memory: MessageMemory |
     )
 
 
+def login_policy(config: Config) -> LoginPolicy:
+    """The one login policy of the bait IMAP and POP3 servers, as SMTP
+    AUTH's: credentials, accept_after, nobody in harvester mode."""
+    return LoginPolicy(
+        frozenset((c.user, c.password) for c in config.credentials),
+        config.smtp.accept_after,
+        admits=config.smtp.mode == "open_relay",
+    )
+
+
 def imap_settings(config: Config) -> ImapSettings:
-    """The bait IMAP server's settings: the one login policy (as SMTP
-    AUTH's: credentials, accept_after, none in harvester mode) and
-    mail_access."""
+    """The bait IMAP server's settings: the login policy and mail_access."""
     return ImapSettings(
-        policy=LoginPolicy(
-            frozenset((c.user, c.password) for c in config.credentials),
-            config.smtp.accept_after,
-            admits=config.smtp.mode == "open_relay",
-        ),
+        policy=login_policy(config),
         plaintext_login=config.mail_access.plaintext_login,
         auth_mechanisms=config.mail_access.auth_mechanisms,
+    )
+
+
+def pop3_settings(config: Config) -> Pop3Settings:
+    """The bait POP3 server's settings: the login policy and mail_access
+    (Dovecot's POP3 offers PLAIN and LOGIN of its mechanisms)."""
+    return Pop3Settings(
+        login_policy=login_policy(config),
+        auth_mechanisms=tuple(m for m in config.mail_access.auth_mechanisms if m in ("PLAIN", "LOGIN")),
+        plaintext_login=config.mail_access.plaintext_login,
     )
 
 
@@ -103,6 +118,7 @@ class EmulatedRelay:
         self.max_session_s = smtp.max_session_seconds
         self.login_failures = login_failures  # the trap's: shared with IMAP and POP3
         self.imap_settings = imap_settings(config)
+        self.pop3_settings = pop3_settings(config)
 
     def serve(
         self,
@@ -119,12 +135,16 @@ class EmulatedRelay:
         transcript: Transcript | None = None,
     ) -> ServerSession:
         """Take over `transport`: the client meets the emulated server of
-        `protocol` (IMAP: over `bait`, the trap's store as it is now)."""
+        `protocol` (IMAP and POP3: over `bait`, the trap's store as it is now)."""
         ip = info.src_ip
-        machine: SmtpServer | ImapServer
+        machine: SmtpServer | ImapServer | Pop3Server
         if protocol == "imap":
             machine = ImapServer(self.imap_settings, bait or BaitStore(), self.environment, ip=ip, tls=implicit_tls,
                                  earlier_failures=self.login_failures.of(ip))
+        elif protocol == "pop3":
+            client = Pop3Client(ip=ip, tls=implicit_tls, earlier_auth_failures=self.login_failures.of(ip),
+                                local_ip=info.dst_ip)
+            machine = Pop3Server(self.pop3_settings, client, (bait or BaitStore()).inbox)
         else:
             machine = self._smtp_machine(info, early_bytes, client_name, implicit_tls)
 

@@ -21,7 +21,6 @@ from looper.net.context import Connection, SessionTable, TrapContext
 from looper.net.dns import Resolver
 from looper.net.emulate import EmulatedRelay
 from looper.net.evidence import EvidenceDesk
-from looper.net.mailaccess import serve_pop3
 from looper.net.reasons import SessionMode
 from looper.net.reflect import ReflectSession
 from looper.net.splice import SpliceEnd, SpliceThrottle
@@ -243,14 +242,6 @@ class _ServedSession:
             self.transport.abort()
             return connection.close(SessionMode.REFUSED, refusal.reason, 0, 0)
         connection.gather_dns()
-        serve = serve_pop3 if self.kind.protocol == "pop3" else None
-        if serve is not None:
-            self.server_session = serve(
-                context, self.transport, info, implicit_tls=self.kind.implicit_tls,
-                on_closed=lambda reason, bytes_in, bytes_out: connection.close(SessionMode.EMULATE, reason, bytes_in, bytes_out),
-                transcript=connection.transcript,
-            )
-            return
         self.server_session = context.emulated.serve(
             self.transport, info, implicit_tls=self.kind.implicit_tls, protocol=self.kind.protocol, bait=context.bait,
             on_closed=lambda reason, bytes_in, bytes_out: connection.close(SessionMode.EMULATE, reason, bytes_in, bytes_out),

@@ -60,3 +60,21 @@ async def test_nmap_names_the_other_personas(start_trap, persona, service):
     report = await nmap("-sV", "-p", str(trap.port), trap.host)
     line = next(line for line in report.splitlines() if line.startswith(f"{trap.port}/tcp"))
     assert line.split()[3:3 + len(service)] == service, report
+
+
+async def test_the_exim_persona_makes_its_certificate_per_session_as_exim_does(start_trap):
+    """Debian's Exim has no certificate file: it makes one when a TLS session
+    starts, valid from then for two hours (tests/data/exim/nmap.txt)."""
+    from datetime import datetime, timedelta, timezone
+
+    trap = await start_trap(
+        free_port(), dialback={"on_failure": "emulate"}, smtp={"hostname": "mail.example.test", "persona": "exim"}
+    )
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    report = await nmap("-sV", "-sC", "-p", str(trap.port), trap.host)
+    assert "ssl-cert: Subject: commonName=mail.example.test/organizationName=Exim Developers/countryName=UK" in report
+    line = next(line for line in report.splitlines() if "Not valid before:" in line)
+    start = datetime.fromisoformat(line.split("before:")[1].strip()).replace(tzinfo=timezone.utc)
+    assert before - timedelta(seconds=2) <= start <= datetime.now(timezone.utc)
+    line = next(line for line in report.splitlines() if "Not valid after:" in line)
+    assert datetime.fromisoformat(line.split("after:")[1].strip()).replace(tzinfo=timezone.utc) - start == timedelta(hours=2)

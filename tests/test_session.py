@@ -639,3 +639,20 @@ def test_the_server_reads_its_certificate_as_check_config_does(tls_context, tls_
         assert str(checked.value) == f"f.yaml: smtp.tls_key: {served.value}"
         said.append(str(served.value))
     assert "needs a passphrase, which looper cannot ask for" in said[0]
+
+
+def test_the_exim_certificate_is_made_per_session_for_two_hours(tmp_path):
+    import ssl as ssl_module
+
+    from looper.net.tls import EXIM_CERT_SERIAL, EximSelfSigned
+
+    maker = EximSelfSigned("mx.exim.test", str(tmp_path))
+    now = datetime.datetime(2026, 12, 3, 5, 0, 7, 123456, tzinfo=datetime.timezone.utc)
+    certificate = x509.load_pem_x509_certificate(maker.certificate_pem(now))
+    assert certificate.subject.rfc4514_string() == "CN=mx.exim.test,O=Exim Developers,C=UK"
+    assert certificate.issuer == certificate.subject and certificate.serial_number == EXIM_CERT_SERIAL == 1 << 56
+    assert certificate.not_valid_before_utc == now.replace(microsecond=0)
+    assert certificate.not_valid_after_utc - certificate.not_valid_before_utc == datetime.timedelta(hours=2)
+    assert list(certificate.extensions) == [] and certificate.public_key().key_size == 2048
+    assert isinstance(maker.context, ssl_module.SSLContext) and maker.context.sni_callback is not None
+    assert not [p for p in (tmp_path / "tls").iterdir()], "the file the ssl module loaded from is left behind"

@@ -18,7 +18,7 @@ from looper.config import Config
 from looper.eventlog import EventLog, SessionInfo
 from looper.net.capture import MessageStore
 from looper.net.session import ServerSession
-from looper.net.tls import server_context, snakeoil_host_name
+from looper.net.tls import EximSelfSigned, server_context, snakeoil_host_name
 from looper.proto.budget import MessageMemory
 from looper.proto.imap import ImapServer, ImapSettings
 from looper.proto.login import FailureMemory, LoginPolicy
@@ -112,8 +112,13 @@ class EmulatedRelay:
         self.eventlog = eventlog
         self.settings = smtp_settings(config, hostname, message_memory)
         self.store = store
-        self.tls_context = server_context(smtp.tls_cert, smtp.tls_key, hostname=snakeoil_host_name(),
-                                          folder=config.log.dir)
+        if smtp.persona == "exim" and smtp.tls_cert is None and smtp.tls_key is None:
+            # Debian's Exim has no certificate of its own: it makes one per session, for its mail name.
+            self.tls_context = EximSelfSigned(hostname, config.log.dir).context
+        else:
+            # Debian's Postfix (and sendmail) serve the snakeoil, made for the machine's name.
+            self.tls_context = server_context(smtp.tls_cert, smtp.tls_key, hostname=snakeoil_host_name(),
+                                              folder=config.log.dir)
         self.environment = SystemEnvironment(hostname)
         self.max_session_s = smtp.max_session_seconds
         self.login_failures = login_failures  # the trap's: shared with IMAP and POP3

@@ -15,8 +15,11 @@ label; the subjectAltName is always the full name.
 from __future__ import annotations
 
 import datetime
+import os
 import socket
 import ssl
+import tempfile
+import time
 from pathlib import Path
 
 from cryptography import x509
@@ -156,3 +159,80 @@ def _expired(cert_path: Path) -> bool:
     except (OSError, ValueError):
         return True
     return certificate.not_valid_after_utc <= datetime.datetime.now(datetime.timezone.utc)
+
+
+# Exim 4.96 with no tls_certificate (Debian's exim4 as installed) makes its
+# certificate when a TLS session starts (tls-gnu.c, tls_install_selfsign):
+# C=UK, O=Exim Developers, CN=the host name it answers as, valid from that
+# second for two hours, serial 1 written as a native time_t (8 bytes, little
+# endian: 0x0100000000000000), RSA 2048, no extensions.
+EXIM_CERT_VALID = datetime.timedelta(hours=2)
+EXIM_CERT_SERIAL = int.from_bytes((1).to_bytes(8, "little"), "big")
+# A session's certificate may be this many seconds old: one signing per
+# second at most, however many sessions start.
+EXIM_CERT_REUSE_SECONDS = 1.0
+
+
+class EximSelfSigned:
+    """The exim persona's certificate, made anew for the sessions that start
+    (at most once a second), as Exim makes one per session. `context` is
+    what listeners and STARTTLS are given; each handshake is moved to the
+    current certificate's context by its SNI callback, which OpenSSL calls
+    for every ClientHello, with or without a server name.
+
+    One key for the trap's life: Exim makes a key per session too, but
+    generating RSA keys per connection would let any client spend the
+    trap's CPU at will (a client comparing keys across sessions sees it)."""
+
+    def __init__(self, hostname: str, folder: str) -> None:
+        self.hostname = hostname
+        self.folder = Path(folder) / TLS_FOLDER
+        self._key = rsa.generate_private_key(public_exponent=RSA_PUBLIC_EXPONENT, key_size=RSA_KEY_BITS)
+        self._made_at = 0.0
+        self._current: ssl.SSLContext | None = None
+        self.context = self._fresh()
+        self.context.sni_callback = self._choose
+
+    def certificate_pem(self, now: datetime.datetime) -> bytes:
+        name = x509.Name([
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "UK"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Exim Developers"),
+            x509.NameAttribute(NameOID.COMMON_NAME, self.hostname[:COMMON_NAME_MAX_CHARS]),
+        ])
+        start = now.replace(microsecond=0)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self._key.public_key())
+            .serial_number(EXIM_CERT_SERIAL)
+            .not_valid_before(start)
+            .not_valid_after(start + EXIM_CERT_VALID)
+            .sign(self._key, hashes.SHA256())
+        )
+        return certificate.public_bytes(serialization.Encoding.PEM)
+
+    def _choose(self, ssl_object: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext) -> None:
+        ssl_object.context = self._fresh()
+        return None
+
+    def _fresh(self) -> ssl.SSLContext:
+        clock = time.monotonic()
+        if self._current is not None and clock - self._made_at < EXIM_CERT_REUSE_SECONDS:
+            return self._current
+        now = datetime.datetime.now(datetime.timezone.utc)
+        key_pem = self._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        # The ssl module loads certificates from files only: written, loaded, removed.
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handle, path = tempfile.mkstemp(dir=self.folder, prefix=".exim-selfsign-")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(key_pem + self.certificate_pem(now))
+            context = _postfix_like_context()
+            context.load_cert_chain(path)
+        finally:
+            os.unlink(path)
+        self._current, self._made_at = context, clock
+        return context

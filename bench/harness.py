@@ -374,6 +374,14 @@ class Trap(Server):
         return 0
 
 
+def cpu_between(server, t0: float, t1: float) -> float:
+    """The CPU seconds `server` (anything with cpu_now()) used from monotonic time t0 to t1, sleeping until t1."""
+    time.sleep(max(0.0, t0 - time.monotonic()))
+    cpu0 = server.cpu_now()
+    time.sleep(max(0.0, t1 - time.monotonic()))
+    return server.cpu_now() - cpu0
+
+
 def proc_stat(pid: int | str) -> list[str]:
     """The fields of /proc/PID/stat after the command's name (state first)."""
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -30,9 +30,9 @@ import time
 import types
 from pathlib import Path
 
-from harness import (REPO, TICK, BenchError, Child, Trap, bound_socket, conduct, cpu_between, emit, free_port,
-                     listening, machine, median, noise_report, parse, parser, percentile, proc_stat, ratio, role_argv,
-                     run_loop, run_role, split, steady, target)
+from harness import (OWN_SESSIONS, REPO, TICK, BenchError, Child, Trap, bound_socket, conduct, cpu_between, emit,
+                     free_port, listening, machine, median, noise_report, parse, parser, percentile, proc_stat, ratio,
+                     role_argv, run_loop, run_role, split, steady, target)
 
 sys.path.insert(0, str(REPO))  # looper and tests.dovecot from this checkout, in the conductor and in the trap
 
@@ -189,6 +189,7 @@ class Dovecot:
                                        name=f"looper-bench-dovecot-{os.getpid()}")
         self.instance.start()
         self.host, self.port, self.pid = DOVECOT_HOST, self.instance.ports.imap, self.instance.proc.pid
+        OWN_SESSIONS.add(self.pid)  # started with a session of its own: every process of it is ours
 
     def alive(self) -> bool:
         return self.instance.proc is not None and self.instance.proc.poll() is None

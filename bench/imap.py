@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """IMAP session benchmark: looper's bait IMAP server beside the real Dovecot 2.3, in one run.
 
-    .venv/bin/python bench/imap.py                    # full run (about 3 minutes)
+    .venv/bin/python bench/imap.py                    # full run (about 2 minutes)
     .venv/bin/python bench/imap.py --quick            # under a minute
     .venv/bin/python bench/imap.py --concurrency 100 --seconds 10
     .venv/bin/python bench/imap.py --profile /tmp/prof   # where looper's time goes

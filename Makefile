@@ -76,7 +76,8 @@ fuzz-long: venv $(VENV)/.fuzz-installed
 	$(BIN)/python fuzz/run.py --seconds $(FUZZ_LONG_SECONDS)
 
 # The benchmarks' peers (README, Benchmarks): the `bench` extra (uvloop,
-# aiosmtpd) in the venv; socat, jq and Postfix's smtp-sink from Debian's packages,
+# aiosmtpd) in the venv; socat, jq, Postfix's smtp-sink and Dovecot (imapd and
+# pop3d, for tests/dovecot.py's private instance) from Debian's packages,
 # installed as root (Postfix with no configuration and not started), named
 # otherwise. `bench` runs the quick benches (a minute each at most),
 # `bench-full` the full ones (several minutes each).
@@ -88,10 +89,11 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 bench-tools: venv $(VENV)/.bench-installed
 	@missing=$$(command -v socat >/dev/null || echo socat; \
 	            PATH="$$PATH:/usr/sbin" command -v smtp-sink >/dev/null || echo postfix; \
-	            command -v jq >/dev/null || echo jq); \
+	            command -v jq >/dev/null || echo jq; \
+	            [ -x /usr/lib/dovecot/imap ] || echo dovecot-imapd; [ -x /usr/lib/dovecot/pop3 ] || echo dovecot-pop3d); \
 	[ -z "$$missing" ] && exit 0; \
 	if [ "$$(id -u)" != 0 ]; then \
-	  echo "bench: missing Debian packages:" $$missing "(socat; postfix for smtp-sink; jq): sudo apt-get" \
+	  echo "bench: missing Debian packages:" $$missing "(socat; postfix for smtp-sink; jq; dovecot): sudo apt-get" \
 	       "install" $$missing "(the benches skip them meanwhile)" >&2; exit 0; fi; \
 	echo "installing $$(echo $$missing) (Debian packages) for the benchmarks"; \
 	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
@@ -104,12 +106,14 @@ bench-tools: venv $(VENV)/.bench-installed
 bench: bench-tools
 	$(BIN)/python bench/splice.py --quick
 	$(BIN)/python bench/smtp.py --quick
+	$(BIN)/python bench/imap.py --quick
 	$(BIN)/python bench/load.py --quick
 	$(BIN)/python bench/report.py --quick
 
 bench-full: bench-tools
 	$(BIN)/python bench/splice.py
 	$(BIN)/python bench/smtp.py
+	$(BIN)/python bench/imap.py
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/report.py
 

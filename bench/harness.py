@@ -47,6 +47,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 FRAME = types.SimpleNamespace(deadline=math.inf, retries=2, reserve=0.0, started=time.monotonic(), max_seconds=0,
                               redone=0)  # the run's frame: its deadline, how disturbed runs are redone
 NOISE: list[str] = []  # the report's "Machine noise" lines, one per phase
+OWN_SESSIONS: set[int] = set()  # session ids of servers started apart from Child (a Dovecot): not others' work
 median = statistics.median
 
 
@@ -374,6 +375,14 @@ class Trap(Server):
         return 0
 
 
+def cpu_between(server, t0: float, t1: float) -> float:
+    """The CPU seconds `server` (anything with cpu_now()) used from monotonic time t0 to t1, sleeping until t1."""
+    time.sleep(max(0.0, t0 - time.monotonic()))
+    cpu0 = server.cpu_now()
+    time.sleep(max(0.0, t1 - time.monotonic()))
+    return server.cpu_now() - cpu0
+
+
 def proc_stat(pid: int | str) -> list[str]:
     """The fields of /proc/PID/stat after the command's name (state first)."""
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -514,7 +523,8 @@ class LoadMeter:
         ours, foreign = {os.getpid(), 2} | {child.pid for child in Child.started}, {}
         for pid in filter(str.isdigit, os.listdir("/proc")):
             with contextlib.suppress(OSError):
-                if int(pid) not in ours and (fields := proc_stat(pid))[1] != "2":
+                fields = proc_stat(pid)
+                if int(pid) not in ours and fields[1] != "2" and int(fields[3]) not in OWN_SESSIONS:
                     foreign[int(pid)] = (int(fields[11]) + int(fields[12])) / TICK
         return foreign | {0: int(Path("/proc/stat").read_text().split(maxsplit=9)[8]) / TICK}
 

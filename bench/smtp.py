@@ -30,9 +30,9 @@ import time
 import types
 from pathlib import Path
 
-from harness import (BenchError, Child, Server, Trap, bound_socket, conduct, detach, emit, free_port, idle_sessions,
-                     idle_table, machine, median, noise_report, parse, parser, ratio, role_argv, run_loop, run_role,
-                     split, steady, stdin_closed, target, version)
+from harness import (BenchError, Child, Server, Trap, bound_socket, conduct, cpu_between, detach, emit, free_port,
+                     idle_sessions, idle_table, machine, median, noise_report, parse, parser, ratio, role_argv, run_loop,
+                     run_role, split, steady, stdin_closed, target, version)
 
 HOST = "127.0.0.1"
 STEP_TIMEOUT_S = 10.0  # one reply awaited longer than this: the session is an error
@@ -234,10 +234,7 @@ def load_run(server: Server, mode: str, conc: int, seconds: float, warmup: float
         "load", port=server.port, mode=mode, conc=n, sources=[f"127.0.0.{10 + 4 * k + j}" for j in range(4)],
         start_at=start_at, warmup=warmup, duration=seconds)) for k, n in enumerate(split(conc, min(procs, conc)))]
     try:
-        time.sleep(max(0.0, t0 - time.monotonic()))
-        cpu0 = server.cpu_now()
-        time.sleep(max(0.0, t1 - time.monotonic()))
-        cpu1 = server.cpu_now()
+        server_cpu_s = cpu_between(server, t0, t1)
         results = [c.read_json(t1 + DRAIN_S + 20) for c in clients]
         for c in clients:
             c.wait(t1 + DRAIN_S + 20)
@@ -247,7 +244,7 @@ def load_run(server: Server, mode: str, conc: int, seconds: float, warmup: float
     errors = sum((collections.Counter(r["errors"]) for r in results), collections.Counter())
     server.sessions_done += sum(r["total"] for r in results) if mode == "session" else 0
     sessions = sum(r["sessions"] for r in results)
-    return types.SimpleNamespace(rate=sessions / seconds, sessions=sessions, server_cpu_s=cpu1 - cpu0, seconds=seconds,
+    return types.SimpleNamespace(rate=sessions / seconds, sessions=sessions, server_cpu_s=server_cpu_s, seconds=seconds,
                                  client_cpu_s=sum(r["cpu_s"] or 0.0 for r in results), errors=dict(errors),
                                  latencies=[x for r in results for x in r["latencies"]])
 

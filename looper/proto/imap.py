@@ -194,14 +194,19 @@ class SessionMessage:
     content: bytes
     flags: set[str]
     internaldate: datetime
-    _parsed: fx.Part | None = None
+    _derived: fx.Derived | None = None
     recent: bool = False  # appended in this session: \Recent to it, as Dovecot shows its own appends
+    bait: bool = False  # the store's: what is derived from it is shared by every session
+
+    @property
+    def derived(self) -> fx.Derived:
+        if self._derived is None:
+            self._derived = fx.shared_derived(self.content) if self.bait else fx.Derived(self.content)
+        return self._derived
 
     @property
     def parsed(self) -> fx.Part:
-        if self._parsed is None:
-            self._parsed = fx.parse(self.content)
-        return self._parsed
+        return self.derived.part
 
     @property
     def subject(self) -> str | None:
@@ -227,7 +232,7 @@ class SessionFolder:
     def of(cls, folder: BaitFolder) -> SessionFolder:
         return cls(
             folder.name, folder.special_use, folder.uidvalidity,
-            [SessionMessage(m.uid, m.content, set(m.flags), m.internaldate) for m in folder.messages],
+            [SessionMessage(m.uid, m.content, set(m.flags), m.internaldate, bait=True) for m in folder.messages],
             folder.uidnext,
         )
 
@@ -1198,12 +1203,12 @@ class ImapServer:
             elif kind == "RFC822.SIZE":
                 out.append(b"RFC822.SIZE %d" % len(message.content))
             elif kind == "ENVELOPE":
-                out.append(b"ENVELOPE " + fx.envelope(message.parsed))
+                out.append(b"ENVELOPE " + message.derived.envelope())
                 reads["envelope"] = None
             elif kind == "BODYSTRUCTURE":
-                out.append(b"BODYSTRUCTURE " + fx.body_structure(message.parsed))
+                out.append(b"BODYSTRUCTURE " + message.derived.body_structure())
             elif kind == "BODY":
-                out.append(b"BODY " + fx.body_structure(message.parsed, extended=False))
+                out.append(b"BODY " + message.derived.body_structure(extended=False))
             elif kind == "RFC822":
                 out.append(b"RFC822 " + fx.literal(message.content))
                 reads["body"] = None
@@ -1300,7 +1305,7 @@ class ImapServer:
         old_uids, new_uids = [], []
         for message in messages:
             copy = SessionMessage(target.uidnext, message.content, set(message.flags) - {"\\Deleted"} if move else set(message.flags),
-                                  message.internaldate, message._parsed)
+                                  message.internaldate, message._derived, bait=message.bait)
             target.messages.append(copy)
             target.uidnext += 1
             old_uids.append(message.uid)

@@ -743,8 +743,8 @@ class Config:
     dialback: Dialback = field(default_factory=Dialback)
     splice: Splice = field(default_factory=Splice)
     smtp: Smtp = field(default_factory=Smtp)
-    # user:password pairs the emulated servers always accept (SMTP AUTH now;
-    # IMAP and POP3 later): none by default (see DEFAULT_CREDENTIALS).
+    # user:password pairs the emulated servers always accept (SMTP AUTH,
+    # IMAP, POP3): none by default (see DEFAULT_CREDENTIALS).
     credentials: tuple[Credential, ...] = _setting(
         lambda: tuple(Credential(*pair) for pair in DEFAULT_CREDENTIALS), _list_of(_credential)
     )

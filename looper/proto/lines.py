@@ -1,5 +1,5 @@
-"""The one line reader of every protocol core: SMTP commands and replies
-now, IMAP and POP3 next.
+"""The one line reader of every protocol core: SMTP commands and replies,
+IMAP and POP3 commands (IMAP's literals through expect()/read_raw()).
 
 It is fed the chunks a connection reads, one at a time, and gives back one
 line per call, together with where in the chunk reading should go on, so

@@ -1,5 +1,5 @@
-"""The one login policy of every emulated protocol (SMTP AUTH now; IMAP
-and POP3 logins next): who gets in, how long a failure makes the client
+"""The one login policy of every emulated protocol (SMTP AUTH, IMAP and
+POP3 logins): who gets in, how long a failure makes the client
 wait, and the failures each address has run up, across its sessions and
 across protocols. Plain bookkeeping, no I/O."""
 

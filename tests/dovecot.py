@@ -227,6 +227,13 @@ service pop3-login {{
     # -- life ---------------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> None:
+        # A Dovecot left over by a run that was killed would answer in our
+        # place (with another bait's dates): say so rather than test it.
+        busy = [port for port in (self.ports.imap, self.ports.imaps, self.ports.pop3, self.ports.pop3s)
+                if self._answers(port)]
+        if busy:
+            raise RuntimeError(f"something already listens on {self.host} port {busy[0]}: a Dovecot left over"
+                               " by a killed run? (pgrep -af dovecot)")
         # Under the system temp dir, 0755: the mail user must reach the Maildir.
         self.dir = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
         self.dir.chmod(0o755)

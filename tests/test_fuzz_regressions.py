@@ -7,6 +7,7 @@ meanwhile). All those found so far are fixed."""
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 import json
 
 import pytest
@@ -138,3 +139,17 @@ def test_a_size_or_chunk_in_digits_int_refuses_gets_a_syntax_reply(line: bytes):
     client.say(b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n" if line.startswith(b"BDAT") else b"EHLO x\r\n")
     reply = client.say(line + b"\r\n")
     assert reply[:1] == b"5"
+
+
+def test_a_bdat_refusal_that_is_one_error_too_many_closes_without_reading_its_chunk():
+    # fuzz_smtpd found it after the exim/sendmail rules landed: three bad
+    # commands, then a BDAT without recipients. Exim's refusal was one error
+    # too many, the persona hung up, and then the chunk was announced to a
+    # closed machine (a KeyError in the transition table).
+    client = Client(replace(SETTINGS, persona=PERSONAS["exim"], max_message_bytes=52428800), ClientInfo("192.0.2.7"))
+    client.say(b"EHLO x\r\nMAIL FROM:<>\r\n")
+    assert client.say(b"XYZ\r\nXYZ\r\nXYZ\r\n") == b"500 unrecognized command\r\n" * 3
+    reply = client.say(b"BDAT 42\r\n")
+    assert reply == b"503-valid RCPT command must precede BDAT\r\n503 Too many syntax or protocol errors\r\n"
+    assert client.closed
+    assert client.say(b"x" * 42 + b"NOOP\r\n") == b""  # nothing more is read

@@ -1108,6 +1108,8 @@ class SmtpServer:
                 transaction.bdat_size = 0
                 transaction.scanner = MessageScanner(self.client.ip)
             self._chunk_keep = True
+        if self._mode is Mode.CLOSED:
+            return None  # the refusal was one error too many: the persona hung up, nothing more is read
         if size:
             self._move(Step.CHUNK_ANNOUNCED)
         else:

@@ -153,3 +153,14 @@ def test_a_bdat_refusal_that_is_one_error_too_many_closes_without_reading_its_ch
     assert reply == b"503-valid RCPT command must precede BDAT\r\n503 Too many syntax or protocol errors\r\n"
     assert client.closed
     assert client.say(b"x" * 42 + b"NOOP\r\n") == b""  # nothing more is read
+
+
+@pytest.mark.parametrize("line", [b"XAUTH.0\r\x8a\r\n", b"X\x8d\x8aY\r\n"])
+def test_sendmail_s_top_bit_stripping_cannot_end_a_reply_line_early(line: bytes):
+    # fuzz_smtpd found b"...AUTH.0\r\x8a\n": the echo loses its top bit (0x8A
+    # reads LF), and the CR before it made a line break inside the reply.
+    client = Client(replace(SETTINGS, persona=PERSONAS["sendmail"]), ClientInfo("192.0.2.7"))
+    client.say(b"EHLO x\r\n")
+    reply = client.say(line)
+    assert reply.endswith(b"\r\n") and b"\r\n" not in reply[:-2]
+    assert parse_reply_line(reply[:-2]) is not None

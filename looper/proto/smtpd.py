@@ -1468,8 +1468,14 @@ _FREE_DISK_BYTES = 100 * 1024**3
 
 
 def _top_bit_stripped(text: str) -> str:
-    """Text as sendmail echoes it: each byte (Latin-1) without its top bit."""
-    return "".join(chr(ord(char) & 0x7F) if ord(char) < 256 else "?" for char in text)
+    """Text as sendmail echoes it: each byte (Latin-1) without its top bit.
+
+    Where that makes a CR LF inside the text (a CR, then 0x8A), sendmail
+    would end its reply line early and write the rest as a line of its
+    own; the persona writes "?" for that LF, so its replies stay whole
+    lines and a client cannot make it say a reply of the client's choosing."""
+    stripped = "".join(chr(ord(char) & 0x7F) if ord(char) < 256 else "?" for char in text)
+    return stripped.replace("\r\n", "\r?")
 
 
 def _scanned(argument: str) -> str:

@@ -100,15 +100,13 @@ def run_role(roles: dict) -> bool:
 
 
 def role_trap(a) -> None:
-    """`looper run -c CONFIG` on the loop asked for, with the observer or not, under cProfile if asked."""
-    import asyncio
+    """`looper run -c CONFIG` (its event_loop is the loop asked for), with the observer or not, under cProfile if
+    asked."""
     import cProfile
 
     import looper.cli
     import looper.net.reflect
 
-    if a.loop == "uvloop":
-        asyncio.set_event_loop_policy(__import__("uvloop").EventLoopPolicy())
     if a.observer == "off":  # looper's Observer opaque from the start: the splice passes every chunk on unparsed
         looper.net.reflect.Observer = type("NoObserver", (looper.net.reflect.Observer,), {"opaque": True})
     profiler = cProfile.Profile()
@@ -355,7 +353,7 @@ class Trap(Server):
     """`looper run -c CONFIG` on 127.0.0.1 and a free port; CONFIG: `config` (key by key) over sensor bench,
     dialback.allow_private true, log.dir in the work folder. `loop`, `observer`, `profile`: see role_trap."""
 
-    def __init__(self, workdir: Path, config: dict, *, label: str = "looper", loop: str = "asyncio",
+    def __init__(self, workdir: Path, config: dict, *, label: str = "looper", loop: str = "uvloop",
                  observer: str = "on", profile: str = "") -> None:
         port = free_port()
         self.log_dir, self.config_path = workdir / f"looper-{port}", workdir / f"looper-{port}.json"
@@ -363,10 +361,11 @@ class Trap(Server):
                        "dialback": {"allow_private": True}, "log": {"dir": str(self.log_dir)}}
         if os.getuid() == 0 and "run_as" in __import__("looper.config").config.Config.__annotations__:
             self.config["run_as"] = None  # the trap stays who runs the bench: its ports need no root, no user to add
+        self.config["event_loop"] = loop
         for key, value in config.items():
             self.config[key] = {**self.config.get(key, {}), **value} if isinstance(value, dict) else value
         self.config_path.write_text(json.dumps(self.config, indent=2) + "\n")  # JSON is YAML
-        super().__init__(label, role_argv("trap", loop=loop, observer=observer, profile=profile,
+        super().__init__(label, role_argv("trap", observer=observer, profile=profile,
                                           config=str(self.config_path)), port)
 
     def messages(self) -> int:

@@ -344,7 +344,7 @@ def main() -> int:
     print(about, *filter(None, [r.notes]), sep="\n  ", file=sys.stderr, flush=True)
 
     def report(stopped: str) -> list[str]:
-        lines = [about, "servers: looper (`looper run`, stdlib asyncio loop, shipped bait)"
+        lines = [about, "servers: looper (`looper run`, uvloop, its default event_loop, shipped bait)"
                  + (f"; {r.notes}" if r.notes else ", Dovecot (tests/dovecot.py's private instance, passwd-file)"),
                  f"load: clients on {args.client_loop}, from 127.0.0.{FIRST_SOURCE}+"]
         lines += figures(args, r)

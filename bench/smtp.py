@@ -48,7 +48,7 @@ SESSION_SCRIPT = ((b"220", b"EHLO " + NAME + b"\r\n"), (b"250", b"MAIL FROM:<loa
                   (b"250", b"RCPT TO:<sink@remote.bench.test>\r\n"), (b"250", b"DATA\r\n"), (b"354", MESSAGE),
                   (b"250", b"QUIT\r\n"), (b"221", None))
 STEPS = ("greeting", "EHLO", "MAIL", "RCPT", "DATA", "content", "QUIT")
-SERVERS = ("looper", "aiosmtpd", "smtp-sink", "floor")
+SERVERS = ("looper", "looper-asyncio", "aiosmtpd", "smtp-sink", "floor")
 TARGET_SESSION_RATIO = 2.0  # looper >= 2x aiosmtpd at every concurrency
 TARGET_CONNECTIONS = 10_000  # connections/s
 TARGET_IDLE_BYTES = 5_000  # resident bytes per idle session
@@ -212,10 +212,11 @@ def available(wanted: list[str]) -> tuple[list[str], list[str]]:
 
 
 def start_server(name: str, workdir: Path, profile: str = "") -> Server:
-    if name == "looper":  # nothing listens on the dial-back port: every session meets the emulated relay
+    if name.startswith("looper"):  # nothing listens on the dial-back port: every session meets the emulated relay
         return Trap(workdir, {"dialback": {"port": free_port(), "on_failure": "emulate"},
                               "smtp": {"hostname": "mx.bench.test"}, "limits": {"per_ip": 20000, "total": 20000},
-                              "log": {"max_bytes": 256 << 20, "backups": 1}}, profile=profile)
+                              "log": {"max_bytes": 256 << 20, "backups": 1}}, profile=profile, label=name,
+                    loop="asyncio" if name == "looper-asyncio" else "uvloop")
     port = free_port()
     if name == "aiosmtpd":
         return Server(name, role_argv("aiosmtpd", port=port), port)
@@ -287,7 +288,7 @@ def phase_rates(args, r, workdir: Path) -> None:
                 label = f"run {rep + 1}/{args.repeat} {'sessions' if p.mode == 'session' else 'connects'} c={p.conc:<3}"
                 run, _ = steady(lambda: load_run(server, p.mode, p.conc, args.seconds, args.warmup,
                                                  1 if p.conc == 1 else args.client_procs),
-                                lambda x: f"{label} {server.name:<10} {x.rate:9,.0f}/s  server CPU "
+                                lambda x: f"{label} {server.name:<14} {x.rate:9,.0f}/s  server CPU "
                                           f"{x.server_cpu_s / x.seconds:4.0%}  client CPU "
                                           f"{x.client_cpu_s / x.seconds:4.0%}"
                                           + (f"  errors {sum(x.errors.values())}" if x.errors else ""))
@@ -311,7 +312,7 @@ def rates_table(args, points: list[Point], disk: dict) -> list[str]:
                       f"{args.repeat} run(s) of {args.seconds:g} s" if mode == "session" else
                   f"Connections/s: connect, read the 220, close; concurrency {args.conn_concurrency}, median of "
                   f"{args.repeat} run(s) of {args.seconds:g} s",
-                  f"  {'conc':>4}  {'server':<10}{'per s':>9}  {'min-max':>15}  {'p50 ms':>7} {'p99 ms':>7}  "
+                  f"  {'conc':>4}  {'server':<15}{'per s':>9}  {'min-max':>15}  {'p50 ms':>7} {'p99 ms':>7}  "
                   f"{'server CPU':>10} {'us/each':>8}  {'client CPU':>10} {'us/each':>8}  {'vs aiosmtpd':>11} "
                   f"{'vs smtp-sink':>12}  errors"]
         for p in rows:
@@ -320,7 +321,7 @@ def rates_table(args, points: list[Point], disk: dict) -> list[str]:
                   for ref in ("aiosmtpd", "smtp-sink")]
             rates, err = [r.rate for r in p.runs], p.errors
             lines.append(
-                f"  {p.conc:>4}  {p.server:<10}{p.rate:9,.0f}  {min(rates):7,.0f}-{max(rates):<7,.0f}  "
+                f"  {p.conc:>4}  {p.server:<15}{p.rate:9,.0f}  {min(rates):7,.0f}-{max(rates):<7,.0f}  "
                 f"{lat[len(lat) // 2] * 1000:7.2f} {lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000:7.2f}  "
                 f"{p.median_of(lambda r: r.server_cpu_s / r.seconds):>10.0%} "
                 f"{p.median_of(lambda r: r.server_cpu_s / max(1, r.sessions) * 1e6):8.0f}  "
@@ -365,6 +366,12 @@ def verdicts(r) -> list[str]:
             lines.append(target(f"sessions/s c={p.conc:<3} looper {p.rate:,.0f} >= {TARGET_SESSION_RATIO:g}x aiosmtpd "
                                 f"{ref.rate:,.0f} ({x:.2f}x){', errors' if p.errors else ''}",
                                 x >= TARGET_SESSION_RATIO and not p.errors))
+    for p in by.values():
+        if p.mode == "session" and p.server == "looper" and (ref := by.get(("session", p.conc, "looper-asyncio"))):
+            lines.append(f"    event_loop: uvloop against asyncio, sessions/s c={p.conc:<3} {p.rate:,.0f} against "
+                         f"{ref.rate:,.0f} ({ratio(p.rate, ref.rate)}), server CPU per session "
+                         f"{p.median_of(lambda x: x.server_cpu_s / max(1, x.sessions) * 1e6):,.0f} against "
+                         f"{ref.median_of(lambda x: x.server_cpu_s / max(1, x.sessions) * 1e6):,.0f} us")
     if r.disk:
         lines.append(target(f"every acknowledged message stored: {r.disk['on_disk']:,} files for "
                             f"{r.disk['acknowledged']:,}", r.disk["on_disk"] >= r.disk["acknowledged"]))
@@ -399,7 +406,7 @@ def main() -> int:
     args = parse(p, seconds=(5.0, 1.0), warmup=(0.5, 0.2), repeat=(3, 1), sessions=(10_000, 1000),
                  max_seconds=(1200, 50))
     args.concurrency = [int(x) for x in args.concurrency.split(",") if x.strip()]
-    wanted = [x.strip() for x in (args.servers or ",".join(SERVERS[: 3 if args.quick else 4])).split(",") if x.strip()]
+    wanted = [x.strip() for x in (args.servers or ",".join(SERVERS[: 4 if args.quick else 5])).split(",") if x.strip()]
     if set(wanted) - set(SERVERS):
         p.error(f"unknown server in --servers: {args.servers}")
     names, notes = available(wanted)
@@ -415,7 +422,7 @@ def main() -> int:
     def report(stopped: str) -> list[str]:
         fs = subprocess.run(["df", "--output=fstype,source", args.workdir], capture_output=True, text=True).stdout
         lines = [about, f"looper's log.dir (events, messages) in {args.workdir}: {' on '.join(fs.split()[-2:])}; "
-                        f"looper and aiosmtpd on the stdlib asyncio loop", f"servers: {', '.join(names)}",
+                        f"looper on uvloop (its default event_loop), looper-asyncio on the stdlib loop, aiosmtpd and floor on the stdlib loop", f"servers: {', '.join(names)}",
                  *[f"  {n}" for n in notes], f"load: {args.client_procs} client processes at concurrency > 1 (1 at "
                  f"concurrency 1), plain non-blocking sockets on epoll, from 127.0.0.10+"]
         lines += rates_table(args, r.points, r.disk)

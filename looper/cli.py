@@ -25,6 +25,7 @@ from looper import __version__
 from looper.bait import check_bait
 from looper.config import BLOCKLIST_FORMATS, Config, ConfigError, check_runtime, load_config
 from looper.eventlog import open_event_log, reopen_log_files
+from looper.loops import event_loop_factory
 from looper.privileges import RunAsUser, become, hand_over, run_as_user
 from looper.sinks import collector_sinks
 
@@ -522,7 +523,8 @@ def _run(config: Config, source: str, *, view: bool = False, who: RunAsUser | No
         return 0
 
     try:
-        return asyncio.run(serve())
+        with asyncio.Runner(loop_factory=event_loop_factory(config.event_loop)) as runner:
+            return runner.run(serve())
     finally:
         eventlog.close()
 

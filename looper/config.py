@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import yaml
 
+from looper.loops import EVENT_LOOPS
 from looper.proto.personas import PERSONAS, REPLY_KEYS
 
 # None by default: every common pair is in some detector's list (potsnitch
@@ -737,6 +738,9 @@ class Config:
     # On SIGTERM, how long sessions may go on before each protocol says its
     # goodbye (SMTP's 421) and the connection is closed.
     shutdown_grace_s: float = _setting(10.0, _non_negative_seconds)
+    # The event loop `looper run` runs on: uvloop (faster: see bench/smtp.py)
+    # or asyncio (the standard library's).
+    event_loop: str = _setting("uvloop", _choice(*EVENT_LOOPS))
     # Who the trap runs as once its ports are bound, when started as root.
     run_as: RunAs | None = field(default_factory=RunAs, metadata={"nullable": True})
     listen: Listen = field(default_factory=Listen)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,26 @@ import yaml
 from looper.config import parse_config
 from looper.eventlog import open_event_log
 from looper.events import record_problems
+from looper.loops import EVENT_LOOPS, event_loop_factory
 from looper.net.server import Trap
 from looper.sinks import collector_sinks
 
 TRAP_HOST = "127.0.0.1"
+
+# The event loops the asynchronous tests run on. uvloop is the trap's
+# default (config: event_loop), so every test runs on it; the tests of the
+# adapters, where the loops differ (transports, TLS, flow control, what a
+# write keeps of its buffer), run on the standard library's loop as well.
+# LOOPER_TEST_LOOP=asyncio (or uvloop) runs everything on that one alone.
+BOTH_LOOPS = {"test_session.py", "test_reflect.py", "test_emulate.py", "test_hostile.py", "test_shutdown.py"}
+
+
+def pytest_asyncio_loop_factories(config, item):
+    only = os.environ.get("LOOPER_TEST_LOOP")
+    if only:
+        return {only: event_loop_factory(only)}
+    names = EVENT_LOOPS if item.path.name in BOTH_LOOPS else ("uvloop",)
+    return {name: event_loop_factory(name) for name in names}
 
 
 def free_port(host: str = TRAP_HOST) -> int:
@@ -37,7 +54,6 @@ def shipped_config_here(folder: Path) -> Path:
     """config/looper.yaml as `looper check-config` and `run` take it on this
     machine: as root without the user it names in run_as (a test machine
     where `make install` never ran), a copy in `folder` with `run_as: null`."""
-    import os
     import pwd
 
     shipped = yaml.safe_load(SHIPPED_CONFIG.read_text())

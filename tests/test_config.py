@@ -132,7 +132,7 @@ def test_overrides_are_typed():
         ("limits: {block: [10]}", "f.yaml: limits.block: item 1: expected an address or CIDR (e.g. 192.0.2.0/24), got 10"),
         ("splice: {max_bytes: 1.5}", "f.yaml: splice.max_bytes: expected an integer 1-4611686018427387904, got 1.5"),
         ("splice: {ehlo_nam: mask}", "f.yaml: splice.ehlo_nam: unknown key (known: max_bytes, max_seconds, idle_seconds, bytes_per_minute, strip_starttls, ehlo_name, mask_name)"),
-        ("dialbak: {}", "f.yaml: dialbak: unknown key (known: sensor, shutdown_grace_s, run_as, listen, dialback, splice, smtp,"),
+        ("dialbak: {}", "f.yaml: dialbak: unknown key (known: sensor, shutdown_grace_s, event_loop, run_as, listen, dialback, splice, smtp,"),
         ("log: {syslog: true}", "f.yaml: log.syslog: replaced by the syslog section: set syslog.address to /dev/log (the local daemon) or to a collector's host:port"),
         ("syslog: {address: 'loghost:514'}", "f.yaml: syslog.address: expected host:port with an IP address (IPv6 as [addr]:port), got 'loghost:514', or the path of a local socket such as /dev/log"),
         ("syslog: {address: /dev/log, transport: tcp}", "f.yaml: syslog.transport: tcp is for a collector's host:port; /dev/log is a local socket, which takes datagrams (leave transport at udp)"),

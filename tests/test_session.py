@@ -250,14 +250,26 @@ async def test_greeting_then_pipelined_replies_leave_in_one_write(serve):
     with socket.create_connection((HOST, served.port)) as sock:
         sock.setblocking(False)
         assert await asyncio.wait_for(loop.sock_recv(sock, 4096), 5) == GREETING
-        transport = served.sessions[0].transport
-        writes = []
-        write = transport.write
-        transport.write = lambda data: (writes.append(bytes(data)), write(data))
+        session = served.sessions[0]
+        session.transport = counting = WriteCounter(session.transport)  # uvloop's write cannot be patched
         await loop.sock_sendall(sock, b"one\r\ntwo\r\nthree\r\n")
         together = await asyncio.wait_for(loop.sock_recv(sock, 4096), 5)
     assert together == b"250 one\r\n250 two\r\n250 three\r\n"
-    assert writes == [together]
+    assert counting.writes == [together]
+
+
+class WriteCounter:
+    """A transport that notes what each write() got, and passes all on."""
+
+    def __init__(self, transport) -> None:
+        self._transport, self.writes = transport, []
+
+    def write(self, data) -> None:
+        self.writes.append(bytes(data))
+        self._transport.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
 
 
 async def test_a_delayed_send_holds_everything_after_it(serve):

@@ -25,7 +25,7 @@ from looper import __version__
 from looper.bait import check_bait
 from looper.config import BLOCKLIST_FORMATS, Config, ConfigError, check_runtime, load_config
 from looper.eventlog import open_event_log, reopen_log_files
-from looper.loops import event_loop_factory
+from looper.loops import event_loop_factory, resolved_event_loop
 from looper.privileges import RunAsUser, become, hand_over, run_as_user
 from looper.sinks import collector_sinks
 
@@ -514,8 +514,9 @@ def _run(config: Config, source: str, *, view: bool = False, who: RunAsUser | No
 
         loop.add_signal_handler(signal.SIGHUP, reopen)
         log.info(
-            "listening on %s, dialing back on port %d, events in %s/events.jsonl",
+            "listening on %s, dialing back on port %d, events in %s/events.jsonl, on %s's event loop",
             ", ".join(map(str, trap.listening)), config.dialback.port, config.log.dir,
+            resolved_event_loop(config.event_loop),
         )
         await shutdown.wait()
         log.info("stopping: closing %d sessions", len(trap.sessions))

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import yaml
 
-from looper.loops import EVENT_LOOPS
+from looper.loops import EVENT_LOOPS, uvloop_installed
 from looper.proto.personas import PERSONAS, REPLY_KEYS
 
 # None by default: every common pair is in some detector's list (potsnitch
@@ -114,6 +114,13 @@ def _choice(*choices: str) -> Callable[[Any], str]:
         return value
 
     return parse
+
+
+def _event_loop(value: Any) -> str:
+    name = _choice(*EVENT_LOOPS)(value)
+    if name == "uvloop" and not uvloop_installed():
+        raise _Invalid("uvloop is not installed in this Python (pip install uvloop), or set auto or asyncio")
+    return name
 
 
 def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -738,9 +745,9 @@ class Config:
     # On SIGTERM, how long sessions may go on before each protocol says its
     # goodbye (SMTP's 421) and the connection is closed.
     shutdown_grace_s: float = _setting(10.0, _non_negative_seconds)
-    # The event loop `looper run` runs on: uvloop (faster: see bench/smtp.py)
-    # or asyncio (the standard library's).
-    event_loop: str = _setting("uvloop", _choice(*EVENT_LOOPS))
+    # The event loop `looper run` runs on: auto (uvloop where it is
+    # installed, else the standard library's), uvloop or asyncio.
+    event_loop: str = _setting("auto", _event_loop)
     # Who the trap runs as once its ports are bound, when started as root.
     run_as: RunAs | None = field(default_factory=RunAs, metadata={"nullable": True})
     listen: Listen = field(default_factory=Listen)

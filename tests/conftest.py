@@ -19,17 +19,18 @@ import yaml
 from looper.config import parse_config
 from looper.eventlog import open_event_log
 from looper.events import record_problems
-from looper.loops import EVENT_LOOPS, event_loop_factory
+from looper.loops import event_loop_factory, resolved_event_loop, uvloop_installed
 from looper.net.server import Trap
 from looper.sinks import collector_sinks
 
 TRAP_HOST = "127.0.0.1"
 
-# The event loops the asynchronous tests run on. uvloop is the trap's
-# default (config: event_loop), so every test runs on it; the tests of the
-# adapters, where the loops differ (transports, TLS, flow control, what a
-# write keeps of its buffer), run on the standard library's loop as well.
-# LOOPER_TEST_LOOP=asyncio (or uvloop) runs everything on that one alone.
+# The event loops the asynchronous tests run on. The trap runs on uvloop
+# where it is installed (config event_loop: auto; the test extra installs
+# it), so every test runs on it; the tests of the adapters, where the loops
+# differ (transports, TLS, flow control, what a write keeps of its buffer),
+# run on the standard library's loop as well. LOOPER_TEST_LOOP=asyncio (or
+# uvloop) runs everything on that one alone.
 BOTH_LOOPS = {"test_session.py", "test_reflect.py", "test_emulate.py", "test_hostile.py", "test_shutdown.py"}
 
 
@@ -37,8 +38,8 @@ def pytest_asyncio_loop_factories(config, item):
     only = os.environ.get("LOOPER_TEST_LOOP")
     if only:
         return {only: event_loop_factory(only)}
-    names = EVENT_LOOPS if item.path.name in BOTH_LOOPS else ("uvloop",)
-    return {name: event_loop_factory(name) for name in names}
+    names = ("uvloop", "asyncio") if item.path.name in BOTH_LOOPS else ("auto",)
+    return {resolved_event_loop(name): event_loop_factory(name) for name in names if uvloop_installed() or name != "uvloop"}
 
 
 def free_port(host: str = TRAP_HOST) -> int:

@@ -8,15 +8,18 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from looper import cli
 from tests.conftest import free_port, shipped_config_here
 
 
-def test_run_serves_until_sigterm(tmp_path):
+@pytest.mark.parametrize(("event_loop", "runs_on"), [("auto", "uvloop"), ("asyncio", "asyncio")])
+def test_run_serves_until_sigterm(tmp_path, event_loop, runs_on):
     port = free_port()
     config = tmp_path / "looper.yaml"
     config.write_text(
-        f"sensor: cli-test\nlisten: {{smtp: ['127.0.0.1:{port}'], imap: [], imaps: [], pop3: [], pop3s: []}}\n"
+        f"sensor: cli-test\nevent_loop: {event_loop}\nlisten: {{smtp: ['127.0.0.1:{port}'], imap: [], imaps: [], pop3: [], pop3s: []}}\n"
         f"dialback: {{port: 1, allow_private: true}}\nlog: {{dir: '{tmp_path / 'logs'}'}}\n"
         "smtp: {hostname: mx.cli.test}\nrun_as: null\n"  # as root too: test_privileges.py drops
     )
@@ -44,6 +47,7 @@ def test_run_serves_until_sigterm(tmp_path):
         trap.wait()
     stderr = trap.stderr.read()
     assert f"listening on 127.0.0.1:{port}, dialing back on port 1" in stderr
+    assert f"on {runs_on}'s event loop" in stderr  # auto: uvloop, which the test extra installs
     events = [json.loads(line) for line in (tmp_path / "logs" / "events.jsonl").read_text().splitlines()]
     assert [e["eventid"] for e in events] == [
         "looper.session.connect", "looper.dialback.failed", "looper.relay.verdict", "looper.command.input",

@@ -148,6 +148,8 @@ class TurnBatch:
             # bounded size, rather than held (and joined) all at once.
             self.flush()
             return
+        if self._flush_loop is not None and self._flush_loop.is_running():
+            return  # this turn's flush is scheduled (and get_running_loop costs a getpid() on Python 3.11)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

@@ -11,9 +11,10 @@ Rules:
   separated, white space around them and empty elements allowed; a value is
   a token or a quoted-string with backslash escapes. Only qop=auth is
   taken (no integrity or privacy layer follows), nc must be 00000001 (no
-  re-authentication), the nonce must be ours, and a directive given twice,
-  or one of username, nonce, cnonce, response, digest-uri missing, makes it
-  malformed, as Cyrus and Dovecot reject it.
+  re-authentication), the nonce must be ours, a charset can only be utf-8,
+  and a directive given twice, or one of username, nonce, cnonce, nc,
+  response, digest-uri missing, makes it malformed, as Cyrus and Dovecot
+  reject it.
 - Parsing is linear and bounded: Cyrus drops a response over 4096 bytes.
 """
 

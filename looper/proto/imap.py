@@ -708,7 +708,8 @@ class ImapServer:
             return
         self._sasl_outcome(exchange.respond(line))
 
-    def _sasl_outcome(self, outcome: Challenge | Credentials | Acknowledged | Failure, *, initial: bool = False) -> None:
+    def _sasl_outcome(self, outcome: Challenge | Credentials | Acknowledged | Failure, *,
+                      initial: bool = False) -> None:
         exchange, tag = self._sasl, self._sasl_tag
         assert exchange is not None
         if isinstance(outcome, Credentials) and self.settings.policy.accepts(outcome, self.auth_failures):

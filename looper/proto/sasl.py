@@ -149,7 +149,8 @@ class SaslExchange:
     def respond(self, line: bytes | str) -> Outcome:
         """The client's next response line."""
         if self.done:
-            raise RuntimeError("the SASL exchange is over" if self.step is Step.DONE else "the SASL exchange awaits admit()")
+            over = self.step is Step.DONE
+            raise RuntimeError("the SASL exchange is over" if over else "the SASL exchange awaits admit()")
         decoded = decode_response(line)
         if isinstance(decoded, Failure):
             return self._finish(decoded)
@@ -224,14 +225,18 @@ def digest_md5_digest(password: str, username: str, directives: DigestMd5Directi
     try:  # ISO 8859-1 whenever it can say it, else UTF-8 (RFC 2831 2.1.2.1, charset)
         secret_bytes = secret.encode("latin-1")
     except UnicodeEncodeError:
-        secret_bytes = secret.encode("utf-8", "surrogatepass")
-    a1 = hashlib.md5(secret_bytes).digest() + f":{directives.nonce}:{directives.cnonce}".encode("utf-8", "surrogatepass")
+        secret_bytes = _utf8(secret)
+    a1 = hashlib.md5(secret_bytes).digest() + _utf8(f":{directives.nonce}:{directives.cnonce}")
     if authzid:
-        a1 += b":" + authzid.encode("utf-8", "surrogatepass")
+        a1 += _utf8(f":{authzid}")
     a2 = ("" if rspauth else "AUTHENTICATE") + ":" + directives.digest_uri
     session = f"{_md5_hex(a1)}:{directives.nonce}:{directives.nc}:{directives.cnonce}:{directives.qop}:{_md5_hex(a2)}"
     return _md5_hex(session)
 
 
 def _md5_hex(data: bytes | str) -> str:
-    return hashlib.md5(data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")).hexdigest()
+    return hashlib.md5(data if isinstance(data, bytes) else _utf8(data)).hexdigest()
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")  # never raises: a digest of odd text is just wrong

@@ -1274,7 +1274,8 @@ class SmtpServer:
         if mechanism == "DIGEST-MD5":
             digest_challenge = DigestChallenge.drawn(self.env.random_bytes, self.settings.hostname,
                                                      self.persona.digest_md5_server)
-        self._sasl = SaslExchange(mechanism, cram_challenge=self.env.cram_challenge(), digest_challenge=digest_challenge,
+        self._sasl = SaslExchange(mechanism, cram_challenge=self.env.cram_challenge(),
+                                  digest_challenge=digest_challenge,
                                   empty_login_username=self.persona.login_takes_empty_username)
         initial_response = args[1] if len(args) == 2 else None
         self._sasl_outcome(self._sasl.start(initial_response), initial=True, response=initial_response or "")

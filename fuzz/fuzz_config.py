@@ -38,6 +38,9 @@ class Environment:
     def cram_challenge(self) -> str:
         return "<1@mx.trap.example.net>"
 
+    def random_bytes(self, count: int) -> bytes:
+        return bytes(count)
+
     def date(self) -> str:
         return "Sun, 22 Nov 2026 10:00:00 +0000"
 

@@ -10,8 +10,8 @@ Input: three settings bytes, then records.
             implicit TLS, 4 client without a DNS name, 5 client's local
             address known, 6 small limits (2000-byte messages, 3
             recipients), 7 accept_after 2
-  byte 2    bits 0-2 AUTH mechanisms (PLAIN, LOGIN, CRAM-MD5; none: AUTH
-            off), 3-4 earlier failed logins, 5 local_domains set, 6 a
+  byte 2    bits 0-2 AUTH mechanisms (PLAIN, LOGIN, CRAM-MD5 with
+            DIGEST-MD5; none: AUTH off), 3-4 earlier failed logins, 5 local_domains set, 6 a
             shared message memory budget of 3000 bytes, 7 pregreet bytes
 A record is an op byte:
   bits 0-1  0 client bytes, 1 client bytes repeated (one more byte k:
@@ -51,7 +51,7 @@ with instrumented(__name__ == "__main__"):
     from looper.proto.smtpd import MAX_WAITING_INPUT_BYTES, ClientInfo, Mode, SmtpServer, SmtpSettings
 
 PERSONA_NAMES = sorted(PERSONAS)
-MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
+MECHANISMS = (("PLAIN",), ("LOGIN",), ("CRAM-MD5", "DIGEST-MD5"))
 DATA, REPEATED, TIMEOUT, EOF = range(4)
 MAX_INPUT_BYTES = 1 << 20
 MAX_CALLS_PER_RECORD = 1024
@@ -70,6 +70,9 @@ class Environment:
 
     def cram_challenge(self) -> str:
         return "<1234567890123456.1795000000@mx.trap.example.net>"
+
+    def random_bytes(self, count: int) -> bytes:
+        return bytes(range(count))  # the same in the whole and the cut run
 
     def date(self) -> str:
         return "Sun, 22 Nov 2026 10:00:00 +0000"
@@ -97,7 +100,7 @@ def parse(data: bytes) -> tuple[SmtpSettings, ClientInfo, list[Record]]:
         relay="authenticated" if flags & 2 else "open",
         credentials=frozenset({("admin", "admin"), ("user@trap.example.net", "secret")}),
         accept_after=2 if flags & 128 else None,
-        auth_mechanisms=tuple(m for i, m in enumerate(MECHANISMS) if more & (1 << i)),
+        auth_mechanisms=tuple(m for i, ms in enumerate(MECHANISMS) if more & (1 << i) for m in ms),
         max_message_bytes=2000 if small else persona.default_max_message_bytes,
         max_recipients=3 if small else 1000,
         tls_available=not flags & 4,

@@ -144,6 +144,26 @@ SMTPD = {
             )
         ],
     ),
+    # sendmail's DIGEST-MD5, to the end: challenge, response, rspauth, empty answer, 235
+    "sendmail-digest-md5": (
+        bytes([3, 0, 0b100]),
+        [
+            (0x00, b"EHLO x\r\n"),
+            (0x00, b"AUTH DIGEST-MD5\r\n"),
+            (
+                0x00,
+                base64.b64encode(
+                    b'username="admin",realm="mx.trap.example.net",nonce="AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",'
+                    b'cnonce="OA6MHXh6VqTrRk",nc=00000001,qop=auth,digest-uri="smtp/mx.trap.example.net",'
+                    b"response=cac74f8d07913d72e151fc34042b406a"
+                )
+                + b"\r\n",
+            ),
+            (0x00, b"\r\n"),
+            (0x00, b"MAIL FROM:<a@b.example>\r\n"),
+            (0x00, b"QUIT\r\n"),
+        ],
+    ),
     "starttls-slow-store": (
         bytes([2, 0b0100_0000, 0b001]),
         [
@@ -159,11 +179,23 @@ SMTPD = {
     ),
 }
 
+# A DIGEST-MD5 client's answer to fuzz_sasl.py's DIGEST_CHALLENGE, password admin.
+DIGEST_MD5_RESPONSE = (
+    b'username="admin",realm="mx.trap.example.net",nonce="b4dJ9sCh5VNM/6Cw9zxwKJOvKwTwPThVr1Pw0hqpRuc=",'
+    b'cnonce="OA6MHXh6VqTrRk",nc=00000001,qop=auth,digest-uri="smtp/mx.trap.example.net",'
+    b"response=4fc224591d864be107efb4a6b12653fe,charset=utf-8"
+)
+
 SASL = {
     "plain-initial": bytes([0b10100]) + base64.b64encode(b"\0admin\0admin"),
     "login": bytes([0b00001]) + base64.b64encode(b"admin") + b"\n" + base64.b64encode(b"secret"),
     "cram": bytes([0b00010]) + base64.b64encode(b"admin 0123456789abcdef0123456789abcdef"),
     "cancel-str": bytes([0b01001]) + b"*\n=",
+    # admitted knowing the password: rspauth, then the client's empty answer
+    "digest-md5": bytes([0b1100011]) + base64.b64encode(DIGEST_MD5_RESPONSE) + b"\n",
+    # admitted by accept_after (no password), as str; the client cancels the proof
+    "digest-md5-stand-in": bytes([0b0101011]) + base64.b64encode(DIGEST_MD5_RESPONSE) + b"\n*",
+    "digest-md5-malformed": bytes([0b00011]) + base64.b64encode(DIGEST_MD5_RESPONSE.replace(b"nc=00000001", b"nc=2")),
 }
 
 CONFIGS = {

@@ -25,6 +25,7 @@ import yaml
 
 from looper.loops import EVENT_LOOPS, uvloop_installed
 from looper.proto.personas import PERSONAS, REPLY_KEYS
+from looper.proto.sasl import MECHANISMS
 
 # None by default: every common pair is in some detector's list (potsnitch
 # tries admin:admin, admin:password, root:root first), and a pair accepted at
@@ -367,7 +368,7 @@ def _credential(value: Any) -> Credential:
 
 
 def _mechanisms(value: Any) -> tuple[str, ...]:
-    mechanisms = _list_of(_choice("PLAIN", "LOGIN", "CRAM-MD5"))(
+    mechanisms = _list_of(_choice(*MECHANISMS))(
         [m.upper() if isinstance(m, str) else m for m in value] if isinstance(value, list) else value
     )
     if len(set(mechanisms)) != len(mechanisms):
@@ -428,7 +429,9 @@ class Smtp:
     accept_after: int | None = _setting(DEFAULT_ACCEPT_AFTER, _optional(_int(1, 1_000_000)))
     # With CRAM-MD5 as a real Dovecot offers it ("plain login cram-md5"):
     # LOGIN for the brute-forcers that use it, and no "only weak mechanisms"
-    # tell (potsnitch's smtp_weak_auth_only).
+    # tell (potsnitch's smtp_weak_auth_only). The sendmail persona is
+    # Debian's own with [DIGEST-MD5, CRAM-MD5]; this list, not the persona,
+    # says what EHLO offers.
     auth_mechanisms: tuple[str, ...] = _setting(lambda: ("PLAIN", "LOGIN", "CRAM-MD5"), _mechanisms)
     # Largest message, advertised in SIZE; null: the persona's own default
     # (Postfix 10240000, Exim 52428800, Exchange 37748736).
@@ -457,7 +460,8 @@ class MailAccess:
     # and AUTH without TLS (a Dovecot set up for legacy clients); false is
     # stock Debian's (LOGINDISABLED until STARTTLS/STLS).
     plaintext_login: bool = _setting(True, _bool)
-    # auth_mechanisms: stock Debian offers PLAIN alone.
+    # auth_mechanisms: stock Debian offers PLAIN alone. POP3 offers PLAIN
+    # and LOGIN of them: its machine has no randomness for a challenge.
     auth_mechanisms: tuple[str, ...] = _setting(lambda: ("PLAIN",), _mail_mechanisms)
 
 

@@ -44,6 +44,8 @@ COMMON_FIELDS: dict[str, str] = {
 _LOGIN = {
     "mechanism": "str", "username": "str|null", "password": "str?", "digest": "str?", "challenge": "str?",
     "authzid": "str?",
+    # DIGEST-MD5: what its digest was computed over (cracking it offline needs them all)
+    "realm": "str?", "nonce": "str?", "cnonce": "str?", "nc": "str?", "qop": "str?", "digest_uri": "str?",
 }
 _REFLECT_PATH = {"address": "str|null", "params": "list", "code": "int|null", "reply": "str|null"}
 _SMTP_PATH = {"address": "str|null", "params": "list", "code": "int|null", "reply": "str"}

@@ -10,7 +10,8 @@
 # - dnsmasq (the name server alone: dnsmasq-base) for the DNS evidence;
 # - rsyslog as the syslog collector;
 # - Dovecot's imapd and pop3d, the truth for the bait IMAP and POP3 servers
-#   (no default instance running; tests/dovecot.py starts its own).
+#   (no default instance running; tests/dovecot.py starts its own);
+# - GNU SASL's gsasl, an independent DIGEST-MD5 and CRAM-MD5 client.
 # apt runs under a policy-rc.d that keeps packages from starting their
 # services; a service already running is left alone. Needs root (apt-get).
 # Safe to run again.
@@ -24,7 +25,7 @@ if ! command -v postfix >/dev/null || ! command -v ip >/dev/null || ! command -v
         || ! command -v nmap >/dev/null || ! command -v chromium >/dev/null || [ ! -x /usr/sbin/rbldnsd ] \
         || [ ! -x /usr/sbin/dnsmasq ] || [ ! -x /usr/sbin/rsyslogd ] \
         || [ ! -d /usr/share/fonts/truetype/dejavu ] || [ ! -x /usr/lib/dovecot/imap ] \
-        || [ ! -x /usr/lib/dovecot/pop3 ]; then
+        || [ ! -x /usr/lib/dovecot/pop3 ] || ! command -v gsasl >/dev/null; then
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     created_policy=
     if [ ! -e /usr/sbin/policy-rc.d ]; then      # keep apt from starting services
@@ -34,7 +35,7 @@ if ! command -v postfix >/dev/null || ! command -v ip >/dev/null || ! command -v
     fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends postfix ssl-cert openssl iproute2 nmap \
-        chromium fonts-dejavu-core rbldnsd dnsmasq-base rsyslog dovecot-imapd dovecot-pop3d >/dev/null
+        chromium fonts-dejavu-core rbldnsd dnsmasq-base rsyslog dovecot-imapd dovecot-pop3d gsasl >/dev/null
     if [ -n "$created_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 if [ ! -s /etc/ssl/certs/ssl-cert-snakeoil.pem ] || [ ! -s /etc/ssl/private/ssl-cert-snakeoil.key ]; then
@@ -51,4 +52,5 @@ if [ -S /run/dovecot/master ] || [ -f /run/dovecot/master.pid ]; then doveadm st
 echo "install-test-tools: Postfix $(postconf -dh mail_version 2>/dev/null) (no default instance running)," \
     "$(nmap --version | head -1), $(chromium --version 2>/dev/null | head -1)," \
     "rbldnsd $(dpkg-query -W -f '${Version}' rbldnsd 2>/dev/null), $(/usr/sbin/dnsmasq --version | head -1)," \
-    "$(/usr/sbin/rsyslogd -v | head -1), Dovecot $(dovecot --version 2>/dev/null | cut -d" " -f1) (no default instance running)"
+    "$(/usr/sbin/rsyslogd -v | head -1), Dovecot $(dovecot --version 2>/dev/null | cut -d" " -f1) (no default instance running)," \
+    "$(gsasl --version | head -1)"

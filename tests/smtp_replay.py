@@ -39,6 +39,10 @@ class FixedEnvironment:
     def cram_challenge(self) -> str:
         return self.challenge
 
+    def random_bytes(self, count: int) -> bytes:
+        """The same bytes in every run (DIGEST-MD5's nonce and stand-in rspauth)."""
+        return bytes(range(count))
+
     def date(self) -> str:
         return "Sun, 22 Nov 2026 10:00:00 +0000"
 

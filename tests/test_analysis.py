@@ -362,10 +362,14 @@ def test_emulated_side_credentials_and_captured_mail():
                      rcpt_to=["victim@example.org"], size=10, subject="Win", username=None)
         stream.event(f"e{n}", "198.51.100.4", "looper.session.closed", mode="emulate", reason="closed_by_client",
                      duration=1.0, bytes_in=1, bytes_out=1)
+    stream.event("e3", "198.51.100.4", "looper.login.failed", mechanism="DIGEST-MD5", username="root",
+                 digest="d388dad90d4bbd760a152321f2143af7", realm="mx", nonce="n", cnonce="c", nc="00000001",
+                 qop="auth", digest_uri="smtp/mx", reason="bad credentials")
     report = build_report(offline(stream.records))
     assert report["relays"][0]["verdict"] == "unreachable"
     assert report["credentials"]["smtp"]["top"] == [
-        {"username": "admin", "password": "admin", "succeeded": False, "count": 3}
+        {"username": "admin", "password": "admin", "succeeded": False, "count": 3},
+        {"username": "root", "password": "digest-md5:d388dad90d4bbd760a152321f2143af7", "succeeded": False, "count": 1},
     ]
     captured = report["captured"]
     assert captured["messages"] == 3 and captured["domains"] == [{"value": "example.org", "count": 3}]

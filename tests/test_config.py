@@ -116,7 +116,7 @@ def test_overrides_are_typed():
         ("smtp: {persona: qmail}", "f.yaml: smtp.persona: expected one of postfix"),
         ("smtp: {replies: {nope: '250 x'}}", "f.yaml: smtp.replies: no reply is called 'nope'"),
         ("smtp: {replies: {quit: bye}}", "f.yaml: smtp.replies: quit: expected a reply like '250 2.0.0 Ok', got 'bye'"),
-        ("smtp: {auth_mechanisms: [plain, ntlm]}", "f.yaml: smtp.auth_mechanisms: item 2: expected one of PLAIN, LOGIN, CRAM-MD5, got 'NTLM'"),
+        ("smtp: {auth_mechanisms: [plain, ntlm]}", "f.yaml: smtp.auth_mechanisms: item 2: expected one of PLAIN, LOGIN, CRAM-MD5, DIGEST-MD5, got 'NTLM'"),
         ("smtp: {accept_after: 0}", "f.yaml: smtp.accept_after: expected an integer 1-1000000, got 0"),
         ("credentials: [nocolon]", "f.yaml: credentials: item 1: expected user:password, got 'nocolon'"),
         ("limits: {rate: 3/day}", "f.yaml: limits.rate: expected N/second, N/minute or N/hour (e.g. 30/minute), got '3/day'"),

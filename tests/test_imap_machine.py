@@ -48,6 +48,9 @@ class Env:
     def cram_challenge(self) -> str:
         return "<1234.1796272176@mx>"
 
+    def random_bytes(self, count: int) -> bytes:
+        return bytes(range(count))
+
 
 def machine(**kw) -> ImapServer:
     return ImapServer(ImapSettings(policy=POLICY, **kw.pop("settings", {})), STORE, Env(), ip="192.0.2.1", **kw)
@@ -177,6 +180,35 @@ def test_authenticate_login_and_cram_md5_when_configured():
     assert talk(m, "a AUTHENTICATE CRAM-MD5") == b"+ " + base64.b64encode(challenge.encode()) + b"\r\n"
     answer = base64.b64encode(f"alice {cram_md5_digest('secret', challenge)}".encode()).decode()
     assert talk(m, answer).endswith(b"] Logged in\r\n")
+
+
+def test_authenticate_digest_md5_as_dovecot_words_it():
+    import base64
+
+    from tests.test_sasl import digest_client
+
+    m = machine(settings={"auth_mechanisms": ("PLAIN", "DIGEST-MD5")})
+    assert drain(m).endswith(b"AUTH=PLAIN AUTH=DIGEST-MD5] Dovecot (Debian) ready.\r\n")
+    nonce = base64.b64encode(bytes(range(16))).decode()
+    challenge = f'realm="",nonce="{nonce}",qop="auth",charset="utf-8",algorithm="md5-sess"'
+    assert talk(m, "a AUTHENTICATE DIGEST-MD5") == b"+ " + base64.b64encode(challenge.encode()) + b"\r\n"
+
+    def answer(password: str) -> str:
+        digest = digest_client(password, username="alice", realm="", nonce=nonce, cnonce="xyz", uri="imap/mx")
+        return base64.b64encode(f'username="alice",realm="",nonce="{nonce}",cnonce="xyz",nc=00000001,qop=auth,'
+                                f'digest-uri="imap/mx",response={digest}'.encode()).decode()
+
+    rspauth = digest_client("secret", username="alice", realm="", nonce=nonce, cnonce="xyz", uri="imap/mx", method="")
+    assert talk(m, answer("secret")) == b"+ " + base64.b64encode(f"rspauth={rspauth}".encode()) + b"\r\n"
+    assert m.state is State.NOT_AUTHENTICATED
+    assert talk(m, "").endswith(b"] Logged in\r\n")
+    (success,) = [e.fields for e in m.events() if e.eventid == "looper.login.success"]
+    assert success["mechanism"] == "DIGEST-MD5" and success["digest_uri"] == "imap/mx" and "password" not in success
+    m = machine(settings={"auth_mechanisms": ("DIGEST-MD5",)})
+    drain(m)
+    talk(m, "a AUTHENTICATE DIGEST-MD5")
+    assert talk(m, answer("wrong")) == b"a NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
+    assert m.auth_failures == 1
 
 
 def test_a_read_is_logged_once_per_message_and_kind():

@@ -2,7 +2,8 @@
 remembers per address (bounded)."""
 
 from looper.proto.login import FailureMemory, LoginPolicy, login_fields
-from looper.proto.sasl import Credentials, cram_md5_digest
+from looper.proto.digest_md5 import DigestMd5Directives
+from looper.proto.sasl import Credentials, cram_md5_digest, digest_md5_digest
 
 
 def plain(user: str, password: str, authzid: str = "") -> Credentials:
@@ -19,6 +20,22 @@ def test_who_gets_in():
     assert policy.accepts(Credentials("CRAM-MD5", "admin", digest=digest, challenge="<1.2@mx>"), 0)
     harvester = LoginPolicy(frozenset({("admin", "s3cret")}), accept_after=1, admits=False)
     assert not harvester.accepts(plain("admin", "s3cret"), earlier_failures=5)
+
+
+def test_digest_md5_is_verified_and_its_password_known():
+    directives = DigestMd5Directives("mx.example", "bm9uY2U=", "Y25vbmNl", "00000001", "auth", "smtp/mx.example")
+    good = Credentials("DIGEST-MD5", "admin", digest=digest_md5_digest("s3cret", "admin", directives),
+                       directives=directives)
+    guessed = Credentials("DIGEST-MD5", "admin", digest=digest_md5_digest("guess", "admin", directives),
+                          directives=directives)
+    policy = LoginPolicy(frozenset({("admin", "s3cret"), ("other", "s3cret")}), accept_after=3)
+    assert policy.accepts(good, 0) and policy.password_of(good) == "s3cret"
+    assert not policy.accepts(guessed, 2) and policy.password_of(guessed) is None
+    assert policy.accepts(guessed, 3)  # accept_after admits it, without a password to prove
+    assert login_fields(good) == {
+        "mechanism": "DIGEST-MD5", "username": "admin", "digest": good.digest, "realm": "mx.example",
+        "nonce": "bm9uY2U=", "cnonce": "Y25vbmNl", "nc": "00000001", "qop": "auth", "digest_uri": "smtp/mx.example",
+    }
 
 
 def test_the_failure_delay_grows_after_the_first():

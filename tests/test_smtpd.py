@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from dataclasses import replace
 
 import pytest
@@ -13,10 +14,12 @@ from hypothesis import strategies as st
 
 from looper.proto.actions import Close, CloseReason, Send, StartTLS, Store
 from looper.proto.budget import MessageMemory
+from looper.proto.digest_md5 import parse_directives
 from looper.proto.personas import PERSONAS, POSTFIX
 from looper.proto.sasl import cram_md5_digest
 from looper.proto.smtpd import MAX_WAITING_INPUT_BYTES, ClientInfo, Mode, SmtpServer, SmtpSettings
 from tests.smtp_replay import FixedEnvironment
+from tests.test_sasl import digest_client
 
 SETTINGS = SmtpSettings(
     hostname="mx.trap.example.net",
@@ -155,6 +158,63 @@ def test_cram_md5_logs_challenge_and_digest():
     assert client.say(b64(f"admin {digest}".encode()) + b"\r\n") == b"235 2.7.0 Authentication successful\r\n"
     (success,) = client.of("looper.login.success")
     assert success == {"mechanism": "CRAM-MD5", "username": "admin", "digest": digest, "challenge": challenge}
+
+
+SENDMAIL = replace(SETTINGS, persona=PERSONAS["sendmail"], auth_mechanisms=("DIGEST-MD5", "CRAM-MD5"))
+
+
+def digest_md5_answer(challenge_line: bytes, password: str, username: str = "admin") -> tuple[bytes, dict[str, str]]:
+    """What a DIGEST-MD5 client sends to the 334 challenge, and the directives it read there."""
+    offered = parse_directives(base64.b64decode(challenge_line[4:]).decode())
+    nonce, realm, cnonce = offered["nonce"], offered["realm"], "Y2xpZW50IG5vbmNl"
+    uri = f"smtp/{realm}"
+    digest = digest_client(password, username=username, realm=realm, nonce=nonce, cnonce=cnonce, uri=uri)
+    response = (f'username="{username}",realm="{realm}",nonce="{nonce}",cnonce="{cnonce}",nc=00000001,qop=auth,'
+                f'digest-uri="{uri}",response={digest},charset=utf-8')
+    return b64(response.encode()) + b"\r\n", {**offered, "cnonce": cnonce, "digest_uri": uri, "digest": digest}
+
+
+def test_digest_md5_success_proves_the_server_and_logs_what_cracks_it():
+    client = Client(SENDMAIL)
+    assert b"250-AUTH DIGEST-MD5 CRAM-MD5\r\n" in client.say(b"EHLO x\r\n")
+    challenge = client.say(b"AUTH DIGEST-MD5\r\n")
+    assert challenge.startswith(b"334 ") and challenge.endswith(b"\r\n")
+    answer, sent = digest_md5_answer(challenge, "admin")
+    assert sent["realm"] == "mx.trap.example.net" and sent["algorithm"] == "md5-sess"
+    rspauth = digest_client("admin", username="admin", realm=sent["realm"], nonce=sent["nonce"],
+                            cnonce=sent["cnonce"], uri=sent["digest_uri"], method="")
+    assert client.say(answer) == b"334 " + b64(f"rspauth={rspauth}".encode()) + b"\r\n"
+    assert client.of("looper.login.success") == []  # not before the client took the proof
+    assert client.say(b"\r\n") == b"235 2.0.0 OK Authenticated\r\n"
+    assert client.of("looper.login.success") == [{
+        "mechanism": "DIGEST-MD5", "username": "admin", "digest": sent["digest"], "realm": sent["realm"],
+        "nonce": sent["nonce"], "cnonce": sent["cnonce"], "nc": "00000001", "qop": "auth",
+        "digest_uri": sent["digest_uri"],
+    }]
+    assert client.machine.mode is Mode.COMMAND
+    assert client.say(b"AUTH DIGEST-MD5\r\n").startswith(b"503 ")  # already authenticated
+
+
+def test_digest_md5_failures_wrong_password_malformed_and_accept_after():
+    client = Client(replace(SENDMAIL, accept_after=2))
+    client.say(b"EHLO x\r\n")
+    answer, sent = digest_md5_answer(client.say(b"AUTH DIGEST-MD5\r\n"), "wrong")
+    assert client.say(answer) == b"535 5.7.0 authentication failed\r\n"
+    (failed,) = client.of("looper.login.failed")
+    assert failed["reason"] == "bad credentials" and failed["digest"] == sent["digest"] and "password" not in failed
+    client.say(b"AUTH DIGEST-MD5\r\n")
+    assert client.say(b64(b'username="admin",nonce="not ours"') + b"\r\n") == b"535 5.7.0 authentication failed\r\n"
+    assert client.of("looper.login.failed")[-1] == {"mechanism": "DIGEST-MD5", "username": None,
+                                                    "reason": "malformed response"}
+    # two failures: accept_after admits any digest, with a proof of the right shape
+    answer, _ = digest_md5_answer(client.say(b"AUTH DIGEST-MD5\r\n"), "still wrong")
+    proof = base64.b64decode(client.say(answer)[4:])
+    assert re.fullmatch(rb"rspauth=[0-9a-f]{32}", proof)
+    assert client.say(b"*\r\n").startswith(b"501 ")  # cancelled at the last step: no login
+    assert client.of("looper.login.success") == []
+    answer, _ = digest_md5_answer(client.say(b"AUTH DIGEST-MD5\r\n"), "still wrong")
+    client.say(answer)
+    assert client.say(b"\r\n") == b"235 2.0.0 OK Authenticated\r\n"
 
 
 def test_random_credentials_fail_at_first_and_pass_after_accept_after():

@@ -660,8 +660,9 @@ class Analysis:
         relay.logins += 1
         protocol = record.get("protocol") or "smtp"
         secret = _text(record.get("password"))
-        if secret is None and record.get("digest") is not None:
-            secret = "cram-md5:" + str(record["digest"])
+        if secret is None and record.get("digest") is not None:  # CRAM-MD5 or DIGEST-MD5
+            mechanism = str(record.get("mechanism") or "CRAM-MD5").lower()
+            secret = f"{mechanism}:{record['digest']}"
         ok = record["eventid"] == "looper.login.success"
         tally = self.credentials.get(protocol)
         if tally is None:

@@ -47,6 +47,9 @@ class SystemEnvironment:
     def cram_challenge(self) -> str:
         return f"<{secrets.randbelow(10**16):016d}.{int(time.time())}@{self._short_name}>"
 
+    def random_bytes(self, count: int) -> bytes:
+        return secrets.token_bytes(count)
+
     def date(self) -> str:
         return format_datetime(datetime.now(timezone.utc))
 

@@ -55,7 +55,8 @@ from looper.proto.imap_search import SearchParser
 from looper.proto.lines import LineReader, Overlong, Refused
 from looper.proto.login import LoginPolicy, login_fields
 from looper.proto.mailbox import BaitFolder, BaitStore
-from looper.proto.sasl import Challenge, Credentials, Failure, SaslExchange
+from looper.proto.digest_md5 import DigestChallenge
+from looper.proto.sasl import Acknowledged, Challenge, Credentials, Failure, SaslExchange
 from looper.proto.text import as_text
 
 # -- limits (Dovecot's where it has one) --------------------------------------------
@@ -178,6 +179,7 @@ class Environment(Protocol):
 
     def now_s(self) -> float: ...
     def cram_challenge(self) -> str: ...
+    def random_bytes(self, count: int) -> bytes: ...  # DIGEST-MD5's nonce
 
 
 @dataclass(frozen=True)
@@ -688,7 +690,10 @@ class ImapServer:
             self._emit("looper.login.failed", mechanism=mechanism, username=None, reason="plaintext login disabled")
             return self._tagged(tag, "NO", "[PRIVACYREQUIRED] Plaintext authentication disabled.")
         challenge = self.environment.cram_challenge() if mechanism == "CRAM-MD5" else ""
-        exchange = SaslExchange(mechanism, cram_challenge=challenge)
+        digest_challenge = None
+        if mechanism == "DIGEST-MD5":  # Dovecot's, realm="" (no auth_realms)
+            digest_challenge = DigestChallenge.drawn(self.environment.random_bytes, "", "dovecot")
+        exchange = SaslExchange(mechanism, cram_challenge=challenge, digest_challenge=digest_challenge)
         self._sasl, self._sasl_tag = exchange, tag
         if len(args) > 2 or (len(args) == 2 and astring(args[1]) is None):  # Dovecot takes it all as the response
             return self._sasl_outcome(Failure.UNDECODABLE, initial=True)
@@ -703,9 +708,13 @@ class ImapServer:
             return
         self._sasl_outcome(exchange.respond(line))
 
-    def _sasl_outcome(self, outcome: Challenge | Credentials | Failure, *, initial: bool = False) -> None:
+    def _sasl_outcome(self, outcome: Challenge | Credentials | Acknowledged | Failure, *,
+                      initial: bool = False) -> None:
         exchange, tag = self._sasl, self._sasl_tag
         assert exchange is not None
+        if isinstance(outcome, Credentials) and self.settings.policy.accepts(outcome, self.auth_failures):
+            proof = exchange.admit(self.settings.policy.password_of(outcome))
+            outcome = Acknowledged(outcome) if proof is None else proof
         if isinstance(outcome, Challenge):
             self.mode = Mode.SASL
             return self._send(b"+ " + base64.b64encode(outcome.data))
@@ -723,30 +732,38 @@ class ImapServer:
             self._emit("looper.login.failed", mechanism=exchange.mechanism, username=None, reason="malformed response")
             delay = LoginPolicy.failure_delay_s(self.auth_failures, AUTH_FAILURE_DELAY_S, AUTH_REPEAT_FAILURE_DELAY_S)
             return self._tagged(tag, "NO", AUTH_FAILED, delay_s=delay)
-        self._try_login(tag, outcome)
+        if isinstance(outcome, Acknowledged):
+            return self._logged_in(tag, outcome.credentials)
+        self._refused(tag, outcome)
 
     def _try_login(self, tag: str, credentials: Credentials) -> None:
         if self.settings.policy.accepts(credentials, self.auth_failures):
-            self._emit("looper.login.success", **login_fields(credentials))
-            self.auth_failures = 0
-            self.username = credentials.username
-            self.state = State.AUTHENTICATED
-            self.idle_timeout_s = IDLE_TIMEOUT_S
-            # imap's limit from now on; an overlong line is cut there, answered BAD (see _feed)
-            self._reader.max_line_bytes = MAX_LINE_BYTES + 1
-            self._reader.overlong = Overlong.TRUNCATE
-            self._bad = 0
-            self._folders = {f.name: SessionFolder.of(f) for f in self.store.folders}
-            if "INBOX" not in self._folders:
-                self._folders["INBOX"] = SessionFolder.of(self.store.inbox)
-            self._subscribed = dict.fromkeys(self._folders)
-            if self._capability_asked:
-                self._send(f"* CAPABILITY {POSTLOGIN_CAPABILITIES}")
-                return self._send(f"{tag} OK Logged in")
-            return self._send(f"{tag} OK [CAPABILITY {POSTLOGIN_CAPABILITIES}] Logged in")
+            return self._logged_in(tag, credentials)
+        self._refused(tag, credentials)
+
+    def _refused(self, tag: str, credentials: Credentials) -> None:
         self._login_failed(credentials, "bad credentials")
         delay = LoginPolicy.failure_delay_s(self.auth_failures, AUTH_FAILURE_DELAY_S, AUTH_REPEAT_FAILURE_DELAY_S)
         self._tagged(tag, "NO", AUTH_FAILED, delay_s=delay)
+
+    def _logged_in(self, tag: str, credentials: Credentials) -> None:
+        self._emit("looper.login.success", **login_fields(credentials))
+        self.auth_failures = 0
+        self.username = credentials.username
+        self.state = State.AUTHENTICATED
+        self.idle_timeout_s = IDLE_TIMEOUT_S
+        # imap's limit from now on; an overlong line is cut there, answered BAD (see _feed)
+        self._reader.max_line_bytes = MAX_LINE_BYTES + 1
+        self._reader.overlong = Overlong.TRUNCATE
+        self._bad = 0
+        self._folders = {f.name: SessionFolder.of(f) for f in self.store.folders}
+        if "INBOX" not in self._folders:
+            self._folders["INBOX"] = SessionFolder.of(self.store.inbox)
+        self._subscribed = dict.fromkeys(self._folders)
+        if self._capability_asked:
+            self._send(f"* CAPABILITY {POSTLOGIN_CAPABILITIES}")
+            return self._send(f"{tag} OK Logged in")
+        return self._send(f"{tag} OK [CAPABILITY {POSTLOGIN_CAPABILITIES}] Logged in")
 
     def _login_failed(self, credentials: Credentials, reason: str) -> None:
         self.auth_failures += 1

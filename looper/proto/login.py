@@ -9,7 +9,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from looper.proto.sasl import Credentials, cram_md5_digest
+from looper.proto.sasl import Credentials, cram_md5_digest, digest_md5_digest
 
 # Addresses whose failed logins are remembered (for accept_after and the
 # failure delays, as Dovecot's penalty does); the oldest go first.
@@ -30,14 +30,15 @@ class LoginPolicy:
             return False
         if credentials.authzid and credentials.authzid != credentials.username:
             return False  # Dovecot lets nobody act for another user
-        if credentials.digest is not None:
-            known = any(
-                user == credentials.username and cram_md5_digest(password, credentials.challenge) == credentials.digest
-                for user, password in self.credentials
-            )
-        else:
-            known = (credentials.username, credentials.password) in self.credentials
+        known = self.password_of(credentials) is not None
         return known or (self.accept_after is not None and earlier_failures >= self.accept_after)
+
+    def password_of(self, credentials: Credentials) -> str | None:
+        """The configured password that the credentials prove, or None."""
+        for user, password in self.credentials:
+            if user == credentials.username and _proves(credentials, password):
+                return password
+        return None
 
     @staticmethod
     def failure_delay_s(failures: int, first_s: float, repeat_s: float) -> float:
@@ -45,10 +46,25 @@ class LoginPolicy:
         return first_s if failures <= 1 else repeat_s
 
 
+def _proves(credentials: Credentials, password: str) -> bool:
+    """Would a client holding `password` have sent these credentials?"""
+    if credentials.directives is not None:  # DIGEST-MD5
+        return digest_md5_digest(password, credentials.username, credentials.directives,
+                                 credentials.authzid) == credentials.digest
+    if credentials.challenge is not None:  # CRAM-MD5
+        return cram_md5_digest(password, credentials.challenge) == credentials.digest
+    return credentials.password == password
+
+
 def login_fields(credentials: Credentials) -> dict[str, Any]:
-    """A login attempt as looper.login.success / looper.login.failed log it."""
+    """A login attempt as looper.login.success / looper.login.failed log it:
+    what was tried, and for a digest all that cracking it offline needs."""
     fields: dict[str, Any] = {"mechanism": credentials.mechanism, "username": credentials.username}
-    if credentials.digest is not None:
+    if credentials.directives is not None:
+        directives = credentials.directives
+        fields.update(digest=credentials.digest, realm=directives.realm, nonce=directives.nonce,
+                      cnonce=directives.cnonce, nc=directives.nc, qop=directives.qop, digest_uri=directives.digest_uri)
+    elif credentials.digest is not None:
         fields.update(digest=credentials.digest, challenge=credentials.challenge)
     else:
         fields["password"] = credentials.password

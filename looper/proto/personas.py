@@ -156,6 +156,10 @@ class Persona:
     # (Postfix and Exim none; sendmail its Cyrus SASL defaults).
     offers_starttls_by_default: bool = True
     default_auth_mechanisms: tuple[str, ...] = ()
+    # Whose DIGEST-MD5 challenge the AUTH back end words (digest_md5.py):
+    # Dovecot behind Postfix (and Exim's dovecot authenticator), Cyrus SASL
+    # in sendmail.
+    digest_md5_server: str = "dovecot"
     queue_id_style: str = "postfix"
     # How the Received: field it would add reads (one line; MTAs fold it).
     received_format: str = ""
@@ -585,6 +589,7 @@ SENDMAIL = Persona(
     default_max_recipients=50_000,
     offers_starttls_by_default=False,
     default_auth_mechanisms=("DIGEST-MD5", "CRAM-MD5"),
+    digest_md5_server="cyrus",
     helo_required=True,  # PrivacyOptions needmailhelo
     unknown_verbs=frozenset({"BDAT", "XCLIENT", "XFORWARD"}),
     unknown_command_limit=25,  # MAXBADCOMMANDS

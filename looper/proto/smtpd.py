@@ -40,7 +40,8 @@ from looper.proto.message import DotDecoder, MessageScanner
 from looper.proto.personas import Persona
 from looper.proto.reply import Reply
 from looper.proto.login import LoginPolicy, login_fields
-from looper.proto.sasl import Challenge, Credentials, Failure, SaslExchange
+from looper.proto.digest_md5 import DigestChallenge
+from looper.proto.sasl import Acknowledged, Challenge, Credentials, Failure, SaslExchange
 from looper.proto.text import as_text, words
 
 # Names a client should not claim in HELO (RFC 2606, RFC 6761).
@@ -101,6 +102,7 @@ class Environment(Protocol):
     def now_s(self) -> float: ...  # the wall clock, seconds since the epoch
     def serial(self) -> int: ...  # a new number each call: a queue file's inode, a counter
     def cram_challenge(self) -> str: ...
+    def random_bytes(self, count: int) -> bytes: ...  # DIGEST-MD5's nonce
     def date(self) -> str: ...  # RFC 5322, UTC: "Sun, 22 Nov 2026 10:00:00 +0000"
 
 
@@ -1268,7 +1270,12 @@ class SmtpServer:
         if mechanism not in mechanisms:
             self._login_failed(mechanism, None, reason="unsupported mechanism")
             return self._reply("auth_bad_mechanism", argument=args[0])
+        digest_challenge = None
+        if mechanism == "DIGEST-MD5":
+            digest_challenge = DigestChallenge.drawn(self.env.random_bytes, self.settings.hostname,
+                                                     self.persona.digest_md5_server)
         self._sasl = SaslExchange(mechanism, cram_challenge=self.env.cram_challenge(),
+                                  digest_challenge=digest_challenge,
                                   empty_login_username=self.persona.login_takes_empty_username)
         initial_response = args[1] if len(args) == 2 else None
         self._sasl_outcome(self._sasl.start(initial_response), initial=True, response=initial_response or "")
@@ -1277,9 +1284,14 @@ class SmtpServer:
         self._sasl_outcome(self._sasl.respond(line), initial=False, response=as_text(line))
         self._after_command()
 
-    def _sasl_outcome(self, outcome: Challenge | Credentials | Failure, *, initial: bool, response: str = "") -> None:
-        mechanism = self._sasl.mechanism
+    def _sasl_outcome(self, outcome: Challenge | Credentials | Acknowledged | Failure, *, initial: bool,
+                      response: str = "") -> None:
+        exchange = self._sasl
+        mechanism = exchange.mechanism
         penalty = self._auth_penalty() if initial else {"delay_s": 0.0, "spread_s": 0.0}
+        if isinstance(outcome, Credentials) and self._accepts(outcome):
+            proof = exchange.admit(self.settings.login_policy.password_of(outcome))
+            outcome = Acknowledged(outcome) if proof is None else proof
         if isinstance(outcome, Challenge):
             if self._backend_times_out(penalty, verdict=False):
                 self._sasl = None  # the back end never answered: no failure to count
@@ -1305,10 +1317,10 @@ class SmtpServer:
             return self._reply(key, argument=response)  # sendmail quotes it
         if outcome is Failure.MALFORMED:
             return self._auth_failed(mechanism, None, "malformed response", penalty)
-        if self._accepts(outcome):
-            self._authenticated = outcome.username
+        if isinstance(outcome, Acknowledged):
+            self._authenticated = outcome.credentials.username
             self._auth_failures = self._penalty_level = 0
-            self._emit("looper.login.success", **login_fields(outcome))
+            self._emit("looper.login.success", **login_fields(outcome.credentials))
             return self._reply("auth_ok")
         self._auth_failed(mechanism, outcome, "bad credentials", penalty)
 
@@ -1338,7 +1350,7 @@ class SmtpServer:
                     spread_s=persona.auth_backend_timeout_spread_s)
 
     def _accepts(self, credentials: Credentials) -> bool:
-        if self.persona.ignores_authzid:
+        if self.persona.ignores_authzid and credentials.mechanism == "PLAIN":  # DIGEST-MD5's is in its hash
             credentials = replace(credentials, authzid=None)
         return self.settings.login_policy.accepts(credentials, self._auth_failures)
 

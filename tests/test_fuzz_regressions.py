@@ -164,3 +164,17 @@ def test_sendmail_s_top_bit_stripping_cannot_end_a_reply_line_early(line: bytes)
     reply = client.say(line)
     assert reply.endswith(b"\r\n") and b"\r\n" not in reply[:-2]
     assert parse_reply_line(reply[:-2]) is not None
+
+
+@pytest.mark.parametrize("pieces", [[b"line one\r\nline two\n"], [b"line one\r\n", b"line two\n"]])
+def test_a_message_cut_at_a_bare_line_end_counts_what_came_before_it(pieces: list[bytes]):
+    # fuzz_smtpd found it: sendmail's 421 to a bare LF in a message logged
+    # the size received so far, which left out the lines that came in the
+    # same read as the bare LF (51 bytes cut in pieces, 0 in one read).
+    client = Client(replace(SETTINGS, persona=PERSONAS["sendmail"]), ClientInfo("192.0.2.7"))
+    for command in (b"EHLO x\r\n", b"MAIL FROM:<a@b.example>\r\n", b"RCPT TO:<c@d.example>\r\n"):
+        client.say(command)  # one at a time: sendmail takes nothing pipelined behind EHLO
+    assert client.say(b"DATA\r\n")[:3] == b"354"
+    replies = b"".join(client.say(piece) for piece in pieces)
+    assert replies == b"421 4.5.0 Bare linefeed (LF) not allowed\r\n"
+    assert [cut["size"] for cut in client.of("looper.smtp.message_cut")] == [len(b"line one\r\nline two")]

@@ -997,6 +997,8 @@ class SmtpServer:
         if self.persona.refuses_bare_line_ends:
             bare = _BARE_LINE_END.search(content)
             if bare is not None:
+                # What came before it counts, however the input was cut.
+                self._keep_content(transaction, content[: bare.start()])
                 self._emit("looper.smtp.limit", limit="bare line end in message")
                 self._cut_message("bare line end")
                 self._reply("bare_lf_in_data" if bare.group() == b"\n" else "bare_cr_in_data", count_error=False)

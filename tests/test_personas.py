@@ -85,8 +85,6 @@ def client_for(recorded: dict) -> ClientInfo:
 NOT_YET = {
     ("exim", "bdat_then_data"): "after QUIT in a refused chunked transaction Exim answers 221 after 0.4 s and "
     "does not close within the recorder's grace (re-recorded: the same); the machine closes at once",
-    ("sendmail", "vrfy_expn"): "VRFY <bad, the 7th VRFY/EXPN, waits 1 s, where vrfy_many's 7th waits 2 s: "
-    "which VRFY/EXPN sendmail counts (a bare EXPN does, a bare VRFY?) is not understood yet",
 }
 
 

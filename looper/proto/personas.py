@@ -285,6 +285,11 @@ class Persona:
     bad_rcpt_delay_s: float = 1.0
     # sendmail's sleep() is exact: a pause is at most this much longer.
     throttle_spread_s: float = 0.002
+    # Of these verbs' pause, an error reply waits only the first part (the
+    # n-th command sleeps n // threshold s in checksmtpattack; the rest of
+    # the pause comes after the address was checked, which an error in
+    # VRFY's or EXPN's argument aborts: QuickAbort).
+    throttle_errors_wait_less: frozenset[str] = frozenset()
 
     def queue_id(self, now_s: float, serial: int) -> str:
         """The queue id this server would give a message stored at `now_s`
@@ -615,6 +620,7 @@ SENDMAIL = Persona(
         (frozenset({"VRFY", "EXPN"}), 6),  # MAXVRFYCOMMANDS
         (frozenset({"NOOP"}), 20),  # MAXNOOPCOMMANDS
     ),
+    throttle_errors_wait_less=frozenset({"VRFY", "EXPN"}),
     bad_rcpt_throttle=3,  # Debian's sendmail.mc: BAD_RCPT_THROTTLE 3
     auth_failure_delay_s=0.0,  # sendmail answers a failed AUTH at once
     auth_failure_spread_s=0.0,

@@ -195,6 +195,7 @@ class SmtpServer:
         "_auth_failures", "_penalty_level", "_last_failed_secret", "_sasl", "_transaction", "_chunk_size",
         "_chunk_keep", "_chunk_last", "_pending_store", "_held_bytes", "_last_reply", "_eof_pending", "_counts",
         "_rcpt_refusals", "_previous_verb", "_commands_seen", "_rejecting", "_input_behind", "_throttle_s",
+        "_throttle_on_error_s",
         "_last_key",
     )
 
@@ -251,6 +252,7 @@ class SmtpServer:
         pause_s = settings.greet_delay_s if self._rejecting else max(settings.greet_delay_s, self.persona.greet_pause_s)
         self._input_behind = False  # the command being read has more input behind it
         self._throttle_s = 0.0  # the persona's pause before this command's reply
+        self._throttle_on_error_s: float | None = None  # the pause if that reply is an error, when it differs
         self._actions.append(Send(self._line("greeting_refused" if self._rejecting else "greeting"), pause_s))
 
     # -- the adapter's side ---------------------------------------------------
@@ -495,7 +497,10 @@ class SmtpServer:
     def _send_lines(self, lines: list[bytes]) -> None:
         if self._throttle_s:
             self._flush()
-            self._actions.append(Send(b"".join(lines), self._throttle_s, self.persona.throttle_spread_s))
+            delay_s = self._throttle_s
+            if self._throttle_on_error_s is not None and lines and lines[0][:1] in b"45":
+                delay_s = self._throttle_on_error_s
+            self._actions.append(Send(b"".join(lines), delay_s, self.persona.throttle_spread_s))
             self._throttle_s = 0.0
         elif self._errors >= self.persona.soft_error_limit:
             # Postfix sleeps before every reply line once a client errs a lot.
@@ -618,6 +623,7 @@ class SmtpServer:
                 and verb_text not in ("RSET", "QUIT")):
             return self._reply("bdat_discarded", size=0)  # Exim: only RSET accepted now
         if handler is not None:
+            self._throttle_on_error_s = None
             self._throttle_s = self._throttle(verb_text)
         if handler is not None and self._rejecting and verb_text not in _ALWAYS_ANSWERED:
             return self._reply("command_rejected", count_error=False)
@@ -657,6 +663,8 @@ class SmtpServer:
                 key = f"throttle {number}"
                 self._counts[key] = count = self._counts.get(key, 0) + 1
                 if count >= threshold:
+                    if verb in persona.throttle_errors_wait_less:
+                        self._throttle_on_error_s = float(count // threshold)
                     return min(2.0 ** (count - threshold), persona.throttle_max_delay_s)
         return 0.0
 

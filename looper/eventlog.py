@@ -78,11 +78,13 @@ def new_session_id() -> str:
 _second_formatted: tuple[int, str] = (-1, "")
 
 
-def rfc3339_now() -> str:
-    """UTC with microseconds; the seconds part formatted once per second,
-    since every forwarded reply may log an event."""
+def rfc3339_now(now: float | None = None) -> str:
+    """UTC with microseconds, of now or of the time.time() given; the
+    seconds part formatted once per second, since every forwarded reply
+    may log an event."""
     global _second_formatted
-    now = time.time()
+    if now is None:
+        now = time.time()
     second = int(now)
     if second != _second_formatted[0]:
         _second_formatted = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))

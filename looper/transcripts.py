@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from looper.eventlog import LinesLost, LogFile, SessionInfo, TurnBatch, rfc3339_now
@@ -67,7 +66,7 @@ class Transcript:
         info = self.info
         t = self._t()
         self.book.add(_encode({
-            "session": info.session, "t": t, "start": _rfc3339(time.time() - t), "sensor": self.book.sensor,
+            "session": info.session, "t": t, "start": rfc3339_now(time.time() - t), "sensor": self.book.sensor,
             "mode": mode, "protocol": info.protocol, "src_ip": info.src_ip, "src_port": info.src_port,
             "dst_ip": info.dst_ip, "dst_port": info.dst_port,
         }))
@@ -223,11 +222,6 @@ class TranscriptLog(TurnBatch):
 
     def _dropped_line(self) -> str:
         return _encode({"dropped": self.dropped, "since": self._since, "error": self._error})
-
-
-def _rfc3339(seconds: float) -> str:
-    """As the event log's timestamps: UTC, microseconds."""
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def open_transcript_log(log_dir: str, *, sensor: str, session_bytes: int, max_bytes: int,

@@ -178,3 +178,16 @@ def test_a_message_cut_at_a_bare_line_end_counts_what_came_before_it(pieces: lis
     replies = b"".join(client.say(piece) for piece in pieces)
     assert replies == b"421 4.5.0 Bare linefeed (LF) not allowed\r\n"
     assert [cut["size"] for cut in client.of("looper.smtp.message_cut")] == [len(b"line one\r\nline two")]
+
+
+def test_a_starttls_answered_at_an_idle_timeout_then_tls_up_on_the_closed_session():
+    # fuzz_smtpd found it: sendmail answers the partial line it holds when
+    # the client idles out; a STARTTLS there is answered, the session then
+    # closes, and the adapter's handshake reported TLS up to a closed
+    # machine (a KeyError in the transition table).
+    client = Client(replace(SETTINGS, persona=PERSONAS["sendmail"]), ClientInfo("192.0.2.7"))
+    client.say(b"EHLO x\r\n")
+    client.machine.receive_data(b"STARTTLS")
+    client.machine.timed_out()
+    assert client.take() == b"220 2.0.0 Ready to start TLS\r\n"
+    assert client.closed

@@ -337,6 +337,8 @@ class SmtpServer:
         self._close(reason)
 
     def tls_started(self, version: str = "", cipher: str = "") -> None:
+        if self._mode is Mode.CLOSED:
+            return  # a STARTTLS answered as the session ended (a timeout took its line): nothing follows
         self._tls = True
         # RFC 3207 4.2: everything known before the handshake is forgotten.
         if self.persona.tls_forgets_helo:

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from looper.analysis.timestamps import format_timestamp
-from looper.eventlog import EVENTS_FILE, _encode
+from looper.eventlog import EVENTS_FILE, encode_line
 from looper.files import write_atomically
 
 DELISTED = "looper.relay.delisted"
@@ -125,7 +125,7 @@ def append_event(log_dir: str, sensor: str, fields: dict[str, Any]) -> None:
     """The event, appended to events.jsonl in one write (no trap is writing it)."""
     record = {"timestamp": format_timestamp(time.time()), "eventid": DELISTED, "session": None, "sensor": sensor,
               "protocol": None, "src_ip": None, "src_port": None, "dst_ip": None, "dst_port": None, **fields}
-    line = (_encode(record) + "\n").encode("utf-8")
+    line = (encode_line(record) + "\n").encode("utf-8")
     fd = os.open(os.path.join(log_dir, EVENTS_FILE), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         os.write(fd, line)

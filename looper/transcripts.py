@@ -19,13 +19,12 @@ one line saying how many were lost.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
 import time
 from pathlib import Path
 
-from looper.eventlog import LinesLost, LogFile, SessionInfo, TurnBatch, rfc3339_now
+from looper.eventlog import LinesLost, LogFile, SessionInfo, TurnBatch, encode_line, rfc3339_now
 
 TRANSCRIPTS_FILE = "transcripts.jsonl"
 
@@ -37,7 +36,6 @@ TLS_HANDSHAKE_RECORD = b"\x16"
 
 log = logging.getLogger("looper.transcripts")
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 class Transcript:
     """One session's conversation, as the trap saw it pass."""
@@ -65,7 +63,7 @@ class Transcript:
         self.begun = True
         info = self.info
         t = self._t()
-        self.book.add(_encode({
+        self.book.add(encode_line({
             "session": info.session, "t": t, "start": rfc3339_now(time.time() - t), "sensor": self.book.sensor,
             "mode": mode, "protocol": info.protocol, "src_ip": info.src_ip, "src_port": info.src_port,
             "dst_ip": info.dst_ip, "dst_port": info.dst_port,
@@ -122,7 +120,7 @@ class Transcript:
         if not self.begun:
             return  # never spliced nor served (refused, hung up): nothing was said
         kept = self.book.session_bytes - self.room
-        self.book.add(_encode({
+        self.book.add(encode_line({
             "session": self.info.session, "t": self._t(), "end": reason,
             "bytes": {CLIENT: self.client_bytes, SERVER: self.server_bytes},
             "cut": self.client_bytes + self.server_bytes - self.tls_bytes - kept, "tls_bytes": self.tls_bytes,
@@ -130,12 +128,12 @@ class Transcript:
 
     def _eof(self, direction: str) -> None:
         if self.begun and not self.ended:
-            self.book.add(_encode({"session": self.info.session, "t": self._t(), "dir": direction, "eof": True}))
+            self.book.add(encode_line({"session": self.info.session, "t": self._t(), "dir": direction, "eof": True}))
 
     def _went_opaque(self, tls: bool) -> None:
         self.tls = tls
         if tls and self.begun and not self.ended:
-            self.book.add(_encode({"session": self.info.session, "t": self._t(), "tls": True}))
+            self.book.add(encode_line({"session": self.info.session, "t": self._t(), "tls": True}))
 
     def _keep(self, direction: str, data: bytes | bytearray | memoryview) -> None:
         if not self.begun or self.ended:
@@ -148,7 +146,7 @@ class Transcript:
             record["text"] = str(piece, "utf-8")
         except UnicodeDecodeError:
             record["b64"] = base64.b64encode(piece).decode("ascii")
-        self.book.add(_encode(record))
+        self.book.add(encode_line(record))
 
     def _t(self) -> float:
         return round(time.monotonic() - self.started, 6)
@@ -221,7 +219,7 @@ class TranscriptLog(TurnBatch):
         self.dropped, self._error, self._since = 0, "", ""
 
     def _dropped_line(self) -> str:
-        return _encode({"dropped": self.dropped, "since": self._since, "error": self._error})
+        return encode_line({"dropped": self.dropped, "since": self._since, "error": self._error})
 
 
 def open_transcript_log(log_dir: str, *, sensor: str, session_bytes: int, max_bytes: int,

@@ -192,3 +192,15 @@ def test_a_restart_appends_to_the_log_and_keeps_its_size(tmp_path):
     old, new = (lines_of(tmp_path / name) for name in ("events.jsonl.1", "events.jsonl"))
     assert [e["number"] for e in old + new] == list(range(old[0]["number"], 600))
     assert (tmp_path / "events.jsonl.1").stat().st_size <= 1 << 16
+
+
+def test_what_orjson_refuses_is_still_one_line(tmp_path):
+    # Lines are encoded with orjson; a value it refuses (an integer over 64
+    # bits) takes the standard library's way, and anything not JSON its str().
+    log = open_event_log("sensor-1", str(tmp_path), max_bytes=1 << 20, backups=1)
+    log.emit(WHO, "looper.smtp.limit", limit="size", bytes=2**70, where=tmp_path)
+    log.emit(WHO, "looper.smtp.limit", limit="size", bytes=2**40, where=tmp_path)
+    log.close()
+    lines = (tmp_path / "events.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [(json.loads(line)["bytes"], json.loads(line)["where"]) for line in lines] == [
+        (2**70, str(tmp_path)), (2**40, str(tmp_path))]

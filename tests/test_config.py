@@ -1,5 +1,6 @@
 """Configuration: defaults in code, every mistake named with file and key."""
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from looper.config import (
     load_config,
     parse_config,
 )
+from looper.loops import event_loop_factory, resolved_event_loop
 
 # The shipped configuration, wherever pytest runs from.
 SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "config" / "looper.yaml"
@@ -114,6 +116,7 @@ def test_overrides_are_typed():
         ("dialback: {deny: [10.0.0.0/33]}", "f.yaml: dialback.deny: item 1: expected an address or CIDR (e.g. 192.0.2.0/24), got '10.0.0.0/33'"),
         ("dialback: {on_failure: relay}", "f.yaml: dialback.on_failure: expected one of emulate, hangup, got 'relay'"),
         ("smtp: {persona: qmail}", "f.yaml: smtp.persona: expected one of postfix"),
+        ("event_loop: trio", "f.yaml: event_loop: expected one of auto, uvloop, asyncio, got 'trio'"),
         ("smtp: {replies: {nope: '250 x'}}", "f.yaml: smtp.replies: no reply is called 'nope'"),
         ("smtp: {replies: {quit: bye}}", "f.yaml: smtp.replies: quit: expected a reply like '250 2.0.0 Ok', got 'bye'"),
         ("smtp: {auth_mechanisms: [plain, ntlm]}", "f.yaml: smtp.auth_mechanisms: item 2: expected one of PLAIN, LOGIN, CRAM-MD5, DIGEST-MD5, got 'NTLM'"),
@@ -160,6 +163,17 @@ def test_mistakes_are_named(text, message):
     with pytest.raises(ConfigError) as caught:
         parse_config(text, "f.yaml")
     assert str(caught.value).startswith(message)
+
+
+def test_event_loop_uvloop_where_it_is_not_installed_stops_the_start(monkeypatch):
+    monkeypatch.setattr("looper.config.uvloop_installed", lambda: False)  # as on a machine without it
+    with pytest.raises(ConfigError) as caught:
+        parse_config("event_loop: uvloop", "f.yaml")
+    assert str(caught.value) == ("f.yaml: event_loop: uvloop is not installed in this Python (pip install uvloop), "
+                                 "or set auto or asyncio")
+    assert parse_config("event_loop: auto", "f.yaml").event_loop == "auto"
+    monkeypatch.setattr("looper.loops.uvloop_installed", lambda: False)
+    assert resolved_event_loop("auto") == "asyncio" and event_loop_factory("auto") is asyncio.new_event_loop
 
 
 @pytest.mark.parametrize(

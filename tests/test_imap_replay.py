@@ -34,15 +34,7 @@ def replay_imap(recording: Recording) -> list[tuple[bytes, bytes, bool, bool]]:
                                         tls=recording.implicit_tls))
 
 
-# Conversations the machine does not yet answer as Dovecot did (strict: one
-# that starts to match fails here until it is taken off the list).
-NOT_YET: set[str] = set()
-
-
-@pytest.mark.parametrize("recording", [
-    pytest.param(r, marks=pytest.mark.xfail(strict=True, reason="not yet as Dovecot")) if r.name in NOT_YET else r
-    for r in RECORDINGS
-], ids=[r.name for r in RECORDINGS])
+@pytest.mark.parametrize("recording", RECORDINGS, ids=[r.name for r in RECORDINGS])
 def test_dovecot_imap_byte_for_byte(recording):
     for number, (got, expected, closed, expected_closed) in enumerate(replay_imap(recording)):
         assert mask(got) == mask(expected), f"{recording.name} #{number}: sent {recording.exchanges[number].send!r}"

@@ -22,13 +22,7 @@ def replay_pop3(recording: Recording) -> list[tuple[bytes, bytes, bool, bool]]:
     return replay(recording, Pop3Server(settings, client, recording.store().inbox))
 
 
-NOT_YET: set[str] = set()
-
-
-@pytest.mark.parametrize("recording", [
-    pytest.param(r, marks=pytest.mark.xfail(strict=True, reason="not yet as Dovecot")) if r.name in NOT_YET else r
-    for r in RECORDINGS
-], ids=[r.name for r in RECORDINGS])
+@pytest.mark.parametrize("recording", RECORDINGS, ids=[r.name for r in RECORDINGS])
 def test_dovecot_pop3_byte_for_byte(recording):
     for number, (got, expected, closed, expected_closed) in enumerate(replay_pop3(recording)):
         assert mask(got) == mask(expected), f"{recording.name} #{number}: sent {recording.exchanges[number].send!r}"

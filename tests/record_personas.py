@@ -576,6 +576,7 @@ EHLO = rp.EHLO
 MAIL = rp.MAIL
 RCPT = rp.RCPT
 MSG = rp.MSG
+HEADERS = rp.HEADERS
 
 
 def build_extra(persona: str) -> list[Scenario]:
@@ -700,6 +701,32 @@ def build_extra(persona: str) -> list[Scenario]:
                R(b"".join(b"Received: from hop%d.example.net by relay%d.example.net; "
                           b"Mon, 1 Jan 2024 00:00:00 +0000\r\n" % (i, i)
                           for i in range(31)) + MSG), QUIT()]),
+            # After QUIT inside a chunked transaction Exim answers 221 and
+            # then reads commands again (bdat_then_data): what it does next.
+            S("bdat_quit_then_talk", "QUIT after a refused DATA in a chunked transaction, "
+              "then NOOP, RSET, MAIL and QUIT", [EHLO, MAIL, RCPT, R(b"BDAT 8\r\nHello.\r\n"),
+                                                  C("DATA"), C("QUIT", timeout=3), C("NOOP", timeout=3),
+                                                  C("RSET", timeout=3), MAIL, QUIT()]),
+            S("bdat_quit_direct", "QUIT right after a non-LAST chunk, then NOOP and QUIT",
+              [EHLO, MAIL, RCPT, R(b"BDAT 8\r\nHello.\r\n"), C("QUIT", timeout=3),
+               C("NOOP", timeout=3), QUIT()]),
+            S("bdat_quit_headers", "QUIT after a chunk holding the whole header, then NOOP and QUIT",
+              [EHLO, MAIL, RCPT, R(b"BDAT %d\r\n" % len(HEADERS) + HEADERS), C("QUIT", timeout=3),
+               C("NOOP", timeout=3), QUIT()]),
+            S("bdat_quit_header_line", "QUIT after a chunk holding one header line, then NOOP and QUIT",
+              [EHLO, MAIL, RCPT, R(b"BDAT 27\r\nFrom: sender@example.test\r\n"), C("QUIT", timeout=3),
+               C("NOOP", timeout=3), QUIT()]),
+            S("bdat_quit_cr", "QUIT after a chunk ending in a CR, then NOOP and QUIT",
+              [EHLO, MAIL, RCPT, R(b"BDAT 7\r\nHello.\r"), C("QUIT", timeout=3),
+               C("NOOP", timeout=3), QUIT()]),
+            S("bdat_quit_body_line", "QUIT after a chunk holding the header and a body line, "
+              "then NOOP and QUIT", [EHLO, MAIL, RCPT, R(b"BDAT %d\r\n" % (len(HEADERS) + 8) + HEADERS
+                                                          + b"Hello.\r\n"),
+                                     C("QUIT", timeout=3), C("NOOP", timeout=3), QUIT()]),
+            S("bdat_quit_idle", "QUIT after a refused DATA in a chunked transaction, then silence "
+              "(smtp_receive_timeout 5s)", [EHLO, MAIL, RCPT, R(b"BDAT 8\r\nHello.\r\n"),
+                                            C("DATA"), C("QUIT", timeout=3), WAIT(15, close=True)],
+              group="timeout5"),
         ]
     return sc
 

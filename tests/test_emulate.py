@@ -313,3 +313,24 @@ async def _replay_on_the_wire(trap, name: str) -> None:
             assert await asyncio.wait_for(reader.read(), 5) == b""
             break  # what the script sends after the close reaches nobody
     writer.close()
+
+
+async def test_exim_left_waiting_for_a_chunk_by_quit_answers_nothing_until_its_timeout(relay):
+    """Exim 4.96 answers a QUIT between chunks and then, its header reader
+    waiting for a chunk that never comes, nothing at all until its command
+    timeout (tests/data/exim/bdat_quit_then_talk.json, bdat_quit_idle.json)."""
+    trap = await relay(smtp={"persona": "exim", "idle_timeout": 1.0})
+    reader, writer = await connect_from(CLIENT, trap.host, trap.port)
+    assert (await reader.readline()).startswith(b"220 ")
+    writer.write(b"EHLO c.example\r\nMAIL FROM:<a@spam.example>\r\nRCPT TO:<b@far.example>\r\n")
+    while not (await reader.readline()).startswith(b"250 Accepted"):
+        pass
+    writer.write(b"BDAT 8\r\nHello.\r\nQUIT\r\n")
+    assert await reader.readline() == b"250 8 byte chunk received\r\n"
+    assert await reader.readline() == f"221 {HOST} closing connection\r\n".encode()
+    writer.write(b"NOOP\r\nRSET\r\n")
+    assert await asyncio.wait_for(reader.read(), 5) == b"421 Lost incoming connection\r\n"
+    writer.close()
+    closed = await trap.events.wait_for("looper.session.closed")
+    assert closed[0]["reason"] == "timeout"
+    assert [e["input"] for e in trap.events.of("looper.command.input")][-3:] == ["QUIT", "NOOP", "RSET"]

@@ -41,6 +41,7 @@ from looper.proto.personas import Persona
 from looper.proto.reply import Reply
 from looper.proto.login import LoginPolicy, login_fields
 from looper.proto.digest_md5 import DigestChallenge
+from looper.proto.exim_chunking import QuitBetweenChunks, quit_between_chunks
 from looper.proto.sasl import Acknowledged, Challenge, Credentials, Failure, SaslExchange
 from looper.proto.text import as_text, words
 
@@ -66,6 +67,7 @@ class Mode(enum.Enum):
     BDAT = "bdat"
     SASL = "sasl"
     WAITING = "waiting"  # for tls_started or stored/store_failed
+    DEAF = "deaf"  # reads and answers nothing until the idle timeout (Exim, see exim_chunking)
     CLOSED = "closed"
 
 
@@ -76,6 +78,7 @@ class Step(enum.Enum):
     CHALLENGED = "334 sent"
     SASL_DONE = "AUTH over"
     AWAIT = "StartTLS or Store issued"
+    DEAFENED = "QUIT between chunks left Exim waiting for one more"
     RESUMED = "TLS up, or stored"
     CLOSE = "Close issued"
 
@@ -85,6 +88,7 @@ TRANSITIONS: dict[tuple[Mode, Step], Mode] = {
     (Mode.COMMAND, Step.CHUNK_ANNOUNCED): Mode.BDAT,
     (Mode.COMMAND, Step.CHALLENGED): Mode.SASL,
     (Mode.COMMAND, Step.AWAIT): Mode.WAITING,
+    (Mode.COMMAND, Step.DEAFENED): Mode.DEAF,
     (Mode.DATA, Step.CONTENT_ENDED): Mode.COMMAND,
     (Mode.DATA, Step.AWAIT): Mode.WAITING,
     (Mode.BDAT, Step.CONTENT_ENDED): Mode.COMMAND,
@@ -317,6 +321,8 @@ class SmtpServer:
         self._emit("looper.smtp.limit", limit="timeout", seconds=self.idle_timeout_s)
         if self._mode is Mode.DATA and "timeout_data" in self.persona.replies:
             self._reply("timeout_data", count_error=False, mail_from=self._transaction.mail_from)
+        elif self._mode is Mode.DEAF:
+            self._reply("bdat_lost", count_error=False)
         elif self.persona.idle_close_silent:
             partial = self._lines.take_partial() if self._mode is Mode.COMMAND else b""
             if partial:
@@ -422,10 +428,14 @@ class SmtpServer:
         position = 0
         while position < len(data):
             mode = self._mode
-            if mode is Mode.COMMAND or mode is Mode.SASL:
+            if mode is Mode.COMMAND or mode is Mode.SASL or mode is Mode.DEAF:
                 line, position = self._lines.read_line(data, position)
                 if line is None:
                     return
+                if mode is Mode.DEAF:
+                    if not isinstance(line, Refused):
+                        self._log_input(line)  # unanswered, still logged
+                    continue
                 if isinstance(line, Refused):  # only when the persona refuses it
                     self._emit("looper.smtp.limit", limit="command line", bytes=self.persona.command_line_limit)
                     if self.persona.overlong_command_splits:
@@ -591,12 +601,18 @@ class SmtpServer:
 
     # -- commands ---------------------------------------------------------------
 
-    def _command(self, line: bytes) -> None:
+    def _log_input(self, line: bytes) -> tuple[list[bytes], bytes, str]:
+        """looper.command.input for a command line (AUTH's secrets masked);
+        its words, verb and upper-case verb, for the caller."""
         words = line.split(None, 1)
         verb = words[0] if words else b""
         verb_text = verb.decode("ascii", "replace").upper()
         logged = line if verb_text != "AUTH" else _auth_logged(words)
         self._emit("looper.command.input", input=as_text(logged))
+        return words, verb, verb_text
+
+    def _command(self, line: bytes) -> None:
+        words, verb, verb_text = self._log_input(line)
         self._commands_seen += 1
         if b"\0" in line and "nul_byte" in self.persona.replies:
             return self._reply("nul_byte")
@@ -1171,9 +1187,16 @@ class SmtpServer:
             return self._reply("quit_syntax")
         self._reply("quit", count_error=False)
         transaction = self._transaction
-        if (transaction is not None and transaction.bdat_size is not None and not transaction.bdat_failed
-                and "bdat_lost" in self.persona.replies):
-            self._reply("bdat_lost", count_error=False)  # Exim gives up on the half-sent message
+        if transaction is not None and transaction.bdat_size is not None and "bdat_lost" in self.persona.replies:
+            # Exim's header reader takes the QUIT for the end of input.
+            outcome = QuitBetweenChunks.LOST
+            if transaction.scanner is not None and not (transaction.too_big or transaction.over_budget):
+                outcome = quit_between_chunks(b"".join(transaction.chunks))
+            if outcome is QuitBetweenChunks.ACCEPTED:
+                return self._end_of_message("queued")  # 250 OK id=..., and the session goes on
+            if outcome is QuitBetweenChunks.DEAF:
+                return self._move(Step.DEAFENED)
+            self._reply("bdat_lost", count_error=False)
         self._close()
 
     def _vrfy_cmd(self, verb: str, argument: str) -> None:

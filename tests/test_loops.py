@@ -8,8 +8,10 @@ Received: header more each pass, until its hop limit refuses the message.
 
 from __future__ import annotations
 
+import base64
 import pytest
 
+from looper.net import hashing
 from looper.relaysim import RelaySim
 
 RELAY = "127.0.0.2"
@@ -30,15 +32,15 @@ MESSAGE = (
 )
 
 
-async def run_loop(start_trap, trap_options=None, **relay_options):
-    """Inject MESSAGE into a relay and let it loop through the trap."""
+async def run_loop(start_trap, trap_options=None, message=MESSAGE, **relay_options):
+    """Inject `message` into a relay and let it loop through the trap."""
     port = 0
     relay = RelaySim(RELAY, port, trap=("127.0.0.1", 0), hop_limit=HOP_LIMIT, **relay_options)
     await relay.start()
     try:
         trap = await start_trap(relay.port, **(trap_options or {}))
         relay.trap = (trap.host, trap.port)
-        await relay.inject("spam@sender.test", "user@spamtrap.test", MESSAGE)
+        await relay.inject("spam@sender.test", "user@spamtrap.test", message)
         assert await relay.wait_idle(30), relay
         await trap.quiet()
     finally:
@@ -207,7 +209,7 @@ async def test_reflected_mail_that_cannot_be_kept_is_logged_and_the_loop_goes_on
         messages.rmdir()
         messages.write_text("not a folder")  # every write into it now fails
         relay.trap = (trap.host, trap.port)
-        await relay.inject("spam@sender.test", "user@spamtrap.test", MESSAGE)
+        await relay.inject("spam@sender.test", "user@spamtrap.test", message)
         assert await relay.wait_idle(30)
         await trap.quiet()
     finally:
@@ -216,3 +218,23 @@ async def test_reflected_mail_that_cannot_be_kept_is_logged_and_the_loop_goes_on
     first = trap.events.of("looper.reflect.message")[0]
     assert failed["sha256"] == first["sha256"] and failed["session"] == first["session"] and failed["reason"]
     assert_full_loop(trap, relay)  # the splice never waited for the store
+
+
+async def test_a_big_message_is_hashed_right_off_the_forwarding_thread(start_trap, monkeypatch):
+    """Reads of 64 KiB and more are hashed on a worker thread (looper/net/hashing.py):
+    every pass's sha256 and chain (no Message-ID: the chain hashes the content
+    too) must still be the content's."""
+    body = base64.encodebytes(bytes(range(256)) * 6000).replace(b"\n", b"\r\n")  # ~2 MiB of lines
+    message = MESSAGE.replace(b"Message-ID: <loop-1@sender.test>\r\n", b"").split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n" + body
+    offloaded = []
+    submit = hashing._worker.submit
+    monkeypatch.setattr(hashing._worker, "submit", lambda owner, batch: (offloaded.append(len(batch)), submit(owner, batch)))
+    trap, relay = await run_loop(start_trap, {"capture": {"reflected": "all"}}, message=message)
+    await trap.trap.stop()
+    assert sum(offloaded) > HOP_LIMIT * len(body)  # most of it went to the worker, twice (sha256 and chain)
+    messages = trap.events.of("looper.reflect.message")
+    assert len(messages) == HOP_LIMIT and len({m["chain"] for m in messages}) == 1
+    for m in messages:
+        content = Path(m["path"]).read_bytes()
+        assert len(content) == m["size"] > len(body) and content.endswith(body)
+        assert hashlib.sha256(content).hexdigest() == m["sha256"]

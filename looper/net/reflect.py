@@ -16,6 +16,7 @@ from looper.net.capture import StoreFailed
 from looper.net.context import Connection, TrapContext
 from looper.net.dialback import DialFailed, dial_back, is_local_address
 from looper.net.fallback import HANGUP_REPLY, hang_up
+from looper.net.hashing import OffloadedSha256
 from looper.net.reasons import CloseReason, SessionMode
 from looper.net.splice import Splice, SpliceEnd
 from looper.policy import Denial, DenialReason
@@ -110,6 +111,7 @@ class ReflectSession:
             mask_name=config.ehlo_mask_name,
             pregreet_bytes=len(self.inbound.early),
             keep_bytes=config.splice.max_bytes if self._capturing else 0,
+            new_hash=OffloadedSha256,
         )
         self.splice = Splice(
             self.inbound,

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 from email.errors import HeaderParseError
 from email.header import decode_header
 
@@ -114,6 +116,14 @@ class MessageFacts:
     headers_truncated: bool
 
 
+class Hash(Protocol):
+    """What the scanner needs of a hash: hashlib's sha256, or one that
+    hashes elsewhere (looper.net.hashing)."""
+
+    def update(self, data: bytes | memoryview, /) -> None: ...
+    def hexdigest(self) -> str: ...
+
+
 class MessageScanner:
     """Size, sha256 and header facts of one message's (unstuffed) content.
 
@@ -125,16 +135,19 @@ class MessageScanner:
 
     With `keep_bytes`, the content itself is kept too (a copy: what it is fed
     may be a view of a buffer that is reused), up to that many bytes; past
-    them, or after drop_kept(), none of it is.
+    them, or after drop_kept(), none of it is. `new_hash` makes each SHA-256
+    (given the bytes to start with).
     """
 
-    def __init__(self, relay_ip: str, keep_bytes: int = 0) -> None:
+    def __init__(self, relay_ip: str, keep_bytes: int = 0,
+                 new_hash: Callable[[bytes], Hash] = hashlib.sha256) -> None:
+        self._new_hash = new_hash
         self._relay = relay_ip.encode("utf-8", "replace") + b"\0"
         self._keep_bytes = keep_bytes
         self._kept: list[bytes] | None = [] if keep_bytes > 0 else None
         self._kept_size = 0
         self._size = 0
-        self._sha256 = hashlib.sha256()
+        self._sha256 = new_hash(b"")
         # The header block read so far, after a made-up LF so that an empty
         # first line ends the block like any other; None once the block ended.
         self._header: bytearray | None = bytearray(b"\n")
@@ -143,7 +156,7 @@ class MessageScanner:
         self._subject: str | None = None
         self._truncated = False
         self._chain: str | None = None
-        self._chain_sha256: hashlib._Hash | None = None
+        self._chain_sha256: Hash | None = None
         self._facts: MessageFacts | None = None
 
     @property
@@ -233,7 +246,7 @@ class MessageScanner:
             digest = hashlib.sha256(self._relay + fields.message_id.encode("utf-8"))
             self._chain = digest.hexdigest()[:CHAIN_HEX_CHARS]
         else:
-            self._chain_sha256 = hashlib.sha256(self._relay + fields.without_received)
+            self._chain_sha256 = self._new_hash(self._relay + fields.without_received)
 
 
 def _header_end(header: bytearray, start: int) -> int:

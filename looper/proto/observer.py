@@ -31,15 +31,17 @@ Rules:
 from __future__ import annotations
 
 import enum
+import hashlib
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from looper.events import Event
 from looper.proto.address import parse_path
 from looper.proto.lines import LineReader, Refused
-from looper.proto.message import DotDecoder, MessageScanner
+from looper.proto.message import DotDecoder, Hash, MessageScanner
 from looper.proto.reply import Reply, parse_reply_line
 from looper.proto.text import as_text
 
@@ -193,6 +195,7 @@ class Observer:
         mask_name: str | None = None,
         pregreet_bytes: int = 0,
         keep_bytes: int = 0,
+        new_hash: Callable[[bytes], Hash] = hashlib.sha256,
     ) -> None:
         if mask_name is not None and not _MASK_NAME.match(mask_name):
             raise ValueError(f"mask_name must be one word of printable ASCII: {mask_name!r}")
@@ -204,6 +207,7 @@ class Observer:
         # Messages' content kept up to this size each (0: none), handed out by
         # take_kept() once a message is over: (sha256, chain, content).
         self._keep_bytes = keep_bytes
+        self._new_hash = new_hash  # the adapter's hashes off the forwarding thread (looper.net.hashing)
         self._kept: list[tuple[str, str, bytes]] = []
         self._state = ClientState.COMMAND
         self._events: list[Event] = []
@@ -439,7 +443,7 @@ class Observer:
         elif kind is Kind.BDAT:
             command.argument = as_text(rest)
             if self._bdat_message is None:
-                self._bdat_message = _Message(MessageScanner(self._relay_ip, self._keep_bytes), "bdat")
+                self._bdat_message = _Message(MessageScanner(self._relay_ip, self._keep_bytes, self._new_hash), "bdat")
             command.message, command.last = self._bdat_message, last
             if last:
                 self._bdat_message = None  # the LAST command reports it
@@ -664,7 +668,7 @@ class Observer:
         if step is Step.REFUSED or step is Step.TLS_READY:
             self._emit_command(command, reply.code, reply.text)
         if step is Step.GO_AHEAD:
-            self._message = _Message(MessageScanner(self._relay_ip, self._keep_bytes), "data")
+            self._message = _Message(MessageScanner(self._relay_ip, self._keep_bytes, self._new_hash), "data")
             self._dot = DotDecoder()
         elif step is Step.CHALLENGE:
             self._sasl_command = command

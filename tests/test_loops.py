@@ -209,7 +209,7 @@ async def test_reflected_mail_that_cannot_be_kept_is_logged_and_the_loop_goes_on
         messages.rmdir()
         messages.write_text("not a folder")  # every write into it now fails
         relay.trap = (trap.host, trap.port)
-        await relay.inject("spam@sender.test", "user@spamtrap.test", message)
+        await relay.inject("spam@sender.test", "user@spamtrap.test", MESSAGE)
         assert await relay.wait_idle(30)
         await trap.quiet()
     finally:

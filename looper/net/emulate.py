@@ -156,17 +156,13 @@ class EmulatedRelay:
         else:
             machine = self._smtp_machine(info, early_bytes, client_name, implicit_tls)
 
-        def closed(reason: str, bytes_in: int, bytes_out: int) -> None:
-            self.login_failures.remember(ip, machine.auth_failures)
-            on_closed(reason, bytes_in, bytes_out)
-
         session = ServerSession(
             machine,
             info=info,
             eventlog=self.eventlog,
             store=self.store,
             tls_context=None if implicit_tls else self.tls_context,
-            on_closed=closed,
+            on_closed=_Closed(self.login_failures, ip, machine, on_closed),
             max_session_s=self.max_session_s,
             transcript=transcript,
         )
@@ -188,3 +184,19 @@ class EmulatedRelay:
 
     def close(self) -> None:
         pass  # the store is the trap's: it closes it
+
+
+class _Closed:
+    """A session's end: its failed logins are remembered for its address,
+    then its owner is told. (A slotted object, not a closure: 10,000 idle
+    sessions each keep one.)"""
+
+    __slots__ = ("login_failures", "ip", "machine", "on_closed")
+
+    def __init__(self, login_failures: FailureMemory, ip: str, machine: SmtpServer | ImapServer | Pop3Server,
+                 on_closed: Callable[[str, int, int], None]) -> None:
+        self.login_failures, self.ip, self.machine, self.on_closed = login_failures, ip, machine, on_closed
+
+    def __call__(self, reason: str, bytes_in: int, bytes_out: int) -> None:
+        self.login_failures.remember(self.ip, self.machine.auth_failures)
+        self.on_closed(reason, bytes_in, bytes_out)

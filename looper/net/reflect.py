@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from looper.config import Endpoint
 from looper.net.capture import StoreFailed
@@ -25,12 +26,15 @@ from looper.proto.observer import Observer
 
 
 class ReflectSession:
+    # Slotted: 10,000 idle sessions each keep one.
+    __slots__ = ("context", "inbound", "connection", "info", "mode", "splice", "observer", "_task", "_local_end",
+                 "emulated", "_capturing", "_held_bytes")
+
     def __init__(self, context: TrapContext, inbound: SpliceEnd) -> None:
         self.context = context
         self.inbound = inbound
         self.connection = Connection(context, self, inbound.transport)
         self.info = self.connection.info
-        self.emit = self.connection.emit
         self.mode = SessionMode.REFLECT
         self.splice: Splice | None = None
         self.observer: Observer | None = None
@@ -39,6 +43,9 @@ class ReflectSession:
         self.emulated = None  # the ServerSession, once the emulated relay took over
         self._capturing = context.config.capture.reflected != "none" and context.store is not None
         self._held_bytes = 0  # of context.message_memory, by the content the observer keeps
+
+    def emit(self, eventid: str, **fields: Any) -> None:
+        self.connection.emit(eventid, **fields)
 
     def start(self) -> None:
         # Nothing is read or answered until we know the way: reflect or not.

@@ -215,8 +215,10 @@ class SmtpServer:
         if self.persona.overlong_command_splits:
             overlong = Overlong.SPLIT
         self._lines = LineReader(self.persona.command_line_limit, overlong=overlong)
-        self._waiting = bytearray()  # what came while WAITING for a store, read after it
-        self._out = bytearray()
+        # What came while WAITING for a store, read after it (a bytearray
+        # only when something came: 10,000 idle sessions need none).
+        self._waiting: bytes | bytearray = b""
+        self._out: bytes | bytearray = b""  # replies not yet handed out (a bytearray while there are some)
         self._actions: list[Action] = []
         self._events: list[Event] = []
         self._errors = 0
@@ -243,7 +245,8 @@ class SmtpServer:
         self._eof_pending = False  # the client's EOF came while we were WAITING
         # The persona's counted limits: unknown commands, syntax errors, non-mail commands.
         self._counts = {"unknown": 0, "syntax": 0, "nonmail": 0}
-        self._rcpt_refusals: set[bytes] = set()  # the refusals RCPTs got since the last reset (Exim)
+        # The refusals RCPTs got since the last reset (Exim); a set once there is one.
+        self._rcpt_refusals: set[bytes] | None = None
         self._previous_verb = ""
         self._last_key = ""  # the reply key of _last_reply
         self._commands_seen = 0
@@ -301,7 +304,7 @@ class SmtpServer:
                 # pipelined a megabyte past a 354 or a STARTTLS.
                 self._emit("looper.smtp.limit", limit="input while waiting", bytes=len(data))
                 return
-            self._waiting += data
+            self._hold(data)
         else:
             self._read(bytes(data))  # a view of the adapter's buffer: what is kept is copied
         self._resume()
@@ -350,7 +353,7 @@ class SmtpServer:
         if self.persona.tls_forgets_helo:
             self._helo = None
         self._esmtp, self._transaction = False, None
-        self._waiting.clear()
+        self._waiting = b""
         self._lines.clear()
         self._move(Step.RESUMED)
         self._resume()
@@ -397,8 +400,7 @@ class SmtpServer:
     def _resume(self) -> None:
         """Read what arrived while we waited."""
         if self._waiting and self._mode is not Mode.WAITING:
-            waiting = bytes(self._waiting)
-            self._waiting.clear()
+            waiting, self._waiting = bytes(self._waiting), b""
             self._read(waiting)
         if self._eof_pending and self._mode is not Mode.WAITING and self._mode is not Mode.CLOSED:
             self._eof_pending = False
@@ -455,10 +457,15 @@ class SmtpServer:
             elif mode is Mode.BDAT:
                 position = self._take_chunk(data, position)
             elif mode is Mode.WAITING and self._pending_store is not None:
-                self._waiting += memoryview(data)[position:]  # pipelined behind the message
+                self._hold(memoryview(data)[position:])  # pipelined behind the message
                 return
             else:
                 return  # closed, or STARTTLS: plaintext pipelined after it is dropped (CVE-2011-0411)
+
+    def _hold(self, data: bytes | memoryview) -> None:
+        if not self._waiting:
+            self._waiting = bytearray()
+        self._waiting += data
 
     def _buffered_bytes(self) -> int:
         """Input held now, for the tests' bounds checks."""
@@ -521,6 +528,8 @@ class SmtpServer:
                 self._actions.append(Send(line, self.persona.error_sleep_s, self.persona.error_sleep_spread_s))
         else:
             for line in lines:
+                if not self._out:
+                    self._out = bytearray()
                 self._out += line
 
     def _reply(self, key: str, *, count_error: bool = True, delay_s: float = 0.0, spread_s: float = 0.0,
@@ -566,7 +575,7 @@ class SmtpServer:
     def _flush(self) -> None:
         if self._out:
             self._actions.append(Send(bytes(self._out)))
-            self._out.clear()
+            self._out = b""
 
     def _close(self, reason: CloseReason | None = None) -> None:
         """Say nothing more and close: for `reason`, or, when the machine
@@ -577,7 +586,7 @@ class SmtpServer:
         self._flush()
         self._actions.append(Close(reason))
         self._move(Step.CLOSE)
-        self._waiting.clear()
+        self._waiting = b""
         if self._pending_store is None:
             self._transaction = None
             self._account_memory()
@@ -663,6 +672,8 @@ class SmtpServer:
         handler(self, verb_text, argument)
         if verb_text == "RCPT" and self._last_reply[:1] in b"45":
             refusal = self._last_reply[4:] if self._last_key in _ACL_REFUSALS else self._last_reply
+            if self._rcpt_refusals is None:
+                self._rcpt_refusals = set()
             self._rcpt_refusals.add(refusal)
             self._counts["bad rcpt"] = self._counts.get("bad rcpt", 0) + 1
         self._throttle_s = 0.0
@@ -726,7 +737,7 @@ class SmtpServer:
             return self._reply("helo_invalid", verb=verb)
         name = " ".join(words(argument))
         self._helo, self._esmtp, self._transaction = name, verb == "EHLO", None
-        self._rcpt_refusals.clear()
+        self._rcpt_refusals = None
         lowered = name.lower().rstrip(".")
         self._emit(
             "looper.smtp.helo",
@@ -999,7 +1010,7 @@ class SmtpServer:
         every RCPT got, if they all got the same one, and words it
         differently right after a pipelined RCPT."""
         replies = self.persona.replies
-        if len(self._rcpt_refusals) == 1 and "rcpts_rejected" in replies:
+        if self._rcpt_refusals is not None and len(self._rcpt_refusals) == 1 and "rcpts_rejected" in replies:
             (refusal,) = self._rcpt_refusals
             self._send_lines([self._line("rcpts_rejected", reply=as_text(refusal).rstrip("\r\n"))])
         if self._previous_verb == "RCPT" and self._esmtp and "no_valid_rcpt_pipelined" in replies:
@@ -1174,7 +1185,7 @@ class SmtpServer:
         if argument:
             return self._reply("rset_syntax")
         self._transaction = None
-        self._rcpt_refusals.clear()
+        self._rcpt_refusals = None
         self._reply("rset_ok")
         self._count_junk()
 

@@ -26,10 +26,8 @@ when it fires early, is set again for the rest.
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import ssl
-import weakref
 from collections import deque
 from typing import Callable
 
@@ -37,6 +35,7 @@ from looper.eventlog import EventLog, SessionInfo
 from looper.net.capture import MessageStore, StoreFailed
 from looper.net.reasons import SessionMode
 from looper.net.splice import CLOSE_GRACE_SECONDS
+from looper.net.wheel import STEP_S, wheel_of
 from looper.proto.actions import Action, Close, CloseReason, Send, ServerMachine, StartTLS, Store
 from looper.transcripts import Transcript
 
@@ -52,50 +51,6 @@ TLS_HANDSHAKE_TIMEOUT_S = 60.0
 
 # A timer that fires this much early is not worth a second callback.
 TIMER_SLACK_S = 0.001
-
-# Idle checks come on a grid of this step: at most this late, never early.
-IDLE_TICK_S = 0.25
-
-
-class _IdleWheel:
-    """The idle checks of a loop's sessions, on one timer per grid step
-    that has any: an asyncio timer each, 10,000 idle sessions would each
-    keep a TimerHandle, a bound method and a context (about 250 bytes)."""
-
-    __slots__ = ("_loop", "_ticks", "__weakref__")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._ticks: dict[int, set[ServerSession]] = {}
-
-    def add(self, session: ServerSession, due: float) -> int:
-        """Check `session` at the first step at or after loop time `due`."""
-        tick = math.ceil(due / IDLE_TICK_S)
-        sessions = self._ticks.get(tick)
-        if sessions is None:
-            sessions = self._ticks[tick] = set()
-            self._loop.call_at(tick * IDLE_TICK_S, self._fire, tick)
-        sessions.add(session)
-        return tick
-
-    def remove(self, session: ServerSession, tick: int) -> None:
-        sessions = self._ticks.get(tick)
-        if sessions is not None:
-            sessions.discard(session)
-
-    def _fire(self, tick: int) -> None:
-        for session in self._ticks.pop(tick, ()):
-            session._idle_check()
-
-
-_wheels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _IdleWheel] = weakref.WeakKeyDictionary()
-
-
-def _wheel_of(loop: asyncio.AbstractEventLoop) -> _IdleWheel:
-    wheel = _wheels.get(loop)
-    if wheel is None:
-        wheel = _wheels[loop] = _IdleWheel(loop)
-    return wheel
 
 OnClosed = Callable[[str, int, int], None]  # (reason, bytes_in, bytes_out)
 
@@ -128,7 +83,7 @@ class ServerSession(asyncio.BufferedProtocol):
         "_queue",  # actions not yet carried out, or None (the idle case)
         "_pending",  # the action being carried out: a TimerHandle or a Task
         "_timer",  # once closing, the grace timer
-        "_wheel",  # the loop's _IdleWheel
+        "_wheel",  # the loop's TimerWheel
         "_idle_tick",  # the step of _wheel the idle check waits for, or None
         "_last_read_at",
         "_reading_paused",
@@ -173,7 +128,7 @@ class ServerSession(asyncio.BufferedProtocol):
         self._queue: deque[Action] | None = None
         self._pending: asyncio.TimerHandle | asyncio.Task | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._wheel = _wheel_of(self._loop)
+        self._wheel = wheel_of(self._loop)
         self._idle_tick: int | None = None
         self._last_read_at = 0.0
         self._reading_paused = False
@@ -550,11 +505,12 @@ class ServerSession(asyncio.BufferedProtocol):
         tick = self._idle_tick
         if tick is None:
             self._idle_tick = self._wheel.add(self, due)
-        elif tick * IDLE_TICK_S > due + IDLE_TICK_S:  # the machine shortened its timeout
+        elif tick * STEP_S > due + STEP_S:  # the machine shortened its timeout
             self._wheel.remove(self, tick)
             self._idle_tick = self._wheel.add(self, due)
 
-    def _idle_check(self) -> None:
+    def _wheel_due(self) -> None:
+        """The idle check, from the wheel."""
         self._idle_tick = None
         if self._reason is not None:
             return

@@ -188,8 +188,11 @@ class ReflectSession:
         observer = self.observer
         if self._capturing:
             self._account_memory()  # what was kept in this chunk fits, or is let go
+        events = observer.events()
+        if not events:
+            return  # most chunks: nothing seen, nothing kept (a kept message comes with its event)
         kept = {sha256: (chain, content) for sha256, chain, content in observer.take_kept()}
-        for event in observer.events():
+        for event in events:
             if event.eventid == MESSAGE_EVENT:
                 event.fields["path"] = self._keep(event, kept.pop(event.fields["sha256"], None))
             self.context.eventlog.emit_event(self.info, event)
@@ -221,6 +224,8 @@ class ReflectSession:
         the emulated relay's messages; when it is used up, none is kept."""
         memory, observer = self.context.message_memory, self.observer
         held = observer.kept_bytes()
+        if held == self._held_bytes:
+            return
         if held > self._held_bytes and not memory.fits(held - self._held_bytes):
             observer.drop_kept()
             held = observer.kept_bytes()

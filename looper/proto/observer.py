@@ -317,8 +317,11 @@ class Observer:
     def kept_bytes(self) -> int:
         """Content kept now, of messages under way and over (for the shared
         message memory budget)."""
+        kept = sum(len(c) for _, _, c in self._kept) if self._kept else 0
+        if self._message is None and self._bdat_message is None and self._chunk_message is None:
+            return kept  # between messages: every chunk of commands and replies
         scanners = {m.scanner for m in (self._message, self._bdat_message, self._chunk_message) if m}
-        return sum(s.kept_bytes for s in scanners) + sum(len(c) for _, _, c in self._kept)
+        return sum(s.kept_bytes for s in scanners) + kept
 
     def drop_kept(self) -> None:
         """Memory is short: keep no content, of the messages under way or over."""
@@ -327,10 +330,13 @@ class Observer:
             if message is not None:
                 message.scanner.drop_kept()
 
-    def take_kept(self) -> list[tuple[str, str, bytes]]:
+    def take_kept(self) -> list[tuple[str, str, bytes]] | tuple[()]:
         """(sha256, chain, content) of each message read whole and kept since
         the last call, in the order of their events."""
-        kept, self._kept = self._kept, []
+        kept = self._kept
+        if not kept:
+            return ()
+        self._kept = []
         return kept
 
     def _buffered_bytes(self) -> int:

@@ -35,3 +35,21 @@ async def test_checks_come_on_time_or_one_step_late_and_removed_ones_never():
         else:
             (fired,) = w.fired_at
             assert w.due - 0.002 <= fired < w.due + STEP_S + 0.2  # the loop's own lateness on a busy machine
+
+
+async def test_a_failing_check_costs_the_others_nothing():
+    loop = asyncio.get_running_loop()
+    failures = []
+    loop.set_exception_handler(lambda _, context: failures.append(context["exception"]))
+
+    class Failing(Waiting):
+        def _wheel_due(self) -> None:
+            raise RuntimeError("a bug in one check")
+
+    now = loop.time()
+    waiting = [Failing(loop, now), Waiting(loop, now), Failing(loop, now), Waiting(loop, now)]
+    for w in waiting:
+        wheel_of(loop).add(w, now)
+    await asyncio.sleep(2 * STEP_S)
+    assert [len(w.fired_at) for w in waiting if type(w) is Waiting] == [1, 1]
+    assert [str(err) for err in failures] == ["a bug in one check"] * 2

@@ -47,7 +47,11 @@ class TimerWheel:
 
     def _fire(self, step: int) -> None:
         for waiting in self._steps.pop(step, ()):
-            waiting._wheel_due()
+            try:
+                waiting._wheel_due()
+            except Exception as err:  # one failed check must not cost the others theirs
+                self._loop.call_exception_handler(
+                    {"message": "idle check failed", "exception": err, "waiting": waiting})
 
 
 _wheels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TimerWheel] = weakref.WeakKeyDictionary()

@@ -5,7 +5,9 @@ fed from is reused at once, with many hashes sharing the worker."""
 from __future__ import annotations
 
 import hashlib
+import os
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -43,3 +45,27 @@ def test_many_hashes_share_the_worker_and_memory_stays_bounded():
     expected = hashlib.sha256(chunk * 8).hexdigest()
     assert all(offloaded.hexdigest() == expected for offloaded in hashes)
     assert hashing._worker.queued_bytes == 0
+
+
+# Forking a process with threads is the very case: 3.12+ warns of it.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_hashes_with_its_own_worker():
+    chunk = bytes(range(256)) * 1024
+    parent = OffloadedSha256()
+    parent.update(chunk)  # the parent's worker thread is running now
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no worker thread came with the fork
+        try:
+            child = OffloadedSha256()
+            for _ in range(4):
+                child.update(chunk)
+            os.write(write_end, child.hexdigest().encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        got = pipe.read().decode()
+    os.waitpid(pid, 0)
+    assert got == hashlib.sha256(chunk * 4).hexdigest()
+    assert parent.hexdigest() == hashlib.sha256(chunk).hexdigest()

@@ -21,6 +21,7 @@ waits for the hash's own updates, at most MAX_OUTSTANDING_BYTES of work.
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import threading
 
@@ -44,9 +45,9 @@ class _Worker:
                 self.done.wait()
             self.queued_bytes += len(batch)
             owner._outstanding += len(batch)
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="looper-sha256", daemon=True)
-            self._thread.start()
+            if self._thread is None:  # one thread only: a hash's batches are hashed in order
+                self._thread = threading.Thread(target=self._run, name="looper-sha256", daemon=True)
+                self._thread.start()
         self._queue.put((owner, batch))
 
     def _run(self) -> None:
@@ -65,6 +66,15 @@ class _Worker:
 
 
 _worker = _Worker()
+
+
+def _forked() -> None:
+    """A forked child has no worker thread: it starts its own, with nothing queued."""
+    global _worker
+    _worker = _Worker()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 class OffloadedSha256:

@@ -49,3 +49,14 @@ def test_any_content_has_an_outcome(content):
 @given(st.lists(st.sampled_from([b"From: a", b"X-Y:z", b"body", b" fold", b"", b"\r\n", b"\n", b"\r", b":"]), max_size=30))
 def test_line_shaped_content_has_an_outcome(pieces):
     assert quit_between_chunks(b"".join(pieces)) in QuitBetweenChunks
+
+
+def test_a_header_past_exim_s_header_maxsize_is_lost():
+    """Exim would have refused it before any QUIT; the reading stops there."""
+    from looper.proto.exim_chunking import HEADER_MAXSIZE
+
+    lines = b"X-Filler: 1234567890\r\n" * (HEADER_MAXSIZE // 22 + 2)
+    assert quit_between_chunks(lines) is LOST
+    assert quit_between_chunks(b"X-Long: " + b"a" * HEADER_MAXSIZE + b"\r\n") is LOST
+    assert quit_between_chunks(b"X-Folded: a\r\n" + b" b\r\n" * (HEADER_MAXSIZE // 4 + 2)) is LOST
+    assert quit_between_chunks(lines[: HEADER_MAXSIZE // 2 // 22 * 22]) is ACCEPTED  # under it: a header line

@@ -401,51 +401,49 @@ async def test_a_message_stored_but_not_loggable_gets_452_never_250(small_disk, 
             subprocess.run(["umount", "-l", str(messages)], check=True)
 
 
-def test_the_folder_sync_is_a_group_commit_that_covers_every_rename(tmp_path, monkeypatch):
-    """Many writer threads renaming at once: each returns only after a folder
-    fsync that began after its rename, and far fewer fsyncs run than renames;
-    a failing fsync fails its caller, and the others still get theirs."""
+async def test_the_folder_sync_is_a_group_commit_that_covers_every_rename(tmp_path, monkeypatch):
+    """Many messages stored at once: each put returns only after a folder
+    fsync that began after its file was in place, and far fewer fsyncs run
+    than messages; a failing fsync fails the messages it was to cover (with
+    the disk's error), and the others still get theirs."""
     import threading
     import time as clock
 
     from looper.net import capture
 
-    started: list[int] = []  # the rename count each sync began with
+    store = MessageStore(str(tmp_path))
+    syncs: list[set[str]] = []  # the names in the folder as each successful sync began
     real_fsync = capture.fsync_folder
-    failures = {"left": 1}
-    lock = threading.Lock()
+    calls = {"n": 0}
 
     def counted_fsync(folder):
-        with lock:
-            started.append(sync._renames)
-            fail = failures["left"] > 0 and len(started) == 3
-            if fail:
-                failures["left"] -= 1
-        clock.sleep(0.005)  # a real disk takes a while: renames pile up meanwhile
-        if fail:
-            raise OSError(5, "Input/output error")
+        names = set(os.listdir(folder))
+        calls["n"] += 1
+        clock.sleep(0.005)  # a real disk takes a while: messages pile up meanwhile
+        if calls["n"] == 3:
+            raise OSError(errno.EIO, "Input/output error")
         real_fsync(folder)
+        syncs.append(names)
 
     monkeypatch.setattr(capture, "fsync_folder", counted_fsync)
-    sync = capture.FolderSync(tmp_path)
-    returned: list[tuple[int, int]] = []  # (my rename number, syncs begun by then)
-    errors: list[OSError] = []
+    contents = [b"Subject: %d\r\n\r\nbody\r\n" % n for n in range(160)]
 
-    def writer() -> None:
-        for _ in range(20):
-            try:
-                sync.after_rename()
-            except OSError as err:
-                errors.append(err)
-                continue
-            with lock:
-                returned.append((sync._synced, len(started)))
+    async def put(n: int, content: bytes):
+        await asyncio.sleep(0.001 * (n % 30))  # over 30 ms: several batches
+        try:
+            stored = await store.put(content, hashlib.sha256(content).hexdigest())
+        except StoreFailed as err:
+            return err
+        name = Path(stored.path).name
+        assert any(name in names for names in syncs), "acknowledged before a sync covered it"
+        return stored
 
-    threads = [threading.Thread(target=writer) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert len(returned) + len(errors) == 160 and len(errors) == 1
-    assert len(started) < 100  # a group commit: one fsync served many renames
-    assert sync._synced == 160  # every rename covered by a successful sync
+    try:
+        results = await asyncio.gather(*(put(n, c) for n, c in enumerate(contents)))
+    finally:
+        store.close()
+    failed = [r for r in results if isinstance(r, StoreFailed)]
+    assert failed and all("Input/output error" in str(r) for r in failed)
+    assert len(failed) + sum(isinstance(r, capture.Stored) for r in results) == 160
+    assert 3 <= calls["n"] < 40  # a group commit: one fsync served many messages
+    assert [t.name for t in threading.enumerate() if t.name == "looper-capture"] == []  # closed: the writer is gone

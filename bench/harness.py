@@ -335,7 +335,8 @@ class Server(Child):
             time.sleep(0.05)
 
     def cpu_now(self) -> float:
-        return sum(proc_cpu(self.pid))
+        """Its CPU seconds and those of the processes it started (looper's message writer)."""
+        return sum(sum(proc_cpu(pid)) for pid in process_tree(self.pid))
 
     def rss_kib(self) -> int:
         return proc_kib(self.pid)
@@ -391,6 +392,19 @@ def proc_cpu(pid: int) -> tuple[float, float]:
     """(utime, stime) of the process, all its threads, in seconds."""
     fields = proc_stat(pid)
     return int(fields[11]) / TICK, int(fields[12]) / TICK
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants alive now."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        found.append(parent)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{parent}/task"):
+                with contextlib.suppress(OSError):
+                    todo += map(int, Path(f"/proc/{parent}/task/{task}/children").read_text().split())
+    return found
 
 
 def proc_kib(pid: int, field: str = "VmRSS") -> int:

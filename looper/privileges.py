@@ -18,6 +18,7 @@ import grp
 import os
 import pwd
 import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,3 +170,9 @@ def become(who: RunAsUser, log_dir: str, source: str) -> None:
                 f"{who.user} cannot read {path}, where looper's code is: install looper where it can"
                 " (`make install`), or set run_as",
             )
+    if not os.access(sys.executable, os.X_OK):  # the message store starts its writer process with it
+        raise ConfigError(
+            source, "run_as.user",
+            f"{who.user} cannot run {sys.executable}, the Python looper runs on: install looper where it can"
+            " (`make install`), or set run_as",
+        )

@@ -16,10 +16,12 @@ NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
 def demo_command() -> list[str]:
     """As root (CI), run it as nobody: the demo needs no privilege. (Unless
-    nobody cannot run this Python at all: a pyenv build under /root.)"""
+    nobody cannot run this Python: a pyenv build under /root.)"""
     command = [sys.executable, "-m", "looper", "demo"]
     if os.geteuid() == 0 and shutil.which("setpriv"):
-        probe = subprocess.run([*NOBODY, sys.executable, "-c", "import looper.demo"], capture_output=True, cwd="/",
+        # The trap's message store starts a Python process of its own: nobody must be able to, too.
+        start_python = "import looper.demo, subprocess, sys; subprocess.run([sys.executable, '-c', ''], check=True)"
+        probe = subprocess.run([*NOBODY, sys.executable, "-c", start_python], capture_output=True, cwd="/",
                                timeout=30)
         if probe.returncode == 0:
             return [*NOBODY, *command]

@@ -315,6 +315,29 @@ def test_a_log_dir_the_user_cannot_reach_stops_run_in_one_line(system_user, open
 
 
 @as_root
+def test_a_python_the_user_cannot_run_stops_run(system_user, open_folder):
+    """The message store starts a Python process after the drop: a trap
+    whose user could read looper but not run its Python would answer every
+    message 452. become() says so at the start instead."""
+    argv, env = python_for(system_user)
+    private = open_folder / "private"
+    private.mkdir(mode=0o700)
+    (private / "python").write_text("")
+    logs = open_folder / "logs"
+    logs.mkdir()
+    os.chown(logs, system_user.pw_uid, system_user.pw_gid)
+    script = (
+        "import sys; from looper.config import ConfigError; from looper.privileges import RunAsUser, become\n"
+        f"sys.executable = {str(private / 'python')!r}\n"
+        f"who = RunAsUser({system_user.pw_name!r}, {system_user.pw_uid}, {system_user.pw_name!r}, {system_user.pw_gid})\n"
+        f"try:\n    become(who, {str(logs)!r}, 'looper.yaml')\nexcept ConfigError as err:\n    print(err)\n"
+    )
+    said = subprocess.run([*argv, "-c", script], cwd=CHECKOUT, env=env, capture_output=True, text=True, timeout=60)
+    assert said.stdout == (f"looper.yaml: run_as.user: {system_user.pw_name} cannot run {private / 'python'}, the"
+                           " Python looper runs on: install looper where it can (`make install`), or set run_as\n"), said
+
+
+@as_root
 def test_run_as_null_keeps_root_and_says_so(open_folder):
     port = free_port()
     config = open_folder / "looper.yaml"

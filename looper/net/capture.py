@@ -5,27 +5,34 @@ temporary file, fsynced, renamed to its content's SHA-256 (so the same
 content is stored once and anyone can verify a file by hashing it), and the
 folder fsynced so that the name survives a crash too.
 
-A message takes one trip to the writer thread and back. The writer takes
-all the messages waiting whenever it is free, stores them one by one, syncs
-the folder once for the whole batch (a group commit) and hands the batch
-back to the loop in one call. One thread, woken once a batch: each time a
-thread takes the GIL from the loop thread, both pay a context switch, and a
-pool of eight busy writers cost the loop more CPU than the disk work itself
-(bench/smtp.py: 2.0 ms of CPU a session with the pool, 1.2 ms with this).
-The price is that a large message delays the ones behind it by its own
-write and sync.
+The disk work is done by a writer process (capture_writer.py), started with
+the first message: the loop sends it what arrived in a turn in one write on
+a pipe and reads its answers when they come; it stores a batch at a time,
+with one folder sync for each batch (a group commit). Not a thread: each
+time a thread takes the GIL back from the loop thread after one of its
+syscalls, both pay a context switch, and on the 2-core machine of
+bench/smtp.py writer threads cost the loop more CPU than the disk work
+itself (a pool of eight: 2.0 ms of CPU a session; one thread taking
+batches: 1.2-1.4 ms; this process, counted in: see the README's figures).
+A writer that dies fails the messages it had (they get no 250) and the
+next message starts another.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
+import contextlib
+import os
+import subprocess
+import sys
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from looper.files import fsync_folder, write_atomically
-
 MESSAGES_FOLDER = "messages"
+READ_BYTES = 1 << 16
+_LOOPER_ROOT = str(Path(__file__).resolve().parents[2])  # where the looper package is, for the writer's imports
+WRITER_MODULE = f"{__package__}.capture_writer"
 
 
 class StoreFailed(Exception):
@@ -43,11 +50,8 @@ class MessageStore:
         self.folder = Path(log_dir) / MESSAGES_FOLDER
         # Captured mail is the trap's user's alone (privileges.py hands an older folder over so).
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._changed = threading.Condition(threading.Lock())
-        self._waiting: list[_Job] = []  # guarded by _changed, like the three below
-        self._writer: threading.Thread | None = None  # started on demand: a trap that stores nothing runs none
-        self._writer_idle = False
-        self._closing = False
+        self._writer: _Writer | None = None
+        self._closed = False
 
     def path_of(self, sha256: str) -> str:
         """Where the content with this hex SHA-256 is (or will be) stored."""
@@ -55,97 +59,169 @@ class MessageStore:
 
     async def put(self, content: bytes, sha256: str) -> Stored:
         """Store `content` (whose hex SHA-256 is `sha256`) durably."""
+        path = self.folder / f"{sha256}.eml"
+        if self._closed:
+            raise StoreFailed(f"{path}: the message store is closed")
         loop = asyncio.get_running_loop()
-        job = _Job(self.folder / f"{sha256}.eml", content, loop, loop.create_future())
-        with self._changed:
-            if self._closing:
-                raise StoreFailed(f"{job.path}: the message store is closed")
-            self._waiting.append(job)
-            if self._writer_idle:
-                self._changed.notify()
-            elif self._writer is None or not self._writer.is_alive():  # (not alive: it died of a bug)
-                self._writer = threading.Thread(target=self._write_batches, name="looper-capture", daemon=True)
-                self._writer.start()
-        created, error = await job.done
+        writer = self._writer
+        if writer is None or writer.dead is not None or writer.loop is not loop:
+            if writer is not None:
+                writer.close()
+            try:
+                writer = self._writer = _Writer(self.folder, loop)
+            except OSError as err:
+                raise StoreFailed(f"{path}: cannot start the message writer: {err.strerror or err}") from err
+        created, error = await writer.send(path.name, content)
         if error is not None:
-            raise StoreFailed(f"{job.path}: {error.strerror or error}") from error
-        return Stored(str(job.path), duplicate=not created)
+            raise StoreFailed(f"{path}: {error}")
+        return Stored(str(path), duplicate=not created)
 
     def close(self) -> None:
-        """Store what is waiting, then stop the writer."""
-        with self._changed:
-            self._closing = True
-            self._changed.notify()
-            writer = self._writer
-        if writer is not None:
-            writer.join()
-
-    def _write_batches(self) -> None:
-        while True:
-            with self._changed:
-                while not self._waiting and not self._closing:
-                    self._writer_idle = True
-                    self._changed.wait()
-                    self._writer_idle = False
-                if not self._waiting:
-                    return
-                batch, self._waiting = self._waiting, []
-            _store_batch(self.folder, batch)
+        """What was sent is stored (this waits for it), then the writer exits."""
+        self._closed = True
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
-class _Job:
-    __slots__ = ("path", "content", "loop", "done", "created", "error")
-
-    def __init__(self, path: Path, content: bytes, loop: asyncio.AbstractEventLoop, done: asyncio.Future) -> None:
-        self.path, self.content, self.loop, self.done = path, content, loop, done
-        self.created, self.error = False, None
+# (created, error): error None if the message is on disk and its name durable.
+Outcome = tuple[bool, "str | None"]
 
 
-def _store_batch(folder: Path, batch: list[_Job]) -> None:
-    """In the writer thread: each file written, synced and renamed, then one
-    folder sync for all their names; then each loop told once."""
-    renamed = []
-    try:
-        for job in batch:
-            try:
-                job.created = _write_durably(job.path, job.content)
-            except OSError as err:
-                job.error = err
+class _Writer:
+    """One writer process and the loop's ends of its two pipes."""
+
+    def __init__(self, folder: Path, loop: asyncio.AbstractEventLoop) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (_LOOPER_ROOT, env.get("PYTHONPATH"))))
+        self.process = subprocess.Popen([sys.executable, "-m", WRITER_MODULE, str(folder)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self.loop = loop
+        self.dead: str | None = None  # why it cannot be used any more
+        self._to = self.process.stdin.fileno()
+        self._from = self.process.stdout.fileno()
+        os.set_blocking(self._to, False)
+        os.set_blocking(self._from, False)
+        self._waiting: deque[asyncio.Future[Outcome]] = deque()  # one per frame sent, answered in order
+        self._out = bytearray()  # frames not yet taken by the pipe
+        self._answers = bytearray()  # a partial answer line
+        self._flushing = False  # a flush is scheduled for this turn, or the loop waits until the pipe takes more
+        self._watching_pipe = False  # for room in it
+        loop.add_reader(self._from, self._readable)
+
+    def send(self, name: str, content: bytes) -> asyncio.Future[Outcome]:
+        future = self.loop.create_future()
+        self._waiting.append(future)
+        self._out += b"%d %s\n" % (len(content), name.encode("ascii"))
+        self._out += content
+        if not self._flushing:  # all of a turn's messages in one write
+            self._flushing = True
+            self.loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        if self.dead is not None:
+            return
+        try:
+            while self._out:
+                del self._out[: os.write(self._to, self._out)]
+        except BlockingIOError:  # the pipe is full: the rest when the writer has read some
+            if not self._watching_pipe:
+                self._watching_pipe = True
+                self.loop.add_writer(self._to, self._flush)
+            return
+        except OSError as err:
+            self._die(f"cannot be written to ({err.strerror or err})")
+            return
+        if self._watching_pipe:
+            self._watching_pipe = False
+            self.loop.remove_writer(self._to)
+        self._flushing = False
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self._from, READ_BYTES)
+        except BlockingIOError:
+            return
+        except OSError as err:
+            self._die(f"cannot be read from ({err.strerror or err})")
+            return
+        if not data:
+            self._die("exited")
+            return
+        self._take_answers(data)
+
+    def _take_answers(self, data: bytes) -> None:
+        answers = self._answers
+        answers += data
+        start = 0
+        while (end := answers.find(b"\n", start)) >= 0:
+            line, start = bytes(answers[start:end]), end + 1
+            if line == b"ok 1" or line == b"ok 0":
+                outcome: Outcome = (line == b"ok 1", None)
+            elif line.startswith(b"err "):
+                outcome = (False, line.split(b" ", 2)[-1].decode("utf-8", "replace"))
             else:
-                if job.created:
-                    renamed.append(job)
-            job.content = b""  # the batch waits for the folder sync: don't hold its messages meanwhile
-        if renamed:
-            try:
-                fsync_folder(folder)
-            except OSError as err:
-                for job in renamed:  # on disk, perhaps, but not known to survive a crash
-                    job.error = err
-    except BaseException as err:  # a bug here must not leave sessions waiting for ever
-        for job in batch:
-            job.error = job.error or OSError(f"message store failed: {err!r}")
-        raise
-    finally:
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
-        for job in batch:
-            by_loop.setdefault(job.loop, []).append(job)
-        for loop, jobs in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, jobs)
-            except RuntimeError:  # that loop is closed: nobody awaits these any more
-                pass
+                del answers[:start]
+                self._die(f"answered {line[:80]!r}")
+                return
+            if not self._waiting:
+                self._die("answered a message it was not sent")
+                return
+            future = self._waiting.popleft()
+            if not future.done():  # (cancelled: its session went away)
+                future.set_result(outcome)
+        del answers[:start]
 
+    def _die(self, why: str) -> None:
+        """It cannot be used any more: what it had fails (no 250 for those),
+        and the next message starts another writer."""
+        self.dead = f"the message writer process {why}"
+        self._stop_watching()
+        for future in self._waiting:
+            if not future.done():
+                future.set_result((False, self.dead))
+        self._waiting.clear()
+        self._out.clear()
+        for pipe in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError):
+                pipe.close()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
-def _deliver(jobs: list[_Job]) -> None:
-    for job in jobs:
-        if not job.done.done():
-            job.done.set_result((job.created, job.error))
+    def _stop_watching(self) -> None:
+        if not self.loop.is_closed():
+            self.loop.remove_reader(self._from)
+            self.loop.remove_writer(self._to)
 
-
-def _write_durably(path: Path, content: bytes) -> bool:
-    """Write, fsync and rename into place (the folder is synced for many
-    files at once); False if it was already there."""
-    if path.exists():
-        return False
-    write_atomically(path, content, mode=0o600, sync_folder=False)
-    return True
+    def close(self) -> None:
+        """Send what is left and close its input; it stores that and exits,
+        answering as it goes (read here, blocking: the loop is stopping)."""
+        if self.dead is not None:
+            return
+        self._stop_watching()
+        self.dead = "the message store is closed"
+        try:
+            os.set_blocking(self._to, True)
+            while self._out:
+                del self._out[: os.write(self._to, self._out)]
+        except OSError:
+            pass
+        try:
+            self.process.stdin.close()
+            os.set_blocking(self._from, True)
+            while data := self.process.stdout.read(READ_BYTES):
+                if not self.loop.is_closed():  # (closed: nobody awaits the answers; read to the end all the same)
+                    self._take_answers(data)
+        except (OSError, ValueError):  # it died meanwhile, or answered nonsense (_take_answers closed it)
+            pass
+        self.process.stdout.close()
+        self.process.wait()
+        if not self.loop.is_closed():
+            for future in self._waiting:
+                if not future.done():
+                    future.set_result((False, self.dead))
+        self._waiting.clear()

@@ -1,0 +1,115 @@
+"""The message store's writer process: `python -m looper.net.capture_writer FOLDER` (the module).
+
+It writes what capture.MessageStore sends it into FOLDER, durably, and says
+how each went. A process of its own rather than a thread: a thread takes the
+GIL back from the trap's loop after each of its syscalls, and both pay a
+context switch each time; this way the loop's share of storing a message is
+one write and one read on a pipe per batch.
+
+Standard input, frames: `<size> <name>\\n` and then `size` bytes of content,
+stored as FOLDER/<name> (a name of the content's SHA-256). Standard output,
+one line per frame, in order: `ok 1` (written), `ok 0` (already there), or
+`err <errno> <text>`. Whatever one read brings is a batch: each file written,
+fsynced and renamed into place, then one fsync of the folder for the batch
+(a group commit), then the batch's answers, so an `ok` is never sent before
+the name is durable. At the end of its input it stores what it has and
+exits. It ignores SIGINT, SIGTERM and SIGHUP, which reach it with the trap's: the
+trap closes its input when it stops, and what was sent is stored first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+
+from looper.files import fsync_folder, write_atomically
+
+READ_BYTES = 1 << 20
+HEADER = re.compile(rb"(\d{1,12}) ([0-9a-f]{64}\.eml)\n")
+MAX_HEADER = 100
+
+
+def store_batch(folder: str, frames: list[tuple[str, bytes]]) -> bytes:
+    """Write each frame's file, sync the folder once; the answers."""
+    answers: list[bytes] = []
+    renamed: list[int] = []
+    for name, content in frames:
+        path = os.path.join(folder, name)
+        try:
+            if os.path.exists(path):
+                answers.append(b"ok 0\n")
+                continue
+            write_atomically(path, content, mode=0o600, sync_folder=False)
+        except OSError as err:
+            answers.append(_error(err))
+        else:
+            renamed.append(len(answers))
+            answers.append(b"ok 1\n")
+    if renamed:
+        try:
+            fsync_folder(folder)
+        except OSError as err:  # on disk, perhaps, but not known to survive a crash
+            for index in renamed:
+                answers[index] = _error(err)
+    return b"".join(answers)
+
+
+def _error(err: OSError) -> bytes:
+    text = " ".join((err.strerror or str(err)).split())
+    return b"err %d %s\n" % (err.errno or 0, text.encode("utf-8", "replace"))
+
+
+def take_frames(buffer: bytearray) -> list[tuple[str, bytes]]:
+    """The whole frames at the start of `buffer` as (name, content), taken
+    out of it; a partial frame stays. ValueError: a header that is none."""
+    frames: list[tuple[str, bytes]] = []
+    start = 0
+    while True:
+        header = HEADER.match(buffer, start, start + MAX_HEADER)
+        if header is None:
+            bad = len(buffer) - start >= MAX_HEADER or b"\n" in buffer[start:start + MAX_HEADER]
+            if bad and not frames:  # (else the frames before it are taken first)
+                raise ValueError(f"not a frame header: {bytes(buffer[:40])!r}")
+            break
+        end = header.end() + int(header[1])
+        if end > len(buffer):
+            break
+        frames.append((header[2].decode("ascii"), bytes(buffer[header.end():end])))
+        start = end
+    del buffer[:start]
+    return frames
+
+
+def serve(folder: str, read_fd: int = 0, write_fd: int = 1) -> None:
+    """Store what comes on read_fd until its end, answering on write_fd."""
+    buffer = bytearray()
+    while True:
+        data = os.read(read_fd, READ_BYTES)
+        buffer += data
+        while frames := take_frames(buffer):
+            answers = memoryview(store_batch(folder, frames))
+            while answers:
+                answers = answers[os.write(write_fd, answers):]
+        if not data:
+            if buffer:
+                raise ValueError("the input ended inside a frame")
+            return
+
+
+def main() -> None:
+    # The trap's Ctrl-C or SIGTERM reaches its whole process group: the trap
+    # ends this process by closing its input, once what it sent is stored.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+    if len(sys.argv) != 2:
+        sys.exit(f"usage: python -m {__spec__.name} FOLDER")
+    try:
+        serve(sys.argv[1])
+    except ValueError as err:  # the trap's bug: say so, and it fails what it had sent
+        sys.exit(f"{__spec__.name}: {err}")
+
+
+if __name__ == "__main__":
+    main()

@@ -77,7 +77,10 @@ def run(transcript: Transcript, feed: Feed = whole, **options) -> tuple[list[Eve
             if side == C:
                 observer.client_data(piece)
             else:
-                forwarded += observer.server_data(piece)  # copies at once: the buffer is reused
+                passes = observer.passes_server_data()  # the promise a splice forwards on before reading
+                seen = observer.server_data(piece)
+                assert not passes or bytes(seen) == bytes(piece), "passes_server_data() promised no change"
+                forwarded += seen  # copies at once: the buffer is reused
             assert observer._buffered_bytes() <= BUFFER_BOUND
     observer.client_data(b"")
     forwarded += observer.server_data(b"")

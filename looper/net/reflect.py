@@ -282,6 +282,9 @@ class _Inspect:
         elif transcript is not None:
             transcript.client_unread(data)
 
+    def passes_server_data(self) -> bool:
+        return self.observer.passes_server_data()
+
     def server_data(self, data: bytes) -> bytes:
         transcript = self.transcript
         if data and self.observer.opaque:

@@ -38,6 +38,7 @@ CLOSE_GRACE_SECONDS = 5.0
 class Inspector(Protocol):
     def client_data(self, data: bytes) -> None: ...
     def server_data(self, data: bytes) -> bytes: ...
+    def passes_server_data(self) -> bool: ...  # server_data() would return the next chunk as it is
     def forwarded(self) -> None: ...  # after each forward: the time to log, off the path
 
 
@@ -326,6 +327,10 @@ class Splice:
                 return self.close(CloseReason.MAX_BYTES)
             if inspector is None:
                 self.inbound.transport.write(data)
+            elif inspector.passes_server_data():  # forwarded first, read after: off the round trip
+                self.inbound.transport.write(data)
+                inspector.server_data(data)
+                inspector.forwarded()
             else:
                 data = inspector.server_data(data)
                 if data:

@@ -295,6 +295,21 @@ class Observer:
         forwarded = self._read_server(chunk)
         return data if forwarded is None else forwarded
 
+    def passes_server_data(self) -> bool:
+        """The next server_data() will return its bytes as they are, whatever
+        they say, so a splice may forward them first and have them read after,
+        off the round trip: nothing is held, no client bytes wait for a reply
+        (reading them could queue an EHLO), and no reply awaited is one to
+        hold or rewrite."""
+        if self._held or self._holding:
+            return False
+        if self._state is ClientState.OPAQUE or not self._rewrites_ehlo:
+            return True
+        if self._client_held:
+            return False
+        rewritten = (Kind.EHLO, Kind.GREETING, Kind.HELO) if self._mask_name is not None else (Kind.EHLO,)
+        return not any(command.kind in rewritten for command in self._pending)
+
     def close(self) -> None:
         """The session is over: report whatever still awaits a reply or was cut off."""
         if self._closed:

@@ -537,7 +537,9 @@ class LoadMeter:
         for pid in filter(str.isdigit, os.listdir("/proc")):
             with contextlib.suppress(OSError):
                 fields = proc_stat(pid)
-                if int(pid) not in ours and fields[1] != "2" and int(fields[3]) not in OWN_SESSIONS:
+                # (a child's own process group, detach(): what it starts, looper's message writer, is ours too)
+                if (int(pid) not in ours and fields[1] != "2" and int(fields[2]) not in ours
+                        and int(fields[3]) not in OWN_SESSIONS):
                     foreign[int(pid)] = (int(fields[11]) + int(fields[12])) / TICK
         return foreign | {0: int(Path("/proc/stat").read_text().split(maxsplit=9)[8]) / TICK}
 

@@ -12,8 +12,9 @@ with one folder sync for each batch (a group commit). Not a thread: each
 time a thread takes the GIL back from the loop thread after one of its
 syscalls, both pay a context switch, and on the 2-core machine of
 bench/smtp.py writer threads cost the loop more CPU than the disk work
-itself (a pool of eight: 2.0 ms of CPU a session; one thread taking
-batches: 1.2-1.4 ms; this process, counted in: see the README's figures).
+itself (CPU a session at concurrency 10, the store's included: a pool of
+eight threads 2.0 ms, one thread taking batches 1.2-1.6 ms, this process
+1.1-1.2 ms).
 A writer that dies fails the messages it had (they get no 250) and the
 next message starts another.
 """

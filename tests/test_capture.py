@@ -193,3 +193,48 @@ async def test_a_store_that_cannot_write_says_why(tmp_path):
             await store.put(b"x", sha(b"x"))
     finally:
         store.close()
+
+
+def test_input_that_ends_inside_a_frame_is_an_error(tmp_path):
+    to_writer, its_input = os.pipe()[::-1]
+    its_output, from_writer = os.pipe()[::-1]
+    os.write(to_writer, frame(b"whole") + frame(b"cut short")[:-3])
+    os.close(to_writer)
+    try:
+        with pytest.raises(ValueError, match="ended inside a frame"):
+            capture_writer.serve(str(tmp_path), its_input, its_output)
+        assert os.read(from_writer, 100) == b"ok 1\n"  # what came whole is stored all the same
+    finally:
+        for fd in (its_input, its_output, from_writer):
+            os.close(fd)
+    assert os.listdir(tmp_path) == [f"{sha(b'whole')}.eml"]
+
+
+async def test_a_writer_that_answers_nonsense_is_let_go(tmp_path, monkeypatch):
+    from looper.net import capture
+
+    store = MessageStore(str(tmp_path))
+    try:
+        monkeypatch.setattr(capture, "WRITER_MODULE", "tests.capture_writer_liar")
+        with pytest.raises(StoreFailed, match=r"the message writer process answered b'bogus'"):
+            await store.put(b"one", sha(b"one"))
+        liar = store._writer.process
+        assert liar.returncode == 0  # let go: its input closed, it ended
+        monkeypatch.undo()
+        stored = await store.put(b"one", sha(b"one"))  # the next message starts a real writer
+        assert not stored.duplicate and open(stored.path, "rb").read() == b"one"
+    finally:
+        store.close()
+
+
+async def test_a_writer_that_cannot_start_fails_the_message(tmp_path, monkeypatch):
+    import sys
+
+    store = MessageStore(str(tmp_path))
+    try:
+        monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python-here"))
+        with pytest.raises(StoreFailed, match="cannot start the message writer: No such file or directory"):
+            await store.put(b"one", sha(b"one"))
+    finally:
+        store.close()
+    assert os.listdir(store.folder) == []

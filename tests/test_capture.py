@@ -238,3 +238,21 @@ async def test_a_writer_that_cannot_start_fails_the_message(tmp_path, monkeypatc
     finally:
         store.close()
     assert os.listdir(store.folder) == []
+
+
+async def test_a_bug_in_sending_fails_the_message_instead_of_leaving_it_waiting(tmp_path, monkeypatch, caplog):
+    from looper.net import capture
+
+    def broken_writev(fd, buffers):
+        raise RuntimeError("a bug")
+
+    store = MessageStore(str(tmp_path))
+    try:
+        monkeypatch.setattr(capture.os, "writev", broken_writev)
+        with pytest.raises(StoreFailed, match="could not be sent to"):
+            await asyncio.wait_for(store.put(b"one", sha(b"one")), 10)
+        monkeypatch.undo()
+        assert not (await store.put(b"one", sha(b"one"))).duplicate  # another writer took over
+    finally:
+        store.close()
+    assert "sending to the message writer failed" in caplog.text

@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import itertools
+import logging
 import os
 import subprocess
 import sys
@@ -31,7 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MESSAGES_FOLDER = "messages"
+log = logging.getLogger("looper.capture")
 READ_BYTES = 1 << 16
+WRITEV_PIECES = 64  # buffers a writev takes at most (IOV_MAX is 1024 on Linux)
+PIPE_BYTES = 1 << 20  # asked for the pipe to the writer (Linux's default unprivileged maximum): fewer wake-ups
 _LOOPER_ROOT = str(Path(__file__).resolve().parents[2])  # where the looper package is, for the writer's imports
 WRITER_MODULE = f"{__package__}.capture_writer"
 
@@ -103,8 +109,12 @@ class _Writer:
         self._from = self.process.stdout.fileno()
         os.set_blocking(self._to, False)
         os.set_blocking(self._from, False)
+        with contextlib.suppress(OSError, AttributeError):  # (a smaller pipe works too, only more often)
+            fcntl.fcntl(self._to, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         self._waiting: deque[asyncio.Future[Outcome]] = deque()  # one per frame sent, answered in order
-        self._out = bytearray()  # frames not yet taken by the pipe
+        # What the pipe has not taken yet: headers and the messages themselves
+        # (not copies: a disk that stalls should not double what waits for it).
+        self._out: deque[memoryview] = deque()
         self._answers = bytearray()  # a partial answer line
         self._flushing = False  # a flush is scheduled for this turn, or the loop waits until the pipe takes more
         self._watching_pipe = False  # for room in it
@@ -113,8 +123,9 @@ class _Writer:
     def send(self, name: str, content: bytes) -> asyncio.Future[Outcome]:
         future = self.loop.create_future()
         self._waiting.append(future)
-        self._out += b"%d %s\n" % (len(content), name.encode("ascii"))
-        self._out += content
+        self._out.append(memoryview(b"%d %s\n" % (len(content), name.encode("ascii"))))
+        if content:
+            self._out.append(memoryview(content if type(content) is bytes else bytes(content)))
         if not self._flushing:  # all of a turn's messages in one write
             self._flushing = True
             self.loop.call_soon(self._flush)
@@ -124,8 +135,7 @@ class _Writer:
         if self.dead is not None:
             return
         try:
-            while self._out:
-                del self._out[: os.write(self._to, self._out)]
+            self._write_out()
         except BlockingIOError:  # the pipe is full: the rest when the writer has read some
             if not self._watching_pipe:
                 self._watching_pipe = True
@@ -134,10 +144,27 @@ class _Writer:
         except OSError as err:
             self._die(f"cannot be written to ({err.strerror or err})")
             return
+        except Exception as err:  # a bug here must not leave sessions waiting for ever
+            log.exception("sending to the message writer failed")
+            self._die(f"could not be sent to ({err!r})")
+            return
         if self._watching_pipe:
             self._watching_pipe = False
             self.loop.remove_writer(self._to)
         self._flushing = False
+
+    def _write_out(self) -> None:
+        """Write what is waiting until the pipe is full (BlockingIOError)."""
+        out = self._out
+        while out:
+            written = os.writev(self._to, list(itertools.islice(out, WRITEV_PIECES)))
+            while written:
+                first = out[0]
+                if written < len(first):
+                    out[0] = first[written:]
+                    break
+                written -= len(first)
+                out.popleft()
 
     def _readable(self) -> None:
         try:
@@ -150,7 +177,11 @@ class _Writer:
         if not data:
             self._die("exited")
             return
-        self._take_answers(data)
+        try:
+            self._take_answers(data)
+        except Exception as err:  # a bug here must not leave sessions waiting for ever
+            log.exception("reading the message writer's answers failed")
+            self._die(f"could not be understood ({err!r})")
 
     def _take_answers(self, data: bytes) -> None:
         answers = self._answers
@@ -207,8 +238,7 @@ class _Writer:
         self.dead = "the message store is closed"
         try:
             os.set_blocking(self._to, True)
-            while self._out:
-                del self._out[: os.write(self._to, self._out)]
+            self._write_out()
         except OSError:
             pass
         try:

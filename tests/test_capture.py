@@ -256,3 +256,14 @@ async def test_a_bug_in_sending_fails_the_message_instead_of_leaving_it_waiting(
     finally:
         store.close()
     assert "sending to the message writer failed" in caplog.text
+
+
+async def test_a_name_that_is_no_content_hash_fails_that_message_alone(tmp_path):
+    store = MessageStore(str(tmp_path))
+    try:
+        other = asyncio.ensure_future(store.put(b"fine", sha(b"fine")))
+        with pytest.raises(StoreFailed, match="not a hex SHA-256"):
+            await store.put(b"x", "../../x")
+        assert not (await other).duplicate
+    finally:
+        store.close()

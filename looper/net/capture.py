@@ -27,6 +27,7 @@ import fcntl
 import itertools
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections import deque
@@ -40,6 +41,7 @@ WRITEV_PIECES = 64  # buffers a writev takes at most (IOV_MAX is 1024 on Linux)
 PIPE_BYTES = 1 << 20  # asked for the pipe to the writer (Linux's default unprivileged maximum): fewer wake-ups
 _LOOPER_ROOT = str(Path(__file__).resolve().parents[2])  # where the looper package is, for the writer's imports
 WRITER_MODULE = f"{__package__}.capture_writer"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class StoreFailed(Exception):
@@ -69,6 +71,8 @@ class MessageStore:
         path = self.folder / f"{sha256}.eml"
         if self._closed:
             raise StoreFailed(f"{path}: the message store is closed")
+        if not _SHA256.fullmatch(sha256):  # (the writer takes no other name: it would stop, failing the others)
+            raise StoreFailed(f"{path}: not a hex SHA-256")
         loop = asyncio.get_running_loop()
         writer = self._writer
         if writer is None or writer.dead is not None or writer.loop is not loop:

@@ -83,9 +83,10 @@ def test_a_batch_is_synced_once_and_a_failed_sync_fails_only_its_new_files(tmp_p
     old, new = b"already there", b"new"
     (tmp_path / f"{sha(old)}.eml").write_bytes(old)
     batch = [(f"{sha(c)}.eml", c) for c in (old, new)]
-    assert capture_writer.store_batch(str(tmp_path), batch) == b"ok 0\nerr 5 Input/output error\n"
+    twice = [(f"{sha(b'twice')}.eml", b"twice")] * 2  # the second is as durable as the first: no more
+    assert capture_writer.store_batch(str(tmp_path), batch + twice) == b"ok 0\n" + b"err 5 Input/output error\n" * 3
     assert capture_writer.store_batch(str(tmp_path), batch + [(f"{sha(b'x')}.eml", b"x")]) == b"ok 0\nok 0\nok 1\n"
-    assert synced == [{f"{sha(c)}.eml" for c in (old, new, b"x")}]  # one sync for the batch, after its renames
+    assert synced == [{f"{sha(c)}.eml" for c in (old, new, b"twice", b"x")}]  # one sync for the batch, after its renames
     assert leftovers(tmp_path) == []
 
 

@@ -34,11 +34,14 @@ MAX_HEADER = 100
 def store_batch(folder: str, frames: list[tuple[str, bytes]]) -> bytes:
     """Write each frame's file, sync the folder once; the answers."""
     answers: list[bytes] = []
-    renamed: list[int] = []
+    renamed: list[int] = []  # the answers that hold only once the folder is synced
+    named: set[str] = set()  # the names this batch put there
     for name, content in frames:
         path = os.path.join(folder, name)
         try:
             if os.path.exists(path):
+                if name in named:  # the same message twice in one batch: as durable as the first
+                    renamed.append(len(answers))
                 answers.append(b"ok 0\n")
                 continue
             write_atomically(path, content, mode=0o600, sync_folder=False)
@@ -46,6 +49,7 @@ def store_batch(folder: str, frames: list[tuple[str, bytes]]) -> bytes:
             answers.append(_error(err))
         else:
             renamed.append(len(answers))
+            named.add(name)
             answers.append(b"ok 1\n")
     if renamed:
         try:

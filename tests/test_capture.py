@@ -268,3 +268,23 @@ async def test_a_name_that_is_no_content_hash_fails_that_message_alone(tmp_path)
         assert not (await other).duplicate
     finally:
         store.close()
+
+
+async def test_a_writer_that_answers_more_than_it_was_sent_is_let_go(tmp_path, monkeypatch):
+    from looper.net import capture
+
+    store = MessageStore(str(tmp_path))
+    try:
+        monkeypatch.setattr(capture, "WRITER_MODULE", "tests.capture_writer_liar")
+        monkeypatch.setenv("LIAR_ANSWER", "ok 1\nok 1\n")
+        await store.put(b"one", sha(b"one"))  # the first answer is taken at its word
+        liar = store._writer
+        for _ in range(100):  # the second answer arrives with the first, or just after
+            if liar.dead is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert liar.dead == "the message writer process answered a message it was not sent"
+        monkeypatch.undo()
+        assert not (await store.put(b"two", sha(b"two"))).duplicate  # the next message starts a real writer
+    finally:
+        store.close()

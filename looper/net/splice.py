@@ -327,14 +327,14 @@ class Splice:
                 return self.close(CloseReason.MAX_BYTES)
             if inspector is None:
                 self.inbound.transport.write(data)
-            elif inspector.passes_server_data():  # forwarded first, read after: off the round trip
-                self.inbound.transport.write(data)
-                inspector.server_data(data)
-                inspector.forwarded()
             else:
-                data = inspector.server_data(data)
-                if data:
+                if inspector.passes_server_data():  # forwarded first, read after: off the round trip
                     self.inbound.transport.write(data)
+                    inspector.server_data(data)
+                else:
+                    data = inspector.server_data(data)
+                    if data:
+                        self.inbound.transport.write(data)
                 inspector.forwarded()
             if self.throttle is not None:
                 self.throttle.spend(self, len(data))

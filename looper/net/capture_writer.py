@@ -9,12 +9,14 @@ one write and one read on a pipe per batch.
 Standard input, frames: `<size> <name>\\n` and then `size` bytes of content,
 stored as FOLDER/<name> (a name of the content's SHA-256). Standard output,
 one line per frame, in order: `ok 1` (written), `ok 0` (already there), or
-`err <errno> <text>`. Whatever one read brings is a batch: each file written,
-fsynced and renamed into place, then one fsync of the folder for the batch
-(a group commit), then the batch's answers, so an `ok` is never sent before
-the name is durable. At the end of its input it stores what it has and
-exits. It ignores SIGINT, SIGTERM and SIGHUP, which reach it with the trap's: the
-trap closes its input when it stops, and what was sent is stored first.
+`err <errno> <text>`. Whatever one read brings is a batch: every file
+written, then each fsynced and renamed into place (files.write_many_atomically:
+the file system commits the batch's blocks together), then one fsync of the
+folder for the batch (a group commit), then the batch's answers, so an
+`ok` is never sent before the name is durable. At the end of its input it
+stores what it has and exits. It ignores SIGINT, SIGTERM and SIGHUP, which
+reach it with the trap's: the trap closes its input when it stops, and
+what was sent is stored first.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import re
 import signal
 import sys
 
-from looper.files import fsync_folder, write_atomically
+from looper.files import fsync_folder, write_many_atomically
 
 READ_BYTES = 1 << 20
 HEADER = re.compile(rb"(\d{1,12}) ([0-9a-f]{64}\.eml)\n")
@@ -33,30 +35,37 @@ MAX_HEADER = 100
 
 def store_batch(folder: str, frames: list[tuple[str, bytes]]) -> bytes:
     """Write each frame's file, sync the folder once; the answers."""
-    answers: list[bytes] = []
-    renamed: list[int] = []  # the answers that hold only once the folder is synced
-    named: set[str] = set()  # the names this batch put there
-    for name, content in frames:
+    answers: list[bytes] = [b""] * len(frames)
+    first_of: dict[str, int] = {}  # the frame that writes each name
+    duplicates: list[tuple[int, int]] = []  # (frame, the frame writing its name)
+    writes: list[tuple[str, bytes]] = []
+    writing: list[int] = []
+    for index, (name, content) in enumerate(frames):
+        if name in first_of:  # the same message twice in one batch: as durable as the first
+            duplicates.append((index, first_of[name]))
+            continue
         path = os.path.join(folder, name)
-        try:
-            if os.path.exists(path):
-                if name in named:  # the same message twice in one batch: as durable as the first
-                    renamed.append(len(answers))
-                answers.append(b"ok 0\n")
-                continue
-            write_atomically(path, content, mode=0o600, sync_folder=False)
-        except OSError as err:
-            answers.append(_error(err))
+        if os.path.exists(path):
+            answers[index] = b"ok 0\n"
+            continue
+        first_of[name] = index
+        writes.append((path, content))
+        writing.append(index)
+    renamed = []  # the answers that hold only once the folder is synced
+    for index, err in zip(writing, write_many_atomically(writes, mode=0o600)):
+        if err is None:
+            renamed.append(index)
+            answers[index] = b"ok 1\n"
         else:
-            renamed.append(len(answers))
-            named.add(name)
-            answers.append(b"ok 1\n")
+            answers[index] = _error(err)
     if renamed:
         try:
             fsync_folder(folder)
         except OSError as err:  # on disk, perhaps, but not known to survive a crash
             for index in renamed:
                 answers[index] = _error(err)
+    for index, first in duplicates:
+        answers[index] = b"ok 0\n" if answers[first] == b"ok 1\n" else answers[first]
     return b"".join(answers)
 
 

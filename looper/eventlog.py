@@ -240,6 +240,12 @@ class EventLog(TurnBatch):
         await asyncio.gather(*(sink.stop(grace_s) for sink in self._sinks))
 
     def emit(self, who: SessionInfo, eventid: str, **fields: Any) -> None:
+        self._emit(who, eventid, fields)
+
+    def emit_event(self, who: SessionInfo, event: Event) -> None:
+        self._emit(who, event.eventid, event.fields)
+
+    def _emit(self, who: SessionInfo, eventid: str, fields: dict[str, Any]) -> None:
         record = {
             "timestamp": rfc3339_now(),
             "eventid": eventid,
@@ -256,9 +262,6 @@ class EventLog(TurnBatch):
         # After the line is queued, so what a listener emits comes after it.
         for listener in self.listeners:
             listener(record)
-
-    def emit_event(self, who: SessionInfo, event: Event) -> None:
-        self.emit(who, event.eventid, **event.fields)
 
     def flush(self) -> bool:
         """Write what is pending now, whole lines, one write per sink.

@@ -59,16 +59,18 @@ class MessageStore:
         self.folder = Path(log_dir) / MESSAGES_FOLDER
         # Captured mail is the trap's user's alone (privileges.py hands an older folder over so).
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._folder_name = str(self.folder)  # (pathlib per message costs more than the pipe does)
         self._writer: _Writer | None = None
         self._closed = False
 
     def path_of(self, sha256: str) -> str:
         """Where the content with this hex SHA-256 is (or will be) stored."""
-        return str(self.folder / f"{sha256}.eml")
+        return os.path.join(self._folder_name, f"{sha256}.eml")
 
     async def put(self, content: bytes, sha256: str) -> Stored:
         """Store `content` (whose hex SHA-256 is `sha256`) durably."""
-        path = self.folder / f"{sha256}.eml"
+        name = f"{sha256}.eml"
+        path = os.path.join(self._folder_name, name)
         if self._closed:
             raise StoreFailed(f"{path}: the message store is closed")
         if not _SHA256.fullmatch(sha256):  # (the writer takes no other name: it would stop, failing the others)
@@ -82,10 +84,10 @@ class MessageStore:
                 writer = self._writer = _Writer(self.folder, loop)
             except OSError as err:
                 raise StoreFailed(f"{path}: cannot start the message writer: {err.strerror or err}") from err
-        created, error = await writer.send(path.name, content)
+        created, error = await writer.send(name, content)
         if error is not None:
             raise StoreFailed(f"{path}: {error}")
-        return Stored(str(path), duplicate=not created)
+        return Stored(path, duplicate=not created)
 
     def close(self) -> None:
         """What was sent is stored (this waits for it), then the writer exits."""

@@ -10,9 +10,9 @@ Standard input, frames: `<size> <name>\\n` and then `size` bytes of content,
 stored as FOLDER/<name> (a name of the content's SHA-256). Standard output,
 one line per frame, in order: `ok 1` (written), `ok 0` (already there), or
 `err <errno> <text>`. Whatever one read brings is a batch: every file
-written, then each fsynced and renamed into place (files.write_many_atomically:
-the file system commits the batch's blocks together), then one fsync of the
-folder for the batch (a group commit), then the batch's answers, so an
+written, then each fsynced and given its name (files.create_many: the file
+system commits the batch's blocks together), then one fsync of the folder
+for the batch (a group commit), then the batch's answers, so an
 `ok` is never sent before the name is durable. At the end of its input it
 stores what it has and exits. It ignores SIGINT, SIGTERM and SIGHUP, which
 reach it with the trap's: the trap closes its input when it stops, and
@@ -26,7 +26,7 @@ import re
 import signal
 import sys
 
-from looper.files import fsync_folder, write_many_atomically
+from looper.files import create_many, fsync_folder
 
 READ_BYTES = 1 << 20
 HEADER = re.compile(rb"(\d{1,12}) ([0-9a-f]{64}\.eml)\n")
@@ -38,31 +38,32 @@ def store_batch(folder: str, frames: list[tuple[str, bytes]]) -> bytes:
     answers: list[bytes] = [b""] * len(frames)
     first_of: dict[str, int] = {}  # the frame that writes each name
     duplicates: list[tuple[int, int]] = []  # (frame, the frame writing its name)
-    writes: list[tuple[str, bytes]] = []
-    writing: list[int] = []
+    creates: list[tuple[str, bytes]] = []
+    creating: list[int] = []
     for index, (name, content) in enumerate(frames):
         if name in first_of:  # the same message twice in one batch: as durable as the first
             duplicates.append((index, first_of[name]))
             continue
-        path = os.path.join(folder, name)
-        if os.path.exists(path):
+        if os.path.exists(os.path.join(folder, name)):
             answers[index] = b"ok 0\n"
             continue
         first_of[name] = index
-        writes.append((path, content))
-        writing.append(index)
-    renamed = []  # the answers that hold only once the folder is synced
-    for index, err in zip(writing, write_many_atomically(writes, mode=0o600)):
+        creates.append((name, content))
+        creating.append(index)
+    created = []  # the answers that hold only once the folder is synced
+    for index, err in zip(creating, create_many(folder, creates, mode=0o600)):
         if err is None:
-            renamed.append(index)
+            created.append(index)
             answers[index] = b"ok 1\n"
+        elif isinstance(err, FileExistsError):  # made since we looked: there all the same
+            answers[index] = b"ok 0\n"
         else:
             answers[index] = _error(err)
-    if renamed:
+    if created:
         try:
             fsync_folder(folder)
         except OSError as err:  # on disk, perhaps, but not known to survive a crash
-            for index in renamed:
+            for index in created:
                 answers[index] = _error(err)
     for index, first in duplicates:
         answers[index] = b"ok 0\n" if answers[first] == b"ok 1\n" else answers[first]

@@ -36,6 +36,7 @@ class SystemEnvironment:
         self._short_name = hostname.split(".")[0]
         # A queue file's inode number (Postfix's queue ids end in it); ours counts up.
         self._inode = 0x100000 + secrets.randbelow(0xE00000)
+        self._date: tuple[int, str] = (-1, "")
 
     def now_s(self) -> float:
         return time.time()
@@ -51,7 +52,11 @@ class SystemEnvironment:
         return secrets.token_bytes(count)
 
     def date(self) -> str:
-        return format_datetime(datetime.now(timezone.utc))
+        # Formatted once a second: every stored message's Received: line has one.
+        second = int(time.time())
+        if second != self._date[0]:
+            self._date = (second, format_datetime(datetime.fromtimestamp(second, timezone.utc)))
+        return self._date[1]
 
 
 def smtp_settings(config: Config, hostname: str, message_memory: MessageMemory | None = None) -> SmtpSettings:

@@ -494,6 +494,8 @@ class SmtpServer:
 
     def _fill(self, template: str, **values: Any) -> str:
         """A persona's template with what this session knows filled in."""
+        if "{" not in template and "}" not in template:
+            return template  # most replies: nothing to fill (and no braces that format would change)
         client = self.client
         known = {"host": self.settings.hostname, "ip": client.ip, "helo": self._helo or "",
                  "max_size": self.settings.max_message_bytes}

@@ -115,6 +115,77 @@ def test_the_writer_answers_each_read_s_frames_after_one_folder_sync(tmp_path, m
     assert sorted(os.listdir(tmp_path)) == sorted(f"{sha(c)}.eml" for c in contents)
 
 
+def _serve_in_thread(tmp_path, write_and_wait):
+    """serve() over real pipes in a thread; write_and_wait(to_writer,
+    read_answers) drives it; returns (answers, the batches' sizes)."""
+    to_writer, its_input = os.pipe()[::-1]
+    its_output, from_writer = os.pipe()[::-1]
+    writer = threading.Thread(target=capture_writer.serve, args=(str(tmp_path), its_input, its_output))
+    answers = bytearray()
+
+    def read_answers(count: int) -> None:
+        while answers.count(b"\n") < count:
+            answers.extend(os.read(from_writer, 4096))
+
+    try:
+        writer.start()
+        write_and_wait(to_writer, read_answers)
+        os.close(to_writer)
+        writer.join(10)
+        assert not writer.is_alive()
+        os.close(its_output)
+        while chunk := os.read(from_writer, 4096):
+            answers.extend(chunk)
+    finally:
+        for fd in (its_input, from_writer):
+            os.close(fd)
+    return bytes(answers)
+
+
+def test_a_client_at_a_time_is_never_kept_waiting(tmp_path, monkeypatch):
+    """Each message sent after the last one's answer: nothing came while it
+    was stored, so the writer never waits for more (no commit delay at
+    concurrency 1)."""
+    waits = []
+    monkeypatch.setattr(capture_writer, "_gather", lambda fd, buffer: waits.append(fd) or False)
+
+    def one_at_a_time(to_writer, read_answers):
+        for n in range(5):
+            os.write(to_writer, frame(b"alone %d" % n))
+            read_answers(n + 1)
+
+    assert _serve_in_thread(tmp_path, one_at_a_time) == b"ok 1\n" * 5
+    assert waits == []
+
+
+def test_a_busy_writer_gathers_what_comes_next_into_one_batch(tmp_path, monkeypatch):
+    """More came while a batch was stored: the next read waits BUSY_WAIT_S
+    for more, and what came meanwhile is one batch (one folder sync)."""
+    monkeypatch.setattr(capture_writer, "BUSY_WAIT_S", 30.0)  # ended by the input's end, not the clock
+    batches: list[list[str]] = []
+    real_store = capture_writer.store_batch
+    state = {}
+
+    def store_batch(folder, frames):
+        batches.append([name for name, _ in frames])
+        if len(batches) == 1:  # more arrives while the first batch is stored: the trap is busy
+            os.write(state["to_writer"], frame(b"second"))
+        return real_store(folder, frames)
+
+    monkeypatch.setattr(capture_writer, "store_batch", store_batch)
+
+    def busy(to_writer, read_answers):
+        state["to_writer"] = to_writer
+        os.write(to_writer, frame(b"first"))
+        read_answers(1)
+        os.write(to_writer, frame(b"third"))  # the writer is waiting for more now: same batch
+        os.write(to_writer, frame(b"fourth"))
+
+    assert _serve_in_thread(tmp_path, busy) == b"ok 1\n" * 4
+    assert batches == [[f"{sha(b'first')}.eml"], [f"{sha(c)}.eml" for c in (b"second", b"third", b"fourth")]]
+    assert leftovers(tmp_path) == [] and len(os.listdir(tmp_path)) == 4
+
+
 # -- the store, with its real writer process ----------------------------------
 
 

@@ -75,10 +75,17 @@ def create_many(folder: str, files: list[tuple[str, bytes]], *, mode: int = 0o60
                         pass
                 while written:
                     index, fd, temporary = written.pop(0)
+                    name, data = files[index]
                     try:
-                        _sync_and_link(fd, temporary, folder_fd, files[index][0])
+                        _sync_and_link(fd, temporary, folder_fd, name)
                     except OSError as err:
                         outcomes[index] = err
+                        if temporary is None and not _unnamed_files:  # /proc refused the link: named, then
+                            try:
+                                _sync_and_link(*_written_temporary(folder, name, data, mode), folder_fd, name)
+                                outcomes[index] = None
+                            except OSError as again:
+                                outcomes[index] = again
             finally:
                 for _, fd, temporary in written:  # only an exception that is no OSError leaves any
                     _discard(fd, temporary)
@@ -125,7 +132,7 @@ def _sync_and_link(fd: int, temporary: str | None, folder_fd: int, name: str) ->
             os.link(f"{_FD_FOLDER}/{fd}", name, dst_dir_fd=folder_fd, follow_symlinks=True)
         except OSError as err:
             if err.errno in (errno.EXDEV, errno.EPERM) or not os.path.exists(f"{_FD_FOLDER}/{fd}"):
-                _unnamed_files = False  # (/proc hidden from us, say): this file fails, the next are named
+                _unnamed_files = False  # (/proc hidden from us, say): from now on, named temporaries
             raise
     finally:
         _discard(fd, temporary)

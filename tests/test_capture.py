@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import select
 import signal
 import threading
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -117,14 +119,18 @@ def test_the_writer_answers_each_read_s_frames_after_one_folder_sync(tmp_path, m
 
 def _serve_in_thread(tmp_path, write_and_wait):
     """serve() over real pipes in a thread; write_and_wait(to_writer,
-    read_answers) drives it; returns (answers, the batches' sizes)."""
+    read_answers) drives it; returns the answers. read_answers(count,
+    within_s) fails the test if they have not all come within within_s."""
     to_writer, its_input = os.pipe()[::-1]
     its_output, from_writer = os.pipe()[::-1]
     writer = threading.Thread(target=capture_writer.serve, args=(str(tmp_path), its_input, its_output))
     answers = bytearray()
 
-    def read_answers(count: int) -> None:
+    def read_answers(count: int, within_s: float = 10.0) -> None:
+        deadline = time.monotonic() + within_s
         while answers.count(b"\n") < count:
+            left = deadline - time.monotonic()
+            assert left > 0 and select.select([from_writer], [], [], left)[0], f"no answer {count} in {within_s} s"
             answers.extend(os.read(from_writer, 4096))
 
     try:
@@ -184,6 +190,32 @@ def test_a_busy_writer_gathers_what_comes_next_into_one_batch(tmp_path, monkeypa
     assert _serve_in_thread(tmp_path, busy) == b"ok 1\n" * 4
     assert batches == [[f"{sha(b'first')}.eml"], [f"{sha(c)}.eml" for c in (b"second", b"third", b"fourth")]]
     assert leftovers(tmp_path) == [] and len(os.listdir(tmp_path)) == 4
+
+
+def test_a_busy_writer_stops_gathering_at_a_full_read(tmp_path, monkeypatch):
+    """The wait for more ends once READ_BYTES have come, not at BUSY_WAIT_S:
+    the batch is stored and answered while the input stays open."""
+    monkeypatch.setattr(capture_writer, "BUSY_WAIT_S", 60.0)  # longer than the test waits
+    monkeypatch.setattr(capture_writer, "READ_BYTES", 4096)
+    big = [b"%d" % n + b"x" * 2000 for n in range(3)]  # more than READ_BYTES in all
+    real_store = capture_writer.store_batch
+    state = {}
+
+    def store_batch(folder, frames):
+        if not state.get("sent"):  # the trap is busy: the three arrive while the first batch is stored
+            state["sent"] = True
+            os.write(state["to_writer"], b"".join(frame(c) for c in big))
+        return real_store(folder, frames)
+
+    monkeypatch.setattr(capture_writer, "store_batch", store_batch)
+
+    def busy(to_writer, read_answers):
+        state["to_writer"] = to_writer
+        os.write(to_writer, frame(b"first"))
+        read_answers(4, within_s=10)  # the input still open: only the full read ends the wait
+
+    assert _serve_in_thread(tmp_path, busy) == b"ok 1\n" * 4
+    assert sorted(os.listdir(tmp_path)) == sorted(f"{sha(c)}.eml" for c in [b"first", *big])
 
 
 # -- the store, with its real writer process ----------------------------------

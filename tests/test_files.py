@@ -109,3 +109,23 @@ def test_a_file_system_without_unnamed_files_gets_named_temporaries(tmp_path, mo
     assert files._unnamed_files is False
     assert sorted(os.listdir(tmp_path)) == ["a.eml", "b.eml"]
     assert (tmp_path / "b.eml").read_bytes() == b"b"
+
+
+@pytest.mark.skipif(not UNNAMED_FILES, reason="no O_TMPFILE or /proc/self/fd here")
+def test_unnamed_files_that_cannot_be_linked_are_made_again_with_names(tmp_path, monkeypatch):
+    """/proc/self/fd refused (a hardened /proc, say): the files are made
+    again with temporary names, and so is every file after them."""
+    real_link = os.link
+    monkeypatch.setattr(files, "_unnamed_files", True)
+
+    def link(source, target, **kw):
+        if str(source).startswith("/proc/self/fd/"):
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        real_link(source, target, **kw)
+
+    monkeypatch.setattr(os, "link", link)
+    assert create_many(str(tmp_path), [("a.eml", b"a"), ("b.eml", b"b")]) == [None, None]
+    assert files._unnamed_files is False
+    assert create_many(str(tmp_path), [("c.eml", b"c")]) == [None]
+    assert sorted(os.listdir(tmp_path)) == ["a.eml", "b.eml", "c.eml"]
+    assert [(tmp_path / n).read_bytes() for n in ("a.eml", "b.eml", "c.eml")] == [b"a", b"b", b"c"]

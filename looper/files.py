@@ -63,7 +63,7 @@ def create_many(folder: str, files: list[tuple[str, bytes]], *, mode: int = 0o60
                 for index in range(start, min(start + MAX_OPEN_FILES, len(files))):
                     name, data = files[index]
                     try:
-                        fd, temporary = _written_unnamed(folder, folder_fd, name, data, mode)
+                        fd, temporary = _written_unnamed(folder, name, data, mode)
                     except OSError as err:
                         outcomes[index] = err
                         continue
@@ -98,7 +98,7 @@ def create_many(folder: str, files: list[tuple[str, bytes]], *, mode: int = 0o60
 _unnamed_files = hasattr(os, "O_TMPFILE") and os.path.isdir(_FD_FOLDER)
 
 
-def _written_unnamed(folder: str, folder_fd: int, name: str, data: bytes, mode: int) -> tuple[int, str | None]:
+def _written_unnamed(folder: str, name: str, data: bytes, mode: int) -> tuple[int, str | None]:
     """A new file in `folder` holding `data`, not yet synced: its open
     descriptor, and its temporary name (None: it has none, O_TMPFILE)."""
     global _unnamed_files

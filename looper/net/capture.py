@@ -1,9 +1,10 @@
 """Captured messages on disk: `<log.dir>/messages/<sha256>.eml`.
 
 A message is on disk before the 250 that acknowledges it: written to a
-temporary file, fsynced, renamed to its content's SHA-256 (so the same
-content is stored once and anyone can verify a file by hashing it), and the
-folder fsynced so that the name survives a crash too.
+file without a name, fsynced, then linked in under its content's SHA-256
+(so the same content is stored once and anyone can verify a file by
+hashing it), and the folder fsynced so that the name survives a crash too
+(files.create_many).
 
 The disk work is done by a writer process (capture_writer.py), started with
 the first message: the loop sends it what arrived in a turn in one write on
